@@ -1,0 +1,24 @@
+# tagstream — see README.md.
+GO ?= go
+
+.PHONY: test demo build bench deps fmt vet
+
+build:
+	$(GO) build -o bin/tagstream ./cmd/tagstream
+
+# deps installs what the tests need when it is missing (database server binaries).
+deps:
+	@bash scripts/ensure-deps.sh
+
+test: deps
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 30m ./...
+
+demo: deps
+	$(GO) run ./cmd/demo
+
+bench: deps
+	$(GO) run ./bench
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')

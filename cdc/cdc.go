@@ -1,0 +1,149 @@
+// Package cdc holds the domain types shared by tagstream's change readers
+// (cdc/postgres, cdc/mysql) and their consumer (the pipeline that turns rows
+// into tags with rules.Engine and publishes them to stream.Hub).
+//
+// A reader delivers each transaction's row changes in order, then its commit;
+// aborted work is discarded before it reaches the consumer's published state.
+// The consumer turns every change into tags as it arrives (memory stays flat in
+// transaction size) and, once the hub has accepted a commit, the pipeline calls
+// Source.Ack with its position so the database may forget it.
+package cdc
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Op is the kind of a row change.
+type Op uint8
+
+const (
+	Insert Op = iota + 1
+	Update
+	Delete
+	Truncate
+)
+
+// String returns the lower-case name used in rules files ("insert", …).
+func (o Op) String() string {
+	switch o {
+	case Insert:
+		return "insert"
+	case Update:
+		return "update"
+	case Delete:
+		return "delete"
+	case Truncate:
+		return "truncate"
+	}
+	return "unknown"
+}
+
+// Position orders a source's transactions. It only grows for one source and
+// is the SSE event id. Postgres: the transaction's end LSN. MySQL/MariaDB:
+// (binlog file sequence << 32) | end position of the commit event.
+type Position uint64
+
+// Kind says what a column of a row image holds.
+type Kind uint8
+
+const (
+	// Absent: the image does not carry the column (Postgres REPLICA IDENTITY
+	// DEFAULT old images, a column outside binlog_row_image, a missing image).
+	Absent Kind = iota
+	// Null: SQL NULL.
+	Null
+	// Unchanged: a Postgres TOASTed value that the update did not touch ('u').
+	// Its value is unknown but equal in the old and new image.
+	Unchanged
+	// Text: Value.Text holds the column's canonical text in the source
+	// database (Postgres `col::text`; MySQL as the design's contract says).
+	Text
+)
+
+// Value is one column of a row image. Text is only valid during the call
+// that receives it: readers hand over their wire buffers without copying.
+type Value struct {
+	Kind Kind
+	Text []byte
+}
+
+// Table describes a relation as the reader currently knows it. Readers reuse
+// one *Table for as long as the relation's columns are unchanged and create a
+// new one when they change (Postgres Relation message, MySQL TABLE_MAP with a
+// different layout), so consumers may cache per-*Table work keyed by pointer.
+type Table struct {
+	Schema  string   // Postgres schema or MySQL database
+	Name    string   // table name
+	Columns []string // column names, in the order of row images
+}
+
+// Change is one row change. Old and New are indexed like Table.Columns; a nil
+// image means the reader has none (insert has no Old; delete no New; truncate
+// neither; an update under REPLICA IDENTITY DEFAULT whose key did not change
+// has no Old). A Change and its Values are only valid during the call.
+type Change struct {
+	Table *Table
+	Op    Op
+	Old   []Value
+	New   []Value
+}
+
+// Commit ends a transaction.
+type Commit struct {
+	Position Position
+	Time     time.Time // commit time reported by the database
+}
+
+// Tx accumulates the effects of one transaction's changes as they arrive.
+// Implementations keep bounded memory whatever the number of changes.
+type Tx interface {
+	// Add turns one change into its effects (tags) now.
+	Add(c *Change)
+	// Merge absorbs another Tx of the same Handler (a committed
+	// subtransaction of a streamed Postgres transaction). Merge(other) leaves
+	// other unusable.
+	Merge(other Tx)
+}
+
+// Handler consumes what a Source reads. All methods are called from the
+// source's goroutine, one at a time.
+type Handler interface {
+	// Begin starts accumulating a transaction (or a subtransaction that may
+	// later be merged or discarded). A Tx that is dropped without Commit is
+	// discarded: aborted work never produces tags.
+	Begin() Tx
+	// Commit publishes tx. It returns nil once the hub accepted it; only then
+	// does the pipeline call Source.Ack(c.Position). An error stops the source.
+	Commit(ctx context.Context, tx Tx, c Commit) error
+	// Resumed reports that the source (re)started streaming and that every
+	// transaction after pos will be delivered: the continuity floor.
+	Resumed(pos Position)
+	// Progress reports the source's current end (Postgres server WAL end,
+	// binlog head) so that clients whose cursor lies between the last
+	// published position and pos wait instead of getting a reset.
+	Progress(end Position)
+	// Lost reports that continuity was lost (slot invalidated, binlog
+	// purged): every client must get a `reset`. The source then restarts at
+	// the database's head and calls Resumed again.
+	Lost(ctx context.Context, reason string) error
+}
+
+// Source is a change reader for one database. One source per process.
+type Source interface {
+	// Run reads changes and calls h until ctx is cancelled (then it returns
+	// nil after acknowledging what was acked) or an unrecoverable error
+	// occurs. Connection losses are retried internally with backoff.
+	Run(ctx context.Context, h Handler) error
+	// Ack says that every transaction up to and including pos was accepted
+	// by the hub and may be forgotten by the database. Safe to call from any
+	// goroutine.
+	Ack(pos Position)
+	// Ready reports whether the source is currently streaming (for /readyz).
+	Ready() bool
+}
+
+// ErrContinuityLost is wrapped by errors that mean changes may have been
+// lost (Postgres slot invalidated, MySQL binlog purged, error 1236).
+var ErrContinuityLost = errors.New("continuity lost")
