@@ -147,3 +147,39 @@ type Source interface {
 // ErrContinuityLost is wrapped by errors that mean changes may have been
 // lost (Postgres slot invalidated, MySQL binlog purged, error 1236).
 var ErrContinuityLost = errors.New("continuity lost")
+
+// Requirement is what one rule needs from the database; `tagstream check
+// --db` hands the rules' requirements to the reader's checker.
+type Requirement struct {
+	Rule    string   // the rule's name, or "rule N" when unnamed
+	Schema  string   // schema pattern (`*` allowed); the default schema already applied
+	Table   string   // table pattern (`*` allowed)
+	Columns []string // every column the rule reads (placeholders and the columns filter)
+	// NeedsOld: the rule reads old values (an update expanded against the old
+	// row, {old.col}, or a columns filter), so it is only precise with full
+	// old images (REPLICA IDENTITY FULL / binlog_row_image=FULL).
+	NeedsOld bool
+}
+
+// Severity grades a Finding.
+type Severity uint8
+
+const (
+	Warning Severity = iota + 1 // works, but less precise or less safe than it could be
+	Error                       // cannot work as written
+)
+
+func (s Severity) String() string {
+	if s == Error {
+		return "error"
+	}
+	return "warning"
+}
+
+// Finding is one result of checking rules against a live database.
+type Finding struct {
+	Severity Severity
+	Rule     string // the rule concerned, "" for database-wide findings
+	Message  string // what is wrong, in one sentence
+	Fix      string // the SQL (or configuration line) that fixes it, "" when none
+}
