@@ -1,0 +1,390 @@
+package rules
+
+import (
+	"bytes"
+	"sync/atomic"
+
+	"github.com/tagstream/tagstream/cdc"
+)
+
+// Options configures Compile.
+type Options struct {
+	// DefaultSchema applies to unqualified table patterns: Postgres
+	// "public", MySQL the DSN's database. When empty, an unqualified
+	// pattern matches its table in every schema.
+	DefaultSchema string
+	// MaxTags is the per-transaction cap of distinct tags (default 4096).
+	MaxTags int
+}
+
+// Stats are counters for metrics, totals since Compile.
+type Stats struct {
+	LongTags  uint64 // expansions over MaxTagLen bytes, replaced by their template's wildcard form
+	Collapses uint64 // transactions collapsed to wildcard forms at the MaxTags cap
+	Tables    uint64 // relations resolved into the candidate cache (one per *cdc.Table seen)
+}
+
+// Engine evaluates changes against a compiled Set.
+//
+// An Engine is safe for concurrent use: its only mutable state is a
+// copy-on-write cache of candidate rules per *cdc.Table and atomic counters.
+// A Tx is not: it belongs to one goroutine at a time (the source's).
+// Swapping Engines on reload is safe; a Tx keeps the Engine that made it.
+type Engine struct {
+	set     *Set
+	rules   []*crule
+	maxTags int
+
+	cache atomic.Pointer[map[*cdc.Table]*tableRules]
+
+	longTags, collapses, tables atomic.Uint64
+}
+
+// crule is a compiled rule.
+type crule struct {
+	r         *Rule
+	idx       int // position in Engine.rules
+	schema    string
+	table     string
+	ops       uint8
+	tmpls     []*template
+	wildcards []string // every template's wildcard form
+}
+
+// tableRules are the candidate rules of one relation, with column indexes
+// resolved.
+type tableRules struct {
+	rules []boundRule
+}
+
+type boundRule struct {
+	c      *crule
+	filter []int // column indexes of the columns filter (-1: the table lacks it); nil: no filter
+	tmpls  []boundTemplate
+}
+
+type boundTemplate struct {
+	t     *template
+	parts []bpart
+}
+
+type bpart struct {
+	lit string
+	ph  bool
+	img image
+	col int // index into the row images; -1 when the table has no such column
+}
+
+// maxCachedTables bounds the candidate cache; it is emptied when full (each
+// relation change brings a new *cdc.Table, so stale entries accumulate).
+const maxCachedTables = 4096
+
+// Compile prepares s for evaluation. s must come from Load or Parse (or be
+// equally valid); a hand-built template that does not parse compiles to the
+// tag `*`.
+func Compile(s *Set, opts Options) *Engine {
+	e := &Engine{set: s, maxTags: opts.MaxTags}
+	if e.maxTags <= 0 {
+		e.maxTags = DefaultMaxTags
+	}
+	for i, r := range s.Rules {
+		c := &crule{r: r, idx: i, schema: r.Schema, table: r.Table, ops: opMask(r.On), tmpls: r.templates()}
+		if r.On == nil {
+			c.ops = opMask(allOps)
+		}
+		if c.schema == "" {
+			c.schema = opts.DefaultSchema
+			if c.schema == "" {
+				c.schema = "*"
+			}
+		}
+		for _, t := range c.tmpls {
+			c.wildcards = append(c.wildcards, t.wildcard)
+		}
+		e.rules = append(e.rules, c)
+	}
+	m := map[*cdc.Table]*tableRules{}
+	e.cache.Store(&m)
+	return e
+}
+
+// Set returns the rules the Engine was compiled from.
+func (e *Engine) Set() *Set { return e.set }
+
+// Stats returns the counters; safe from any goroutine.
+func (e *Engine) Stats() Stats {
+	return Stats{LongTags: e.longTags.Load(), Collapses: e.collapses.Load(), Tables: e.tables.Load()}
+}
+
+// candidates returns t's candidate rules, resolving them on first sight.
+func (e *Engine) candidates(t *cdc.Table) *tableRules {
+	m := e.cache.Load()
+	if tr, ok := (*m)[t]; ok {
+		return tr
+	}
+	tr := e.bind(t)
+	e.tables.Add(1)
+	for {
+		old := e.cache.Load()
+		next := make(map[*cdc.Table]*tableRules, len(*old)+1)
+		if len(*old) < maxCachedTables {
+			for k, v := range *old {
+				next[k] = v
+			}
+		}
+		next[t] = tr
+		if e.cache.CompareAndSwap(old, &next) {
+			return tr
+		}
+	}
+}
+
+func (e *Engine) bind(t *cdc.Table) *tableRules {
+	tr := &tableRules{}
+	colIndex := func(name string) int {
+		for i, c := range t.Columns {
+			if c == name {
+				return i
+			}
+		}
+		return -1
+	}
+	for _, c := range e.rules {
+		if !glob(c.schema, t.Schema) || !glob(c.table, t.Name) {
+			continue
+		}
+		br := boundRule{c: c}
+		if c.r.Columns != nil {
+			br.filter = make([]int, len(c.r.Columns))
+			for i, name := range c.r.Columns {
+				br.filter[i] = colIndex(name)
+			}
+		}
+		for _, tm := range c.tmpls {
+			bt := boundTemplate{t: tm, parts: make([]bpart, len(tm.parts))}
+			for i, p := range tm.parts {
+				bt.parts[i] = bpart{lit: p.lit, ph: p.ph, img: p.img, col: -1}
+				if p.ph {
+					bt.parts[i].col = colIndex(p.name)
+				}
+			}
+			br.tmpls = append(br.tmpls, bt)
+		}
+		tr.rules = append(tr.rules, br)
+	}
+	return tr
+}
+
+// glob matches s against pattern, where `*` matches any run of characters.
+func glob(pattern, s string) bool {
+	px, sx := 0, 0
+	starP, starS := -1, 0
+	for sx < len(s) {
+		switch {
+		case px < len(pattern) && pattern[px] == '*':
+			starP, starS = px, sx
+			px++
+		case px < len(pattern) && pattern[px] == s[sx]:
+			px++
+			sx++
+		case starP >= 0:
+			starS++
+			px, sx = starP+1, starS
+		default:
+			return false
+		}
+	}
+	for px < len(pattern) && pattern[px] == '*' {
+		px++
+	}
+	return px == len(pattern)
+}
+
+// Eval appends the tags of one change to dst and returns it.
+//
+// Tags are [][]byte so that evaluation allocates nothing: Eval reuses the
+// byte slices held in dst's spare capacity (between len and cap), so a caller
+// that passes the previous result resliced to [:0] allocates nothing in the
+// steady state. The returned slices are overwritten by the next such call;
+// copy what you keep. The tags of one change are not sorted; an update whose
+// old and new expansion agree yields that tag once.
+func (e *Engine) Eval(dst [][]byte, c *cdc.Change) [][]byte {
+	return e.eval(dst, c, nil)
+}
+
+// fires reports whether br applies to c (op and columns filter).
+func (br *boundRule) fires(c *cdc.Change) bool {
+	if br.c.ops&opBit(c.Op) == 0 {
+		return false
+	}
+	if c.Op != cdc.Update || br.filter == nil {
+		return true
+	}
+	for _, i := range br.filter {
+		if changed(c, i) {
+			return true
+		}
+	}
+	return false
+}
+
+// changed reports whether column i differs between c's old and new image.
+// A column the old image lacks counts as changed, unless the new image
+// marks it as an unchanged TOAST value; so does one the table lacks.
+func changed(c *cdc.Change, i int) bool {
+	if i < 0 || i >= len(c.New) {
+		return true
+	}
+	nv := c.New[i]
+	if nv.Kind == cdc.Unchanged {
+		return false
+	}
+	if i >= len(c.Old) {
+		return true
+	}
+	ov := c.Old[i]
+	switch ov.Kind {
+	case cdc.Absent:
+		return true
+	case cdc.Unchanged:
+		return false
+	}
+	if ov.Kind != nv.Kind {
+		return true
+	}
+	return nv.Kind == cdc.Text && !bytes.Equal(ov.Text, nv.Text)
+}
+
+func (e *Engine) eval(dst [][]byte, c *cdc.Change, tx *Tx) [][]byte {
+	if c == nil || c.Table == nil {
+		return dst
+	}
+	tr := e.candidates(c.Table)
+	for i := range tr.rules {
+		br := &tr.rules[i]
+		if !br.fires(c) {
+			continue
+		}
+		if tx != nil {
+			tx.touch(br.c.idx)
+			if tx.collapsed {
+				continue
+			}
+		}
+		for j := range br.tmpls {
+			dst = e.expand(dst, c, &br.tmpls[j])
+		}
+	}
+	return dst
+}
+
+// expand appends the tags of one template for c.
+func (e *Engine) expand(dst [][]byte, c *cdc.Change, bt *boundTemplate) [][]byte {
+	switch c.Op {
+	case cdc.Insert:
+		return e.expandOne(dst, c, bt, imgNew, -1)
+	case cdc.Delete:
+		return e.expandOne(dst, c, bt, imgOld, -1)
+	case cdc.Update:
+		n := len(dst)
+		dst = e.expandOne(dst, c, bt, imgNew, -1)
+		if bt.t.unpinned && c.Old != nil {
+			first := -1
+			if len(dst) > n {
+				first = n
+			}
+			dst = e.expandOne(dst, c, bt, imgOld, first)
+		}
+		return dst
+	default: // truncate, or an op this version does not know: wildcard
+		dst, b := slot(dst)
+		dst[len(dst)-1] = append(b, bt.t.wildcard...)
+		return dst
+	}
+}
+
+// slot extends dst by one tag, reusing the buffer already in that position.
+func slot(dst [][]byte) ([][]byte, []byte) {
+	n := len(dst)
+	if n < cap(dst) {
+		dst = dst[:n+1]
+		return dst, dst[n][:0]
+	}
+	return append(dst, nil), nil
+}
+
+// expandOne expands bt with unpinned placeholders reading image unp (imgNew
+// or imgOld). When same >= 0 and the result equals dst[same], it is dropped.
+func (e *Engine) expandOne(dst [][]byte, c *cdc.Change, bt *boundTemplate, unp image, same int) [][]byte {
+	dst, b := slot(dst)
+	n := len(dst) - 1
+	drop := false
+	long := false
+	for k := range bt.parts {
+		p := &bt.parts[k]
+		if !p.ph {
+			b = append(b, p.lit...)
+			continue
+		}
+		img := p.img
+		if img == imgAny {
+			img = unp
+		}
+		var row, other []cdc.Value
+		if img == imgNew {
+			if c.Op == cdc.Delete {
+				drop = true // a deleted row has no new image
+				break
+			}
+			row, other = c.New, c.Old
+		} else {
+			if c.Op == cdc.Insert {
+				drop = true // an inserted row has no old image
+				break
+			}
+			row, other = c.Old, c.New
+		}
+		v, known := value(row, other, p.col)
+		if !known {
+			b = append(b, '*')
+			continue
+		}
+		if v.Kind == cdc.Null {
+			drop = true
+			break
+		}
+		if len(b)+len(v.Text) > MaxTagLen {
+			long = true // encoding never shrinks a value
+			break
+		}
+		b = appendEncoded(b, v.Text)
+	}
+	if long || len(b) > MaxTagLen {
+		e.longTags.Add(1)
+		b = append(b[:0], bt.t.wildcard...)
+	}
+	dst[n] = b
+	if drop || len(b) == 0 || (same >= 0 && bytes.Equal(dst[same], b)) {
+		return dst[:n]
+	}
+	return dst
+}
+
+// value returns column i of row; known is false when the value is unknown
+// (no image, column absent, an unchanged TOAST value whose other image does
+// not have it either).
+func value(row, other []cdc.Value, i int) (v cdc.Value, known bool) {
+	if i < 0 || i >= len(row) {
+		return v, false
+	}
+	v = row[i]
+	switch v.Kind {
+	case cdc.Text, cdc.Null:
+		return v, true
+	case cdc.Unchanged:
+		if i < len(other) && (other[i].Kind == cdc.Text || other[i].Kind == cdc.Null) {
+			return other[i], true
+		}
+	}
+	return v, false
+}
