@@ -14,8 +14,8 @@ test: deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 30m ./...
 
-demo: deps
-	$(GO) run ./cmd/demo
+demo: deps build
+	$(GO) run ./cmd/demo --tagstream bin/tagstream --rules rules.example.yaml
 
 bench: deps
 	$(GO) run ./bench
