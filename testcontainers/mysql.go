@@ -1,0 +1,368 @@
+package testcontainers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/client"
+	tc "github.com/testcontainers/testcontainers-go"
+	tcmariadb "github.com/testcontainers/testcontainers-go/modules/mariadb"
+	tcmysql "github.com/testcontainers/testcontainers-go/modules/mysql"
+)
+
+// MySQLEnv names the variable that points tests at an existing MySQL or
+// MariaDB server: an admin DSN such as mysql://root:pw@127.0.0.1:3306/.
+const MySQLEnv = "TAGSTREAM_TEST_MYSQL_DSN"
+
+// MySQLImageEnv picks the image of the Docker step (default mysql:8.4; an
+// image whose name contains "mariadb" uses the MariaDB module).
+const MySQLImageEnv = "TAGSTREAM_TEST_MYSQL_IMAGE"
+
+// binlogArgs are the server options the binlog reader needs.
+var binlogArgs = []string{
+	"--log-bin=binlog",
+	"--binlog-format=ROW",
+	"--binlog-row-image=FULL",
+	"--binlog-row-metadata=FULL",
+	"--server-id=1",
+}
+
+// MySQLServer is a MySQL or MariaDB server with row-based binary logging,
+// owned by this process (or named by TAGSTREAM_TEST_MYSQL_DSN).
+type MySQLServer struct {
+	// AdminDSN is a mysql:// DSN of a user with all privileges, without a
+	// database.
+	AdminDSN string
+
+	host     string
+	port     int
+	user     string
+	password string
+
+	closeOnce sync.Once
+	stop      func()
+}
+
+// DSN returns a mysql:// DSN of the admin user with db as its database.
+func (s *MySQLServer) DSN(db string) string {
+	u := url.URL{Scheme: "mysql", Host: net.JoinHostPort(s.host, strconv.Itoa(s.port)), Path: "/" + db}
+	if s.password != "" {
+		u.User = url.UserPassword(s.user, s.password)
+	} else {
+		u.User = url.User(s.user)
+	}
+	return u.String()
+}
+
+// Exec runs statements as the admin user, one after the other.
+func (s *MySQLServer) Exec(ctx context.Context, stmts ...string) error {
+	c, err := s.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	for _, q := range stmts {
+		if _, err := c.Execute(q); err != nil {
+			return fmt.Errorf("mysql: %s: %w", q, err)
+		}
+	}
+	return nil
+}
+
+// CreateDatabase creates the database name (utf8mb4) and returns its DSN.
+func (s *MySQLServer) CreateDatabase(ctx context.Context, name string) (string, error) {
+	if err := s.Exec(ctx, "CREATE DATABASE `"+strings.ReplaceAll(name, "`", "``")+"` CHARACTER SET utf8mb4"); err != nil {
+		return "", err
+	}
+	return s.DSN(name), nil
+}
+
+// Close stops the server when this process started it. Safe to call twice.
+func (s *MySQLServer) Close() {
+	s.closeOnce.Do(func() {
+		if s.stop != nil {
+			s.stop()
+		}
+	})
+}
+
+func (s *MySQLServer) connect(ctx context.Context) (*client.Conn, error) {
+	return client.ConnectWithContext(ctx, net.JoinHostPort(s.host, strconv.Itoa(s.port)), s.user, s.password, "", 10*time.Second)
+}
+
+// StartMySQL returns a MySQL/MariaDB server by the package's ladder: the
+// server named by TAGSTREAM_TEST_MYSQL_DSN, a container when a Docker engine
+// answers, or a private mariadbd started from this machine's binaries.
+// Close (or Shutdown) stops what it started.
+func StartMySQL(ctx context.Context) (*MySQLServer, error) {
+	if dsn := os.Getenv(MySQLEnv); dsn != "" {
+		return mysqlFromEnv(ctx, dsn)
+	}
+	if dockerAvailable() {
+		return startMySQLContainer(ctx)
+	}
+	if _, err := exec.LookPath("mariadbd"); err == nil {
+		return startMariaDBLocal(ctx)
+	}
+	if _, err := exec.LookPath("/usr/sbin/mariadbd"); err == nil {
+		return startMariaDBLocal(ctx)
+	}
+	return nil, errMySQLUnavailable
+}
+
+var errMySQLUnavailable = errors.New("no Docker engine and no mariadbd/mariadb-install-db binaries on this machine")
+
+var (
+	sharedMySQLMu  sync.Mutex
+	sharedMySQL    *MySQLServer
+	sharedMySQLErr error
+)
+
+// MySQL returns a mysql:// DSN (admin user, all privileges) to a fresh
+// database for this test, on a server shared by the package's tests that
+// Main stops at the end. The database is dropped when the test ends.
+func MySQL(t testing.TB) string {
+	t.Helper()
+	srv := sharedMySQLServer(t)
+	name := dbName(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dsn, err := srv.CreateDatabase(ctx, name)
+	if err != nil {
+		t.Fatalf("testcontainers: create mysql database: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = srv.Exec(ctx, "DROP DATABASE IF EXISTS `"+name+"`")
+	})
+	return dsn
+}
+
+// MySQLAdmin returns the shared server of MySQL, for tests that need admin
+// statements (KILL, PURGE BINARY LOGS, SET GLOBAL).
+func MySQLAdmin(t testing.TB) *MySQLServer {
+	t.Helper()
+	return sharedMySQLServer(t)
+}
+
+func sharedMySQLServer(t testing.TB) *MySQLServer {
+	t.Helper()
+	sharedMySQLMu.Lock()
+	defer sharedMySQLMu.Unlock()
+	if sharedMySQL == nil && sharedMySQLErr == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		srv, err := StartMySQL(ctx)
+		cancel()
+		if err != nil {
+			sharedMySQLErr = err
+		} else {
+			sharedMySQL = srv
+			registerCleanup(func() {
+				sharedMySQLMu.Lock()
+				defer sharedMySQLMu.Unlock()
+				sharedMySQL.Close()
+				sharedMySQL, sharedMySQLErr = nil, nil
+			})
+		}
+	}
+	if sharedMySQLErr != nil {
+		if errors.Is(sharedMySQLErr, errMySQLUnavailable) {
+			unavailable(t, "MySQL/MariaDB", MySQLEnv, sharedMySQLErr.Error())
+		}
+		t.Fatalf("testcontainers: start mysql: %v", sharedMySQLErr)
+	}
+	return sharedMySQL
+}
+
+func mysqlFromEnv(ctx context.Context, dsn string) (*MySQLServer, error) {
+	u, err := url.Parse(dsn)
+	if err != nil || (u.Scheme != "mysql" && u.Scheme != "mariadb") || u.User == nil {
+		return nil, fmt.Errorf("%s: want mysql://user:pass@host:port/, got %q", MySQLEnv, dsn)
+	}
+	s := &MySQLServer{host: u.Hostname(), port: 3306, user: u.User.Username()}
+	s.password, _ = u.User.Password()
+	if p := u.Port(); p != "" {
+		if s.port, err = strconv.Atoi(p); err != nil {
+			return nil, fmt.Errorf("%s: bad port %q", MySQLEnv, p)
+		}
+	}
+	s.AdminDSN = s.DSN("")
+	if err := s.Exec(ctx, "SELECT 1"); err != nil {
+		return nil, fmt.Errorf("%s: %w", MySQLEnv, err)
+	}
+	return s, nil
+}
+
+func startMySQLContainer(ctx context.Context) (*MySQLServer, error) {
+	const password = "tagstream"
+	img := os.Getenv(MySQLImageEnv)
+	if img == "" {
+		img = "mysql:8.4"
+	}
+	var ctr tc.Container
+	if strings.Contains(img, "mariadb") {
+		c, err := tcmariadb.Run(ctx, img,
+			tcmariadb.WithUsername("root"), tcmariadb.WithPassword(password),
+			tc.WithCmdArgs(binlogArgs...))
+		if c != nil {
+			ctr = c
+		}
+		if err != nil {
+			terminate(ctr)
+			return nil, fmt.Errorf("mariadb container: %w", err)
+		}
+	} else {
+		args := append([]string{"--gtid-mode=ON", "--enforce-gtid-consistency=ON"}, binlogArgs...)
+		c, err := tcmysql.Run(ctx, img,
+			tcmysql.WithUsername("root"), tcmysql.WithPassword(password),
+			tc.WithCmdArgs(args...))
+		if c != nil {
+			ctr = c
+		}
+		if err != nil {
+			terminate(ctr)
+			return nil, fmt.Errorf("mysql container: %w", err)
+		}
+	}
+	host, err := ctr.Host(ctx)
+	if err != nil {
+		terminate(ctr)
+		return nil, err
+	}
+	port, err := ctr.MappedPort(ctx, "3306/tcp")
+	if err != nil {
+		terminate(ctr)
+		return nil, err
+	}
+	s := &MySQLServer{host: host, port: int(port.Num()), user: "root", password: password}
+	s.AdminDSN = s.DSN("")
+	s.stop = func() { terminate(ctr) }
+	return s, nil
+}
+
+func terminate(ctr tc.Container) {
+	if ctr == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_ = ctr.Terminate(ctx)
+}
+
+// startMariaDBLocal runs a throwaway mariadbd in a temp dir on a free
+// loopback port with row-based binary logging.
+func startMariaDBLocal(ctx context.Context) (s *MySQLServer, err error) {
+	dir, err := os.MkdirTemp("", "tagstream-mariadb-")
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			os.RemoveAll(dir)
+		}
+	}()
+	data := filepath.Join(dir, "data")
+	install := exec.CommandContext(ctx, "mariadb-install-db", "--no-defaults", "--datadir="+data,
+		"--user=root", "--auth-root-authentication-method=normal", "--skip-test-db")
+	if out, err := install.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("mariadb-install-db: %w\n%s", err, out)
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	sock := filepath.Join(dir, "mysqld.sock")
+	logPath := filepath.Join(dir, "error.log")
+	args := []string{
+		"--no-defaults", "--user=root",
+		"--datadir=" + data, "--socket=" + sock, "--pid-file=" + filepath.Join(dir, "mysqld.pid"),
+		"--port=" + strconv.Itoa(port), "--bind-address=127.0.0.1", "--skip-name-resolve",
+		"--log-error=" + logPath,
+		"--log-bin=" + filepath.Join(data, "binlog"),
+		"--binlog-format=ROW", "--binlog-row-image=FULL", "--binlog_row_metadata=FULL", "--server-id=1",
+		// A throwaway server: small and fast rather than durable.
+		"--innodb-buffer-pool-size=32M", "--innodb-flush-log-at-trx-commit=2", "--sync-binlog=0",
+		"--innodb-doublewrite=0", "--skip-performance-schema",
+	}
+	cmd := exec.Command(mariadbdPath(), args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("mariadbd: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	stop := func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+		os.RemoveAll(dir)
+	}
+	defer func() {
+		if err != nil {
+			stop()
+		}
+	}()
+	waitCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	go func() {
+		select {
+		case <-exited:
+			cancel()
+		case <-waitCtx.Done():
+		}
+	}()
+	if err := waitPort(waitCtx, net.JoinHostPort("127.0.0.1", strconv.Itoa(port))); err != nil {
+		log, _ := os.ReadFile(logPath)
+		return nil, fmt.Errorf("mariadbd did not start: %w\n%s", err, tail(log, 2000))
+	}
+	// root@localhost may be a socket-authenticated account: make sure a
+	// password-less TCP root exists for 127.0.0.1.
+	sc, err := client.ConnectWithContext(ctx, sock, "root", "", "", 10*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("mariadbd: connect over socket: %w", err)
+	}
+	for _, q := range []string{
+		"CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'",
+		"GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION",
+	} {
+		if _, err := sc.Execute(q); err != nil {
+			sc.Close()
+			return nil, fmt.Errorf("mariadbd: %s: %w", q, err)
+		}
+	}
+	sc.Close()
+	s = &MySQLServer{host: "127.0.0.1", port: port, user: "root", stop: stop}
+	s.AdminDSN = s.DSN("")
+	return s, nil
+}
+
+func mariadbdPath() string {
+	if p, err := exec.LookPath("mariadbd"); err == nil {
+		return p
+	}
+	return "/usr/sbin/mariadbd"
+}
+
+func tail(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[len(b)-n:]
+	}
+	return b
+}
