@@ -2,6 +2,7 @@ package rules
 
 import (
 	"bytes"
+	"sync"
 	"sync/atomic"
 
 	"github.com/tagstream/tagstream/cdc"
@@ -27,7 +28,7 @@ type Stats struct {
 // Engine evaluates changes against a compiled Set.
 //
 // An Engine is safe for concurrent use: its only mutable state is a
-// copy-on-write cache of candidate rules per *cdc.Table and atomic counters.
+// bounded cache of candidate rules per *cdc.Table and atomic counters.
 // A Tx is not: it belongs to one goroutine at a time (the source's).
 // Swapping Engines on reload is safe; a Tx keeps the Engine that made it.
 type Engine struct {
@@ -35,7 +36,8 @@ type Engine struct {
 	rules   []*crule
 	maxTags int
 
-	cache atomic.Pointer[map[*cdc.Table]*tableRules]
+	cache    sync.Map // *cdc.Table → *tableRules
+	cacheLen atomic.Int64
 
 	longTags, collapses, tables atomic.Uint64
 }
@@ -103,8 +105,6 @@ func Compile(s *Set, opts Options) *Engine {
 		}
 		e.rules = append(e.rules, c)
 	}
-	m := map[*cdc.Table]*tableRules{}
-	e.cache.Store(&m)
 	return e
 }
 
@@ -118,25 +118,17 @@ func (e *Engine) Stats() Stats {
 
 // candidates returns t's candidate rules, resolving them on first sight.
 func (e *Engine) candidates(t *cdc.Table) *tableRules {
-	m := e.cache.Load()
-	if tr, ok := (*m)[t]; ok {
-		return tr
+	if tr, ok := e.cache.Load(t); ok {
+		return tr.(*tableRules)
 	}
 	tr := e.bind(t)
 	e.tables.Add(1)
-	for {
-		old := e.cache.Load()
-		next := make(map[*cdc.Table]*tableRules, len(*old)+1)
-		if len(*old) < maxCachedTables {
-			for k, v := range *old {
-				next[k] = v
-			}
-		}
-		next[t] = tr
-		if e.cache.CompareAndSwap(old, &next) {
-			return tr
-		}
+	if e.cacheLen.Add(1) > maxCachedTables {
+		e.cache.Clear()
+		e.cacheLen.Store(1)
 	}
+	e.cache.Store(t, tr)
+	return tr
 }
 
 func (e *Engine) bind(t *cdc.Table) *tableRules {
