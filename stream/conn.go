@@ -1,0 +1,259 @@
+package stream
+
+import (
+	"context"
+	"slices"
+	"strconv"
+	"sync"
+
+	"github.com/r3labs/sse/v2"
+
+	"github.com/tagstream/tagstream/cdc"
+)
+
+type kind uint8
+
+const (
+	kindInvalidate kind = iota
+	kindReset
+	kindReady
+	kindPing
+)
+
+var eventNames = [...][]byte{
+	kindInvalidate: []byte("invalidate"),
+	kindReset:      []byte("reset"),
+	kindReady:      []byte("ready"),
+	kindPing:       []byte("ping"),
+}
+
+var (
+	readyResumed = []byte(`{"resumed":true}`)
+	readyFresh   = []byte(`{"resumed":false}`)
+	pingData     = []byte(`{}`)
+)
+
+// item is one queued event. Its id is fixed when it is queued, so that the
+// ids a connection sees never go down: invalidate ids strictly increase,
+// and ready/reset/ping carry max(current head, highest id already queued).
+type item struct {
+	kind kind
+	id   cdc.Position
+	ev   *event   // invalidate: the transaction
+	tags []string // invalidate: the matching subset; nil means ev.tags
+	data []byte   // reset, ready: encoded data
+}
+
+// conn is one SSE client.
+type conn struct {
+	id       uint64
+	entries  []string // sorted, de-duplicated subscription entries
+	streamID string
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wake     chan struct{} // capacity 1: the queue changed
+
+	// Guarded by Hub.mu.
+	seq     uint64       // index matching round
+	matched []string     // tags matched in that round
+	cursor  cdc.Position // live events at or below are not sent
+
+	mu      sync.Mutex
+	queue   []item
+	initial int          // join items (replay, reset, ready) the pump has not taken yet; outside the bound
+	lastID  cdc.Position // highest id queued
+	closing bool         // hub closing: drain, then end
+}
+
+func (c *conn) signal() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// push queues it for c (Hub.mu held). A ping coalesces with a ping still
+// queued. A full queue is replaced by a single reset.
+func (h *Hub) push(c *conn, it item) {
+	c.mu.Lock()
+	if it.kind != kindInvalidate {
+		it.id = max(it.id, c.lastID)
+	}
+	switch {
+	case it.kind == kindPing && len(c.queue) > c.initial && c.queue[len(c.queue)-1].kind == kindPing:
+		c.queue[len(c.queue)-1].id = it.id
+	case len(c.queue)-c.initial >= h.opts.QueueSize:
+		c.mu.Unlock()
+		h.overflows.Add(1)
+		h.log.Warn("stream: client too slow, queue overflowed", logKeyConn, c.id)
+		h.resetConn(c, max(h.current(), it.id), overflowData)
+		return
+	default:
+		c.queue = append(c.queue, it)
+		c.lastID = max(c.lastID, it.id)
+	}
+	c.mu.Unlock()
+	c.signal()
+}
+
+var overflowData = resetData("client too slow: its queue overflowed")
+
+// resetConn drops c's queued events and queues one reset (and the ready the
+// client has not had yet, now resumed:false). Hub.mu held.
+func (h *Hub) resetConn(c *conn, id cdc.Position, data []byte) {
+	c.mu.Lock()
+	readyPending := false
+	var dropped uint64
+	for _, it := range c.queue {
+		switch it.kind {
+		case kindReady:
+			readyPending = true
+		case kindInvalidate:
+			dropped++
+		}
+	}
+	id = max(id, c.lastID)
+	if cap(c.queue) > 16 {
+		c.queue = nil // give a burst's memory back
+	}
+	clear(c.queue)
+	c.queue = append(c.queue[:0], item{kind: kindReset, id: id, data: data})
+	c.initial = 0
+	if readyPending {
+		c.queue = append(c.queue, item{kind: kindReady, id: id, data: readyFresh})
+		c.initial = 2
+	}
+	c.lastID = id
+	c.mu.Unlock()
+	h.dropped.Add(dropped)
+	h.resetCount.Add(1)
+	c.signal()
+}
+
+// join decides how a new connection starts (Hub.mu held) and registers it:
+// without a cursor, `ready` resumed:false; with a cursor that continuity
+// covers (effective floor ≤ cursor ≤ the source's end), the window's
+// matching events after it, then `ready` resumed:true; otherwise `reset`,
+// then `ready` resumed:false.
+func (h *Hub) join(c *conn, cursor cdc.Position, hasCursor bool) {
+	h.evictAged(h.now())
+	cur := h.current()
+	floor := max(h.floor, h.evictedFloor)
+	end := max(h.head, h.end, h.floor)
+	var q []item
+	id := cur
+	switch {
+	case !hasCursor:
+		q = append(q, item{kind: kindReady, id: id, data: readyFresh})
+	case h.lost || cursor < floor || cursor > end:
+		reason := h.lostReason
+		switch {
+		case h.lost:
+		case cursor < floor:
+			reason = "cursor " + strconv.FormatUint(uint64(cursor), 10) + " is older than the replay window (floor " + strconv.FormatUint(uint64(floor), 10) + ")"
+		default:
+			reason = "cursor " + strconv.FormatUint(uint64(cursor), 10) + " is ahead of the source (at " + strconv.FormatUint(uint64(end), 10) + ")"
+		}
+		h.resetCount.Add(1)
+		q = append(q, item{kind: kindReset, id: id, data: resetData(reason)},
+			item{kind: kindReady, id: id, data: readyFresh})
+	default:
+		id = max(cur, cursor)
+		for i := h.win.after(cursor); i < h.win.len(); i++ {
+			ev := h.win.at(i)
+			tags := matchEntries(c.entries, ev.tags)
+			if tags == nil {
+				continue
+			}
+			if slices.Equal(tags, ev.tags) {
+				tags = nil
+			}
+			h.matched.Add(1)
+			q = append(q, item{kind: kindInvalidate, id: ev.pos, ev: ev, tags: tags})
+		}
+		q = append(q, item{kind: kindReady, id: id, data: readyResumed})
+	}
+	c.cursor = id
+	c.queue, c.initial, c.lastID = q, len(q), id
+	h.idx.add(c)
+	h.conns[c] = struct{}{}
+	h.subscribers.Add(1)
+}
+
+func (h *Hub) leave(c *conn) {
+	h.mu.Lock()
+	h.idx.remove(c)
+	delete(h.conns, c)
+	h.mu.Unlock()
+	h.subscribers.Add(-1)
+}
+
+// pump moves c's queue into its r3labs stream until the connection ends. It
+// starts once r3labs has registered the stream's subscriber (before that,
+// Server.Publish would fan out to nobody).
+func (h *Hub) pump(c *conn, registered <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
+	select {
+	case <-registered:
+	case <-c.ctx.Done():
+		return
+	}
+	var batch []item
+	for {
+		c.mu.Lock()
+		batch, c.queue = c.queue, batch[:0]
+		c.initial = 0
+		closing := c.closing
+		c.mu.Unlock()
+		for i := range batch {
+			if c.ctx.Err() != nil {
+				break
+			}
+			h.srv.Publish(c.streamID, frame(&batch[i]))
+		}
+		n := len(batch)
+		clear(batch)
+		if cap(batch) > 16 {
+			batch = nil // give a burst's memory back
+		}
+		if c.ctx.Err() != nil {
+			return
+		}
+		if n == 0 && closing {
+			// The queue was empty when the hub was already closed (nothing
+			// is queued after that). Everything before has reached
+			// r3labs's subscriber channel (its stream channel is
+			// unbuffered), which it drains before the handler returns.
+			c.cancel()
+			return
+		}
+		if n > 0 {
+			continue
+		}
+		select {
+		case <-c.wake:
+		case <-c.ctx.Done():
+			return
+		}
+	}
+}
+
+func frame(it *item) *sse.Event {
+	e := &sse.Event{
+		ID:    strconv.AppendUint(nil, uint64(it.id), 10),
+		Event: eventNames[it.kind],
+	}
+	switch it.kind {
+	case kindInvalidate:
+		if it.tags == nil {
+			e.Data = it.ev.fullData()
+		} else {
+			e.Data = invalidateData(it.tags, it.ev.ts)
+		}
+	case kindPing:
+		e.Data = pingData
+	default:
+		e.Data = it.data
+	}
+	return e
+}

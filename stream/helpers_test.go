@@ -1,0 +1,203 @@
+package stream
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/tagstream/tagstream/cdc"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// ts0 is the commit time used by tests; tsJSON is how it is encoded.
+var (
+	ts0    = time.Date(2025, 3, 1, 12, 0, 0, 123456789, time.UTC)
+	tsJSON = "2025-03-01T12:00:00.123456789Z"
+)
+
+type bundle struct {
+	srv  *httptest.Server
+	addr string
+}
+
+// setup starts a hub behind a real HTTP server. The hub is closed before the
+// server when the test ends.
+func setup(t *testing.T, opts Options) (*Hub, *bundle) {
+	t.Helper()
+	h := NewHub(opts)
+	srv := httptest.NewUnstartedServer(h)
+	srv.Listener = smallBufListener{srv.Listener}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	t.Cleanup(h.Close)
+	return h, &bundle{srv: srv, addr: srv.Listener.Addr().String()}
+}
+
+// smallBufListener shrinks the server side's socket send buffer so that a
+// client that stops reading blocks the server after a few kilobytes.
+type smallBufListener struct{ net.Listener }
+
+func (l smallBufListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetWriteBuffer(4096)
+	}
+	return c, err
+}
+
+// sseEvent is one parsed event.
+type sseEvent struct{ ID, Event, Data string }
+
+func (e sseEvent) String() string { return fmt.Sprintf("%s %s %s", e.ID, e.Event, e.Data) }
+
+// client is a raw SSE client: one TCP connection, an HTTP/1.1 request
+// written by hand, the response body read line by line.
+type client struct {
+	t    *testing.T
+	conn net.Conn
+	resp *http.Response
+	rd   *bufio.Reader
+}
+
+// dial connects with the given query and extra header lines and expects a
+// 200 event stream.
+func (b *bundle) dial(t *testing.T, query string, header ...string) *client {
+	t.Helper()
+	c := b.dialRaw(t, query, header...)
+	if c.resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /events?%s: status %d", query, c.resp.StatusCode)
+	}
+	return c
+}
+
+func (b *bundle) dialRaw(t *testing.T, query string, header ...string) *client {
+	t.Helper()
+	conn, err := net.Dial("tcp", b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetReadBuffer(4096)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return newClient(t, conn, query, header...)
+}
+
+func newClient(t *testing.T, conn net.Conn, query string, header ...string) *client {
+	t.Helper()
+	req := "GET /events?" + query + " HTTP/1.1\r\nHost: tagstream\r\nAccept: text/event-stream\r\n"
+	for _, h := range header {
+		req += h + "\r\n"
+	}
+	if _, err := conn.Write([]byte(req + "\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	c := &client{t: t, conn: conn}
+	c.deadline()
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.resp = resp
+	c.rd = bufio.NewReader(resp.Body)
+	return c
+}
+
+func (c *client) deadline() { _ = c.conn.SetReadDeadline(time.Now().Add(10 * time.Second)) }
+
+// next reads the next event (comment lines are skipped).
+func (c *client) next() sseEvent {
+	c.t.Helper()
+	var e sseEvent
+	seen := false
+	c.deadline()
+	for {
+		line, err := c.rd.ReadString('\n')
+		if err != nil {
+			c.t.Fatalf("reading event: %v (partial %v)", err, e)
+		}
+		line = strings.TrimSuffix(line, "\n")
+		if line == "" {
+			if seen {
+				return e
+			}
+			continue
+		}
+		if strings.HasPrefix(line, ":") {
+			continue
+		}
+		field, value, _ := strings.Cut(line, ":")
+		value = strings.TrimPrefix(value, " ")
+		seen = true
+		switch field {
+		case "id":
+			e.ID = value
+		case "event":
+			e.Event = value
+		case "data":
+			e.Data = value
+		default:
+			c.t.Fatalf("unexpected field %q", line)
+		}
+	}
+}
+
+// expect reads len(want) events and compares them exactly.
+func (c *client) expect(want ...sseEvent) {
+	c.t.Helper()
+	for i, w := range want {
+		if got := c.next(); got != w {
+			c.t.Fatalf("event %d:\n got %v\nwant %v", i, got, w)
+		}
+	}
+}
+
+// eof expects the stream to end.
+func (c *client) eof() {
+	c.t.Helper()
+	c.deadline()
+	line, err := c.rd.ReadString('\n')
+	if err == nil {
+		c.t.Fatalf("want end of stream, got %q", line)
+	}
+}
+
+func inv(id cdc.Position, tags ...string) sseEvent {
+	return sseEvent{ID: fmt.Sprint(id), Event: "invalidate", Data: `{"tags":[` + quoteAll(tags) + `],"ts":"` + tsJSON + `"}`}
+}
+
+func quoteAll(tags []string) string {
+	q := make([]string, len(tags))
+	for i, t := range tags {
+		q[i] = `"` + t + `"`
+	}
+	return strings.Join(q, ",")
+}
+
+func ready(id cdc.Position, resumed bool) sseEvent {
+	return sseEvent{ID: fmt.Sprint(id), Event: "ready", Data: fmt.Sprintf(`{"resumed":%t}`, resumed)}
+}
+
+func reset(id cdc.Position, reason string) sseEvent {
+	return sseEvent{ID: fmt.Sprint(id), Event: "reset", Data: `{"reason":"` + reason + `"}`}
+}
+
+func ping(id cdc.Position) sseEvent {
+	return sseEvent{ID: fmt.Sprint(id), Event: "ping", Data: `{}`}
+}
+
+func publish(t *testing.T, h *Hub, pos cdc.Position, tags ...string) {
+	t.Helper()
+	if err := h.Publish(context.Background(), pos, ts0, tags); err != nil {
+		t.Fatal(err)
+	}
+}

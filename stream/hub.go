@@ -1,0 +1,338 @@
+// Package stream is tagstream's hub: it keeps the subscriptions of SSE
+// clients (exact tags and `*` patterns), a bounded replay window of recent
+// transactions, and serves GET /events as the design's external contract
+// describes (events invalidate, reset, ready and ping; ids are positions).
+//
+// The pipeline calls Publish for every committed transaction; Publish matches
+// the transaction's tags against the subscriptions through an index (never a
+// scan over all subscribers), appends one item per concerned connection to
+// that connection's bounded queue and returns without waiting for any
+// client. A connection whose queue overflows loses its queued events and gets
+// a single `reset` in their place; it stays connected.
+//
+// # SSE framing with r3labs/sse/v2
+//
+// Each connection gets its own r3labs stream (a server-generated id, created
+// before the handler runs; AutoStream on, so r3labs removes the stream itself
+// once its only subscriber has gone; AutoReplay off). A per-connection pump
+// goroutine moves the connection's queue into that stream with Server.Publish;
+// r3labs does the framing and the writes. What r3labs v2.10.0 gets wrong is
+// kept away from it:
+//   - routing, the replay window, heartbeats and slow-client handling are the
+//     hub's: r3labs never sees more than one subscriber per stream, so its
+//     blocking fan-out can only ever block that connection's own pump;
+//   - its event log (unbounded) is off (AutoReplay false) and it never sees a
+//     Last-Event-ID header (which it parses as an int and rejects above
+//     MaxInt64): the hub parses the cursor and hands r3labs a request without
+//     headers;
+//   - every event carries an id, so it never writes an empty `id:` line;
+//   - Server.RemoveStream and Server.Close are never called (both leave the
+//     subscriber's goroutine blocked forever when a subscriber is live); a
+//     connection ends by cancelling the request context r3labs watches;
+//   - the stream's event buffer is 0 (unbuffered), so an event whose Publish
+//     returned sits in the subscriber's channel and is written before the
+//     connection closes; the hub can drain a connection on Close;
+//   - r3labs ignores write errors and has no deadlines: the ResponseWriter it
+//     gets arms a write deadline (http.ResponseController) before each
+//     event and cancels the connection on the first failed flush.
+//
+// r3labs starts two goroutines per connection (its stream loop and a context
+// watcher); both end on their own right after the handler returns.
+package stream
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/r3labs/sse/v2"
+
+	"github.com/tagstream/tagstream/cdc"
+)
+
+// Defaults for Options' zero values.
+const (
+	DefaultReplaySize   = 10000
+	DefaultReplayAge    = 10 * time.Minute
+	DefaultHeartbeat    = 15 * time.Second
+	DefaultQueueSize    = 256
+	DefaultWriteTimeout = 10 * time.Second
+)
+
+// Log keys.
+const (
+	logKeyConn   = "conn"
+	logKeyReason = "reason"
+	logKeyHead   = "head"
+	logKeyDrop   = "dropped"
+)
+
+// Options configure a Hub. Zero values take the defaults above.
+type Options struct {
+	ReplaySize   int           // events kept for resuming clients (default 10000)
+	ReplayAge    time.Duration // how long an event stays resumable (default 10m)
+	Heartbeat    time.Duration // ping period (default 15s)
+	QueueSize    int           // per-connection bounded queue (default 256)
+	WriteTimeout time.Duration // deadline of every write to a client (default 10s)
+	Logger       *slog.Logger  // nil discards
+	Now          func() time.Time
+}
+
+// ErrClosed is returned by Publish after Close.
+var ErrClosed = errors.New("stream: hub closed")
+
+// Stats are the hub's counters.
+type Stats struct {
+	Subscribers int64  // connected clients
+	Published   uint64 // transactions accepted (each advanced the head)
+	Matched     uint64 // invalidate events queued for clients (live and replay)
+	Delivered   uint64 // events written and flushed to clients (every kind)
+	Dropped     uint64 // queued events discarded by overflows and resets
+	Overflows   uint64 // queue overflows (each answered with one reset)
+	Resets      uint64 // reset events queued (cursor out of window, overflow, Reset)
+}
+
+// Hub routes published transactions to SSE clients. Create it with NewHub,
+// serve it at GET /events, and Close it on shutdown.
+type Hub struct {
+	opts Options
+	log  *slog.Logger
+	now  func() time.Time
+	srv  *sse.Server
+
+	mu           sync.Mutex
+	closed       bool
+	head         cdc.Position // last published position
+	floor        cdc.Position // SetFloor
+	end          cdc.Position // SetEnd
+	evictedFloor cdc.Position // last position evicted from (or cleared out of) the window
+	lost         bool         // Reset called, no SetFloor since: nothing can resume
+	lostReason   string
+	win          window
+	idx          *index
+	conns        map[*conn]struct{}
+	nextID       uint64
+
+	wg     sync.WaitGroup // ServeHTTP calls in flight
+	stop   chan struct{}
+	hbDone chan struct{}
+	close  sync.Once
+
+	subscribers                                                   atomic.Int64
+	published, matched, delivered, dropped, overflows, resetCount atomic.Uint64
+}
+
+// NewHub returns a hub and starts its heartbeat.
+func NewHub(opts Options) *Hub {
+	if opts.ReplaySize <= 0 {
+		opts.ReplaySize = DefaultReplaySize
+	}
+	if opts.ReplayAge <= 0 {
+		opts.ReplayAge = DefaultReplayAge
+	}
+	if opts.Heartbeat <= 0 {
+		opts.Heartbeat = DefaultHeartbeat
+	}
+	if opts.QueueSize <= 0 {
+		opts.QueueSize = DefaultQueueSize
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = DefaultWriteTimeout
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	srv := sse.New()
+	srv.AutoStream = true
+	srv.AutoReplay = false
+	srv.BufferSize = 0
+	srv.Headers["X-Accel-Buffering"] = "no"
+	h := &Hub{
+		opts:   opts,
+		log:    log,
+		now:    now,
+		srv:    srv,
+		idx:    newIndex(),
+		conns:  map[*conn]struct{}{},
+		stop:   make(chan struct{}),
+		hbDone: make(chan struct{}),
+	}
+	go h.heartbeat()
+	return h
+}
+
+// event is one published transaction, shared by the window and every queue.
+type event struct {
+	pos   cdc.Position
+	ts    time.Time
+	tags  []string  // sorted, de-duplicated
+	added time.Time // when the hub accepted it (age eviction)
+
+	once sync.Once
+	data []byte // the invalidate data with all tags
+}
+
+func (e *event) fullData() []byte {
+	e.once.Do(func() { e.data = invalidateData(e.tags, e.ts) })
+	return e.data
+}
+
+// Publish appends a committed transaction to the window and queues it for
+// every connection it concerns. It never waits for a client: once it
+// returns, pos may be acknowledged. A pos at or below the head is ignored
+// (a source re-delivering after a restart). A transaction without tags still
+// advances the head.
+func (h *Hub) Publish(ctx context.Context, pos cdc.Position, ts time.Time, tags []string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return ErrClosed
+	}
+	if pos <= h.head {
+		return nil
+	}
+	h.head = pos
+	h.published.Add(1)
+	now := h.now()
+	h.evictAged(now)
+	if len(tags) == 0 {
+		return nil
+	}
+	sorted := slices.Clone(tags)
+	slices.Sort(sorted)
+	ev := &event{pos: pos, ts: ts, tags: slices.Compact(sorted), added: now}
+	if h.win.len() >= h.opts.ReplaySize {
+		h.evictedFloor = h.win.popOldest().pos
+	}
+	h.win.push(ev, h.opts.ReplaySize)
+	for _, c := range h.idx.match(ev.tags) {
+		if pos <= c.cursor {
+			continue // the client has it already (it resumed from a later cursor)
+		}
+		var sub []string // nil: the event's own tags
+		if !slices.Equal(c.matched, ev.tags) {
+			sub = slices.Clone(c.matched)
+		}
+		h.matched.Add(1)
+		h.push(c, item{kind: kindInvalidate, id: pos, ev: ev, tags: sub})
+	}
+	return nil
+}
+
+func (h *Hub) evictAged(now time.Time) {
+	for h.win.len() > 0 && now.Sub(h.win.oldest().added) > h.opts.ReplayAge {
+		h.evictedFloor = h.win.popOldest().pos
+	}
+}
+
+// SetFloor sets the continuity floor: the position the source resumed from.
+// Every transaction after it will be published; a cursor below it cannot be
+// resumed. It also ends the state a Reset leaves behind.
+func (h *Hub) SetFloor(pos cdc.Position) {
+	h.mu.Lock()
+	h.floor = pos
+	h.lost = false
+	h.mu.Unlock()
+}
+
+// SetEnd records the source's current end. A client whose cursor lies in
+// (head, end] resumes and waits for the live events after its cursor; a
+// cursor beyond max(head, end) gets a reset.
+func (h *Hub) SetEnd(pos cdc.Position) {
+	h.mu.Lock()
+	h.end = pos
+	h.mu.Unlock()
+}
+
+// Reset reports that continuity was lost: every client gets `reset` (its
+// queued events dropped), the window is cleared, and no cursor resumes until
+// the next SetFloor.
+func (h *Hub) Reset(reason string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.lost, h.lostReason = true, reason
+	h.evictedFloor = max(h.evictedFloor, h.head)
+	h.win.clear()
+	data := resetData(reason)
+	cur := h.current()
+	for c := range h.conns {
+		h.resetConn(c, cur, data)
+	}
+	h.log.Warn("stream: continuity lost, every client reset", logKeyReason, reason, logKeyHead, uint64(h.head))
+}
+
+// current is the id of events that are not transactions (ready, reset,
+// ping): the position up to which the hub has accounted for every
+// transaction.
+func (h *Hub) current() cdc.Position {
+	if h.lost {
+		return h.head
+	}
+	return max(h.head, h.floor)
+}
+
+// Stats returns the hub's counters.
+func (h *Hub) Stats() Stats {
+	return Stats{
+		Subscribers: h.subscribers.Load(),
+		Published:   h.published.Load(),
+		Matched:     h.matched.Load(),
+		Delivered:   h.delivered.Load(),
+		Dropped:     h.dropped.Load(),
+		Overflows:   h.overflows.Load(),
+		Resets:      h.resetCount.Load(),
+	}
+}
+
+func (h *Hub) heartbeat() {
+	defer close(h.hbDone)
+	t := time.NewTicker(h.opts.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			h.mu.Lock()
+			h.evictAged(h.now())
+			cur := h.current()
+			for c := range h.conns {
+				h.push(c, item{kind: kindPing, id: cur})
+			}
+			h.mu.Unlock()
+		case <-h.stop:
+			return
+		}
+	}
+}
+
+// Close stops the heartbeat, lets every connection write what is already
+// queued (bounded by the write timeout), ends every connection cleanly and
+// waits for the handlers to return. Publish fails with ErrClosed afterwards
+// and new requests get 503.
+func (h *Hub) Close() {
+	h.close.Do(func() {
+		h.mu.Lock()
+		h.closed = true
+		for c := range h.conns {
+			c.mu.Lock()
+			c.closing = true
+			c.mu.Unlock()
+			c.signal()
+		}
+		h.mu.Unlock()
+		close(h.stop)
+		<-h.hbDone
+		h.wg.Wait()
+	})
+}
