@@ -86,6 +86,9 @@ func (h *Hub) push(c *conn, it item) {
 		c.mu.Unlock()
 		h.overflows.Add(1)
 		h.log.Warn("stream: client too slow, queue overflowed", logKeyConn, c.id)
+		if it.kind == kindInvalidate {
+			h.dropped.Add(1) // the event that did not fit
+		}
 		h.resetConn(c, max(h.current(), it.id), overflowData)
 		return
 	default:
@@ -186,6 +189,9 @@ func (h *Hub) leave(c *conn) {
 	delete(h.conns, c)
 	h.mu.Unlock()
 	h.subscribers.Add(-1)
+	if h.testHookLeave != nil {
+		h.testHookLeave()
+	}
 }
 
 // pump moves c's queue into its r3labs stream until the connection ends. It

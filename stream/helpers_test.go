@@ -66,6 +66,7 @@ type client struct {
 	conn net.Conn
 	resp *http.Response
 	rd   *bufio.Reader
+	wait time.Duration // read deadline: a hung test fails instead of hanging
 }
 
 // dial connects with the given query and extra header lines and expects a
@@ -101,7 +102,7 @@ func newClient(t *testing.T, conn net.Conn, query string, header ...string) *cli
 	if _, err := conn.Write([]byte(req + "\r\n")); err != nil {
 		t.Fatal(err)
 	}
-	c := &client{t: t, conn: conn}
+	c := &client{t: t, conn: conn, wait: 10 * time.Second}
 	c.deadline()
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil {
@@ -112,7 +113,7 @@ func newClient(t *testing.T, conn net.Conn, query string, header ...string) *cli
 	return c
 }
 
-func (c *client) deadline() { _ = c.conn.SetReadDeadline(time.Now().Add(10 * time.Second)) }
+func (c *client) deadline() { _ = c.conn.SetReadDeadline(time.Now().Add(c.wait)) }
 
 // next reads the next event (comment lines are skipped).
 func (c *client) next() sseEvent {

@@ -122,6 +122,8 @@ type Hub struct {
 	hbDone chan struct{}
 	close  sync.Once
 
+	testHookLeave func() // called after a connection has left (tests)
+
 	subscribers                                                   atomic.Int64
 	published, matched, delivered, dropped, overflows, resetCount atomic.Uint64
 }

@@ -1,0 +1,126 @@
+package stream
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// pipeListener serves connections made with net.Pipe, so that an HTTP server
+// runs inside a synctest bubble (real sockets would not let time advance).
+type pipeListener struct {
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+}
+
+func newPipeListener() *pipeListener {
+	return &pipeListener{conns: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *pipeListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *pipeListener) Close() error { l.once.Do(func() { close(l.done) }); return nil }
+
+func (l *pipeListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
+
+func (l *pipeListener) dial() net.Conn {
+	client, server := net.Pipe()
+	l.conns <- server
+	return client
+}
+
+func TestHeartbeat(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := NewHub(Options{})
+		ln := newPipeListener()
+		srv := &http.Server{Handler: h}
+		served := make(chan struct{})
+		go func() { defer close(served); _ = srv.Serve(ln) }()
+		defer func() {
+			h.Close()
+			_ = srv.Shutdown(context.Background())
+			<-served
+		}()
+
+		conn := ln.dial()
+		defer conn.Close()
+		c := newClient(t, conn, "tags=a")
+		c.expect(ready(0, false))
+
+		time.Sleep(DefaultHeartbeat)
+		c.expect(ping(0))
+
+		// The head moves without anything matching: the ping carries it.
+		publish(t, h, 7, "b")
+		publish(t, h, 9, "b")
+		time.Sleep(DefaultHeartbeat)
+		c.expect(ping(9))
+
+		// A client that resumed ahead of the head never sees a lower id.
+		h.SetEnd(20)
+		conn2 := ln.dial()
+		defer conn2.Close()
+		c2 := newClient(t, conn2, "tags=a", "Last-Event-ID: 15")
+		c2.expect(ready(15, true))
+		publish(t, h, 16, "a")
+		c.expect(inv(16, "a"))
+		c2.expect(inv(16, "a"))
+		publish(t, h, 17, "b")
+		time.Sleep(DefaultHeartbeat)
+		c.expect(ping(17))
+		c2.expect(ping(17))
+
+		// Exactly one ping per period. (net.Pipe has no buffer: the client
+		// reads each one as it comes, or the write deadline would end it.)
+		c.wait = time.Hour
+		start := time.Now()
+		for range 3 {
+			c.expect(ping(17))
+		}
+		if d := time.Since(start); d != 3*DefaultHeartbeat {
+			t.Fatalf("3 pings in %v", d)
+		}
+	})
+}
+
+func TestHeartbeatBeforeAnyPublish(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := NewHub(Options{Heartbeat: time.Second})
+		ln := newPipeListener()
+		srv := &http.Server{Handler: h}
+		served := make(chan struct{})
+		go func() { defer close(served); _ = srv.Serve(ln) }()
+		defer func() {
+			h.Close()
+			_ = srv.Shutdown(context.Background())
+			<-served
+		}()
+		h.SetFloor(40) // a restart: the source resumed from 40
+		h.SetEnd(45)
+		conn := ln.dial()
+		defer conn.Close()
+		c := newClient(t, conn, "tags=a", "Last-Event-ID: 43")
+		c.expect(ready(43, true))
+		time.Sleep(time.Second)
+		c.expect(ping(43))
+		conn2 := ln.dial()
+		defer conn2.Close()
+		c2 := newClient(t, conn2, "tags=a")
+		c2.expect(ready(40, false))
+		time.Sleep(time.Second)
+		c2.expect(ping(40))
+		c.expect(ping(43))
+	})
+}

@@ -1,0 +1,181 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/tagstream/tagstream/cdc"
+)
+
+func TestBadRequests(t *testing.T) {
+	_, b := setup(t, Options{})
+	many := strings.Repeat("t,", 256) + "t"
+	long := strings.Repeat("x", 257)
+	for _, tc := range []struct {
+		name, query, header, reason string
+	}{
+		{"missing", "", "", "missing tags parameter: subscribe with ?tags=a,b"},
+		{"empty", "tags=", "", "invalid tag 1: empty entry"},
+		{"empty entry", "tags=a,,b", "", "invalid tag 2: empty entry"},
+		{"trailing comma", "tags=a,", "", "invalid tag 2: empty entry"},
+		{"empty repeat", "tags=a&tags=", "", "invalid tag 2: empty entry"},
+		{"too many", "tags=" + many, "", "too many tags: at most 256 entries"},
+		{"too many repeated", "tags=" + strings.Repeat("t,", 200) + "t&tags=" + strings.Repeat("u,", 55) + "u", "", "too many tags: at most 256 entries"},
+		{"too long", "tags=a," + long, "", "invalid tag 2: longer than 256 bytes"},
+		{"space", "tags=a%20b", "", `invalid tag 1: contains the character ' ' (percent-encode it)`},
+		{"control", "tags=a%0Ab", "", `invalid tag 1: contains the character '\n' (percent-encode it)`},
+		{"bad utf8", "tags=a%FF", "", "invalid tag 1: not valid UTF-8"},
+		{"cursor header", "tags=a", "Last-Event-ID: abc", `invalid Last-Event-ID "abc": want a decimal position`},
+		{"cursor query", "tags=a&lastEventId=-1", "", `invalid Last-Event-ID "-1": want a decimal position`},
+		{"cursor plus", "tags=a&lastEventId=%2B1", "", `invalid Last-Event-ID "+1": want a decimal position`},
+		{"cursor range", "tags=a&lastEventId=18446744073709551616", "", `invalid Last-Event-ID "18446744073709551616": out of range`},
+		{"cursor hex", "tags=a", "Last-Event-ID: 0x10", `invalid Last-Event-ID "0x10": want a decimal position`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var hdr []string
+			if tc.header != "" {
+				hdr = append(hdr, tc.header)
+			}
+			c := b.dialRaw(t, tc.query, hdr...)
+			body, _ := io.ReadAll(c.resp.Body)
+			if c.resp.StatusCode != http.StatusBadRequest {
+				t.Fatalf("status %d, want 400 (%s)", c.resp.StatusCode, body)
+			}
+			if ct := c.resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
+				t.Errorf("Content-Type %q", ct)
+			}
+			if got := strings.TrimSuffix(string(body), "\n"); got != tc.reason {
+				t.Errorf("reason %q, want %q", got, tc.reason)
+			}
+		})
+	}
+}
+
+func TestCursorEdgeValues(t *testing.T) {
+	h, b := setup(t, Options{})
+	h.SetEnd(^cdc.Position(0))
+	// The largest position resumes (r3labs never sees it: it would reject
+	// anything above MaxInt64).
+	b.dial(t, "tags=a", "Last-Event-ID: 18446744073709551615").expect(ready(18446744073709551615, true))
+	// Leading zeros are still decimal; an empty header means no cursor.
+	b.dial(t, "tags=a&lastEventId=007").expect(ready(7, true))
+	b.dial(t, "tags=a&lastEventId=").expect(ready(0, false))
+}
+
+func TestMethodNotAllowed(t *testing.T) {
+	h, b := setup(t, Options{})
+	resp, err := http.Post(b.srv.URL+"/events?tags=a", "text/plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "GET" {
+		t.Fatalf("status %d, Allow %q", resp.StatusCode, resp.Header.Get("Allow"))
+	}
+	_ = h
+}
+
+func TestCloseEndsConnections(t *testing.T) {
+	h, b := setup(t, Options{})
+	c1 := b.dial(t, "tags=a")
+	c2 := b.dial(t, "tags=b")
+	c1.expect(ready(0, false))
+	c2.expect(ready(0, false))
+	publish(t, h, 1, "a", "b")
+	publish(t, h, 2, "a")
+	h.Close()
+	// What was queued is written, then the stream ends cleanly.
+	c1.expect(inv(1, "a"), inv(2, "a"))
+	c1.eof()
+	c2.expect(inv(1, "b"))
+	c2.eof()
+	if err := h.Publish(context.Background(), 3, ts0, []string{"a"}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Publish after Close: %v", err)
+	}
+	c := b.dialRaw(t, "tags=a")
+	if c.resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("status %d after Close", c.resp.StatusCode)
+	}
+	if st := h.Stats(); st.Subscribers != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestDisconnectReleases(t *testing.T) {
+	h, b := setup(t, Options{})
+	left := make(chan struct{}, 2)
+	h.testHookLeave = func() { left <- struct{}{} }
+	c1 := b.dial(t, "tags=a,user:*")
+	c2 := b.dial(t, "tags=a")
+	c1.expect(ready(0, false))
+	c2.expect(ready(0, false))
+	if n := h.Stats().Subscribers; n != 2 {
+		t.Fatalf("%d subscribers", n)
+	}
+	c1.conn.Close()
+	<-left // the server noticed without any write
+	if n := h.Stats().Subscribers; n != 1 {
+		t.Fatalf("%d subscribers after a disconnect", n)
+	}
+	h.mu.Lock()
+	if len(h.idx.patterns) != 0 || len(h.idx.exact) != 1 || len(h.idx.exact["a"].subs) != 1 || len(h.idx.patTree.root.children) != 0 {
+		t.Errorf("index not cleaned: %v %v", h.idx.patterns, h.idx.exact)
+	}
+	h.mu.Unlock()
+	publish(t, h, 1, "a")
+	c2.expect(inv(1, "a"))
+	c2.conn.Close()
+	<-left
+	h.mu.Lock()
+	if len(h.idx.exact) != 0 || len(h.idx.exactTree.root.children) != 0 || len(h.conns) != 0 {
+		t.Errorf("index not empty")
+	}
+	h.mu.Unlock()
+}
+
+func TestResetBroadcast(t *testing.T) {
+	h, b := setup(t, Options{})
+	h.SetFloor(10)
+	publish(t, h, 11, "a")
+	c := b.dial(t, "tags=a")
+	c.expect(ready(11, false))
+	h.Reset("replication slot invalidated")
+	c.expect(reset(11, "replication slot invalidated"))
+	// Until the source resumes, no cursor can be trusted.
+	b.dial(t, "tags=a", "Last-Event-ID: 11").expect(reset(11, "replication slot invalidated"), ready(11, false))
+	h.SetFloor(50)
+	publish(t, h, 51, "a")
+	c.expect(inv(51, "a"))
+	b.dial(t, "tags=a", "Last-Event-ID: 11").expect(
+		reset(51, "cursor 11 is older than the replay window (floor 50)"), ready(51, false))
+	b.dial(t, "tags=a", "Last-Event-ID: 50").expect(inv(51, "a"), ready(51, true))
+}
+
+func TestHealth(t *testing.T) {
+	ready := false
+	for _, tc := range []struct {
+		h    http.Handler
+		want int
+	}{
+		{Healthz(), 200},
+		{Readyz(func() bool { return ready }), 503},
+		{Readyz(nil), 503},
+	} {
+		rec := httptest.NewRecorder()
+		tc.h.ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
+		if rec.Code != tc.want {
+			t.Errorf("status %d, want %d", rec.Code, tc.want)
+		}
+	}
+	ready = true
+	rec := httptest.NewRecorder()
+	Readyz(func() bool { return ready }).ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
+	if rec.Code != 200 {
+		t.Errorf("ready: status %d", rec.Code)
+	}
+}
