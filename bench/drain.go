@@ -1,0 +1,87 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// markerTag is the tag of the backlog's last transaction (rules.yaml).
+const markerTag = "bench-marker:1"
+
+// drainResult is what one tagstream drain measured.
+type drainResult struct {
+	drain    time.Duration // daemon start → the SSE client has the marker
+	cpu      time.Duration // the daemon's CPU time over the same span
+	events   int           // invalidate events the client received
+	resets   int
+	reasons  []string // distinct reset reasons
+	markerID string
+}
+
+func (r drainResult) describe() string {
+	s := fmt.Sprintf("%d events", r.events)
+	if r.resets > 0 {
+		s += fmt.Sprintf(", %d resets: %s", r.resets, strings.Join(r.reasons, "; "))
+	}
+	return s
+}
+
+// drainDaemon starts `tagstream run args…`, connects one SSE client that
+// subscribes to every tag (`*`) with cursor as Last-Event-ID, and stops the
+// clock when that client receives the marker's invalidation. The daemon is
+// stopped before it returns.
+func (b *bench) drainDaemon(ctx context.Context, name, cursor string, args ...string) (drainResult, error) {
+	var res drainResult
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.drainLimit)
+	defer cancel()
+	t0 := time.Now()
+	d, err := b.startDaemon(ctx, name, args...)
+	if err != nil {
+		return res, err
+	}
+	defer func() {
+		if err := d.stop(); err != nil {
+			b.logf("tagstream %s: stop: %v", name, err)
+		}
+	}()
+	client, err := dialSSE(ctx, d.addr, "*", cursor)
+	if err != nil {
+		return res, fmt.Errorf("tagstream %s: %w\n%s", name, err, d.logTail())
+	}
+	defer client.Close()
+	deadline, _ := ctx.Deadline()
+	for {
+		ev, err := client.next(deadline)
+		if err != nil {
+			return res, fmt.Errorf("tagstream %s: no marker after %s (%d events, %d resets): %w\n%s",
+				name, time.Since(t0).Round(time.Millisecond), res.events, res.resets, err, d.logTail())
+		}
+		switch ev.Name {
+		case "reset":
+			res.resets++
+			var rd struct {
+				Reason string `json:"reason"`
+			}
+			_ = json.Unmarshal([]byte(ev.Data), &rd)
+			if !slices.Contains(res.reasons, rd.Reason) {
+				res.reasons = append(res.reasons, rd.Reason)
+			}
+		case "invalidate":
+			res.events++
+			inv, err := parseInvalidation(ev.Data)
+			if err != nil {
+				return res, fmt.Errorf("tagstream %s: invalid event data %q: %w", name, ev.Data, err)
+			}
+			if slices.Contains(inv.Tags, markerTag) {
+				res.drain = ev.At.Sub(t0)
+				res.cpu = d.cpu()
+				res.markerID = ev.ID
+				return res, nil
+			}
+		}
+	}
+}

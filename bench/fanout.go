@@ -1,0 +1,364 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tagstream/tagstream/testcontainers"
+)
+
+// recorder collects commit → receive latencies, per kind of event.
+type recorder struct {
+	mu       sync.Mutex
+	since    time.Time // samples of transactions committed before are warm-up
+	samples  map[string][]time.Duration
+	received map[string]int
+	resets   atomic.Int64
+}
+
+func newRecorder() *recorder {
+	return &recorder{samples: map[string][]time.Duration{}, received: map[string]int{}}
+}
+
+func (r *recorder) add(kind string, commit, at time.Time) {
+	r.mu.Lock()
+	r.received[kind]++
+	if !commit.Before(r.since) {
+		r.samples[kind] = append(r.samples[kind], at.Sub(commit))
+	}
+	r.mu.Unlock()
+}
+
+func (r *recorder) start(since time.Time) {
+	r.mu.Lock()
+	r.since = since
+	r.samples = map[string][]time.Duration{}
+	r.received = map[string]int{}
+	r.mu.Unlock()
+	r.resets.Store(0)
+}
+
+func (r *recorder) count(kind string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.received[kind]
+}
+
+func (r *recorder) take(kind string) []time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := slices.Clone(r.samples[kind])
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s
+}
+
+// subscribers is a set of connected SSE clients whose reader goroutines
+// feed a recorder.
+type subscribers struct {
+	clients []*sseClient
+	wg      sync.WaitGroup
+}
+
+// connect opens n subscribers, subscriber k watching `user:k:todos` and the
+// broadcast tag `Query.auctions`, each live (`ready`) before it returns.
+func connectSubscribers(ctx context.Context, addr string, n int, rec *recorder) (*subscribers, error) {
+	s := &subscribers{clients: make([]*sseClient, n)}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	deadline, _ := ctx.Deadline()
+	var (
+		mu       sync.Mutex
+		firstErr error
+		next     atomic.Int64
+		dialers  sync.WaitGroup
+	)
+	for range 32 {
+		dialers.Go(func() {
+			for {
+				k := int(next.Add(1)) - 1
+				if k >= n || ctx.Err() != nil {
+					return
+				}
+				c, err := dialSSE(ctx, addr, fmt.Sprintf("user:%d:todos,Query.auctions", k+1), "")
+				if err == nil {
+					_, err = c.waitReady(deadline)
+				}
+				if err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = fmt.Errorf("subscriber %d: %w", k+1, err)
+					}
+					mu.Unlock()
+					cancel()
+					if c != nil {
+						c.Close()
+					}
+					return
+				}
+				s.clients[k] = c
+			}
+		})
+	}
+	dialers.Wait()
+	if firstErr != nil {
+		s.close()
+		return nil, firstErr
+	}
+	for _, c := range s.clients {
+		s.wg.Go(func() {
+			for {
+				ev, err := c.next(time.Time{})
+				if err != nil {
+					return
+				}
+				switch ev.Name {
+				case "reset":
+					rec.resets.Add(1)
+				case "invalidate":
+					inv, err := parseInvalidation(ev.Data)
+					if err != nil || len(inv.Tags) == 0 {
+						continue
+					}
+					kind := "targeted"
+					if inv.Tags[0] == "Query.auctions" {
+						kind = "broadcast"
+					}
+					rec.add(kind, inv.TS, ev.At)
+				}
+			}
+		})
+	}
+	return s, nil
+}
+
+func (s *subscribers) close() {
+	for _, c := range s.clients {
+		if c != nil {
+			c.Close()
+		}
+	}
+	s.wg.Wait()
+}
+
+// runFanout runs the latency runs (one daemon per subscriber count) and the
+// fan-out memory measurement (on the daemon with memSubs subscribers, before
+// any load).
+func (b *bench) runFanout(ctx context.Context, doLatency, doMemory bool, subs []int) error {
+	srv, err := testcontainers.StartPostgres(ctx)
+	if err != nil {
+		return fmt.Errorf("start postgres: %w", err)
+	}
+	defer srv.Close()
+	dsn, err := srv.CreateDatabase(ctx, "bench_fanout")
+	if err != nil {
+		return err
+	}
+	// The private server runs with synchronous_commit=off, which leaves WAL
+	// unflushed for up to wal_writer_delay (200 ms) — and a walsender only
+	// sends flushed WAL. The latency runs commit like a production server.
+	if err := pgWith(ctx, dsn, func(ctx context.Context, c *pgx.Conn) error {
+		if _, err := c.Exec(ctx, "ALTER DATABASE bench_fanout SET synchronous_commit = on"); err != nil {
+			return err
+		}
+		_, err := c.Exec(ctx, pgSchema)
+		return err
+	}); err != nil {
+		return err
+	}
+	var runs []int
+	if doLatency {
+		runs = append(runs, subs...)
+	}
+	if doMemory && !slices.Contains(runs, b.cfg.memSubs) {
+		runs = append(runs, b.cfg.memSubs)
+	}
+	for i, n := range runs {
+		latency := doLatency && slices.Contains(subs, n)
+		memory := doMemory && n == b.cfg.memSubs
+		if err := b.fanoutRun(ctx, srv, dsn, fmt.Sprintf("bench_fanout_%d", i), n, latency, memory); err != nil {
+			return fmt.Errorf("%d subscribers: %w", n, err)
+		}
+	}
+	return nil
+}
+
+func (b *bench) fanoutRun(ctx context.Context, srv *testcontainers.PostgresServer, dsn, slot string, n int, latency, memory bool) error {
+	b.logf("fan-out: %d subscribers (latency %v, memory %v)", n, latency, memory)
+	d, err := b.startDaemon(ctx, slot, "--db", dsn, "--rules", b.rulesPath, "--slot", slot, "--publication", "bench_fanout")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		_ = d.stop()
+		_ = pgWith(context.WithoutCancel(ctx), srv.AdminDSN(), func(ctx context.Context, c *pgx.Conn) error {
+			_, err := c.Exec(ctx, "SELECT pg_drop_replication_slot($1)", slot)
+			return err
+		})
+	}()
+	if err := d.waitHTTP(ctx, "/readyz", 30*time.Second); err != nil {
+		return err
+	}
+	var rss0 int64
+	if memory {
+		settle(ctx, 2*time.Second)
+		if rss0, err = d.rssKiB(); err != nil {
+			return err
+		}
+	}
+	rec := newRecorder()
+	rec.start(time.Now().Add(time.Hour)) // nothing counts until a run starts
+	t0 := time.Now()
+	subs, err := connectSubscribers(ctx, d.addr, n, rec)
+	if err != nil {
+		return err
+	}
+	defer subs.close()
+	b.logf("  %d subscribers live in %s", n, time.Since(t0).Round(time.Millisecond))
+	if memory {
+		settle(ctx, 3*time.Second)
+		rss1, err := d.rssKiB()
+		if err != nil {
+			return err
+		}
+		extra := "VmRSS of the daemon before/after connecting; heap not exposed by /metrics"
+		if h := d.metric("go_memstats_heap_inuse_bytes"); h >= 0 {
+			extra = fmt.Sprintf("heap in use after: %.1f MiB", h/(1<<20))
+		}
+		b.memory = append(b.memory, memoryRow{Subscribers: n, Before: rss0, After: rss1, Extra: extra})
+		b.logf("  RSS %d KiB → %d KiB: %.1f KiB per subscriber", rss0, rss1, float64(rss1-rss0)/float64(n))
+	}
+	if !latency {
+		return nil
+	}
+	// Targeted: each transaction inserts a todo of one user; exactly one
+	// subscriber watches that user.
+	row, err := b.loadRun(ctx, dsn, rec, "targeted", n, b.cfg.latRate, b.cfg.latDuration, 1,
+		"INSERT INTO todos (user_id, title) VALUES ($1, 'buy milk')", func(i int) []any { return []any{i%n + 1} })
+	if err != nil {
+		return err
+	}
+	b.latency = append(b.latency, row)
+	if b.cfg.bcastRate > 0 {
+		// Broadcast: each transaction changes the auctions list that every
+		// subscriber watches.
+		row, err := b.loadRun(ctx, dsn, rec, "broadcast", n, b.cfg.bcastRate, b.cfg.bcastDur, n,
+			"INSERT INTO auctions (title) VALUES ('lot')", func(int) []any { return nil })
+		if err != nil {
+			return err
+		}
+		b.latency = append(b.latency, row)
+	}
+	return nil
+}
+
+// loadRun writes rate transactions per second for dur (open loop: each
+// transaction has its scheduled start) and waits for the deliveries.
+func (b *bench) loadRun(ctx context.Context, dsn string, rec *recorder, kind string, subs, rate int, dur time.Duration, fanout int, sql string, args func(int) []any) (latencyRow, error) {
+	row := latencyRow{Mode: kind, Subscribers: subs}
+	warm := time.Second
+	if dur <= 2*warm {
+		warm = 0
+	}
+	const writers = 8
+	conns := make([]*pgx.Conn, writers)
+	for i := range conns {
+		c, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			return row, err
+		}
+		defer c.Close(context.WithoutCancel(ctx))
+		conns[i] = c
+	}
+	start := time.Now()
+	rec.start(start.Add(warm))
+	period := time.Second / time.Duration(rate)
+	jobs := make(chan int, rate)
+	var sent atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for _, c := range conns {
+		wg.Go(func() {
+			for i := range jobs {
+				if _, err := c.Exec(ctx, sql, args(i)...); err != nil {
+					select {
+					case errs <- err:
+					default:
+					}
+					continue
+				}
+				sent.Add(1)
+			}
+		})
+	}
+	total := int(dur / period)
+	for i := range total {
+		if d := time.Until(start.Add(time.Duration(i) * period)); d > 0 {
+			time.Sleep(d)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+	elapsed := time.Since(start)
+	select {
+	case err := <-errs:
+		return row, fmt.Errorf("load generator: %w", err)
+	default:
+	}
+	row.Sent = int(sent.Load())
+	row.Rate = float64(row.Sent) / elapsed.Seconds()
+	row.Expected = row.Sent * fanout
+	// Wait for the stragglers: until everything arrived or nothing more
+	// arrives for 3 s.
+	last, lastChange := -1, time.Now()
+	for time.Since(lastChange) < 3*time.Second && ctx.Err() == nil {
+		got := rec.count(kind)
+		if got >= row.Expected {
+			break
+		}
+		if got != last {
+			last, lastChange = got, time.Now()
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	row.Received = rec.count(kind)
+	row.Resets = int(rec.resets.Load())
+	s := rec.take(kind)
+	if len(s) == 0 {
+		return row, errors.New("no deliveries measured")
+	}
+	row.P50, row.P90, row.P99, row.Max = pct(s, 0.50), pct(s, 0.90), pct(s, 0.99), s[len(s)-1]
+	b.logf("  %s: %d tx at %.0f/s, %d/%d deliveries, p50 %s p99 %s max %s", kind, row.Sent, row.Rate, row.Received, row.Expected, ms(row.P50), ms(row.P99), ms(row.Max))
+	if warm > 0 {
+		b.note("latency: the first %s of each run is warm-up, excluded from the percentiles (counted in deliveries)", warm)
+	}
+	b.record("# load generator:", fmt.Sprintf("%d tx/s for %s, %d connections, %s", rate, dur, writers, strings.TrimSpace(sql)))
+	return row, nil
+}
+
+// pct is the q-quantile of sorted samples (nearest rank).
+func pct(s []time.Duration, q float64) time.Duration {
+	i := int(q*float64(len(s)) + 0.5)
+	return s[min(max(i-1, 0), len(s)-1)]
+}
+
+// settle lets the daemon finish what connecting started (goroutines parking,
+// buffers released) before its memory is read.
+func settle(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}

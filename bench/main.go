@@ -1,0 +1,295 @@
+// Command bench measures tagstream on one machine against the physical
+// limit of its sources and prints a markdown report:
+//
+//   - throughput: the same backlog drained by the database's own client
+//     (pg_recvlogical with pgoutput; mariadb-binlog --read-from-remote-server)
+//     and by `tagstream run` with a realistic rules file and one connected
+//     SSE client — the clock runs over the drain only;
+//   - latency: commit → SSE client receive at a steady transaction rate with
+//     1,000 and 10,000 subscribers;
+//   - fan-out memory: the daemon's RSS per idle subscriber.
+//
+// Run it with `make bench` (or `go run ./bench -h` for the sizes). Databases
+// come from testcontainers/ (private throwaway servers on loopback); every
+// process and server it starts is stopped on exit.
+package main
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/tagstream/tagstream/testcontainers"
+)
+
+//go:embed rules.yaml
+var rulesYAML []byte
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	testcontainers.Shutdown()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// config holds the flags: which sections run and how big they are.
+type config struct {
+	sections    string
+	tagstream   string
+	out         string
+	drainLimit  time.Duration
+	clients     int
+	smallTx     int
+	bulkRows    int
+	mixedTx     int
+	mixedRows   int
+	latRate     int
+	latDuration time.Duration
+	latSubs     string
+	bcastRate   int
+	bcastDur    time.Duration
+	memSubs     int
+}
+
+// bench is one run: its configuration, scratch directory, the commands it
+// ran (for the report) and the rows it measured.
+type bench struct {
+	cfg       config
+	tmp       string
+	tagstream string
+	rulesPath string
+	log       io.Writer
+
+	commands   []string
+	throughput []throughputRow
+	latency    []latencyRow
+	memory     []memoryRow
+	notes      []string
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var c config
+	fs.StringVar(&c.sections, "sections", "pg,mysql,latency,memory", "comma-separated sections to run: pg, mysql, latency, memory")
+	fs.StringVar(&c.tagstream, "tagstream", "", "tagstream binary to measure (default: build ./cmd/tagstream into a temp dir)")
+	fs.StringVar(&c.out, "out", "", "also write the markdown report to this file")
+	fs.DurationVar(&c.drainLimit, "drain-timeout", 5*time.Minute, "give up on one drain after this long")
+	fs.IntVar(&c.clients, "clients", 4, "concurrent writers of the small-transaction and mixed workloads")
+	fs.IntVar(&c.smallTx, "small-tx", 200000, "workload (a): single-row INSERT transactions")
+	fs.IntVar(&c.bulkRows, "bulk-rows", 1000000, "workload (b): rows of the one INSERT … SELECT transaction")
+	fs.IntVar(&c.mixedTx, "mixed-tx", 100000, "workload (c): update/delete transactions")
+	fs.IntVar(&c.mixedRows, "mixed-rows", 200000, "workload (c): todos (and half as many comments) loaded before the slot exists")
+	fs.IntVar(&c.latRate, "latency-rate", 1000, "latency: transactions per second")
+	fs.DurationVar(&c.latDuration, "latency-duration", 10*time.Second, "latency: how long each targeted run writes (the first second is warm-up)")
+	fs.StringVar(&c.latSubs, "latency-subscribers", "1000,10000", "latency: subscriber counts, comma-separated")
+	fs.IntVar(&c.bcastRate, "broadcast-rate", 10, "latency: broadcast transactions per second (to every subscriber; 0 = skip)")
+	fs.DurationVar(&c.bcastDur, "broadcast-duration", 10*time.Second, "latency: how long the broadcast run writes")
+	fs.IntVar(&c.memSubs, "memory-subscribers", 10000, "fan-out memory: idle subscribers")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	want := map[string]bool{}
+	for s := range strings.SplitSeq(c.sections, ",") {
+		switch s = strings.TrimSpace(s); s {
+		case "pg", "mysql", "latency", "memory":
+			want[s] = true
+		case "":
+		default:
+			return fmt.Errorf("-sections: unknown section %q (pg, mysql, latency, memory)", s)
+		}
+	}
+	subs, err := parseInts(c.latSubs)
+	if err != nil {
+		return fmt.Errorf("-latency-subscribers: %w", err)
+	}
+
+	tmp, err := os.MkdirTemp("", "tagstream-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	b := &bench{cfg: c, tmp: tmp, log: stderr}
+	if err := raiseFDLimit(max(c.memSubs, maxInt(subs)) + 4096); err != nil {
+		b.note("could not raise the open-files limit: %v", err)
+	}
+	b.rulesPath = filepath.Join(tmp, "rules.yaml")
+	if err := os.WriteFile(b.rulesPath, rulesYAML, 0o644); err != nil {
+		return err
+	}
+	if b.tagstream = c.tagstream; b.tagstream == "" {
+		if b.tagstream, err = buildTagstream(ctx, tmp); err != nil {
+			return err
+		}
+	}
+	machine := describeMachine(ctx, b.tagstream)
+	start := time.Now()
+
+	// Each section reports its own failure and the others still run: a
+	// missing MySQL reader must not hide the Postgres figures.
+	var failed []string
+	section := func(name string, fn func(context.Context) error) {
+		if !want[name] || ctx.Err() != nil {
+			return
+		}
+		b.logf("== section %s", name)
+		if err := fn(ctx); err != nil {
+			b.note("section %s did not complete: %v", name, err)
+			b.logf("section %s failed: %v", name, err)
+			failed = append(failed, name)
+		}
+	}
+	section("pg", b.runPostgres)
+	section("mysql", b.runMySQL)
+	if want["latency"] || want["memory"] {
+		name := "latency"
+		if !want["latency"] {
+			name = "memory"
+		}
+		want[name] = true
+		section(name, func(ctx context.Context) error { return b.runFanout(ctx, want["latency"], want["memory"], subs) })
+	}
+
+	report := b.report(machine, time.Since(start))
+	fmt.Fprint(stdout, report)
+	if c.out != "" {
+		if err := os.WriteFile(c.out, []byte(report), 0o644); err != nil {
+			return err
+		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("sections that did not complete: %s", strings.Join(failed, ", "))
+	}
+	return nil
+}
+
+func (b *bench) logf(format string, a ...any) {
+	fmt.Fprintf(b.log, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, a...)...)
+}
+
+func (b *bench) note(format string, a ...any) {
+	n := fmt.Sprintf(format, a...)
+	if !slices.Contains(b.notes, n) {
+		b.notes = append(b.notes, n)
+	}
+}
+
+// record keeps an external command line for the report.
+func (b *bench) record(name string, args ...string) {
+	parts := []string{filepath.Base(name)}
+	for _, a := range args {
+		if a == "" || strings.ContainsAny(a, " '\"&?*$;|<>(){}") {
+			a = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+		parts = append(parts, a)
+	}
+	line := strings.Join(parts, " ")
+	for _, c := range b.commands {
+		if c == line {
+			return
+		}
+	}
+	b.commands = append(b.commands, line)
+}
+
+// buildTagstream compiles ./cmd/tagstream of this module.
+func buildTagstream(ctx context.Context, dir string) (string, error) {
+	out := filepath.Join(dir, "tagstream")
+	root, err := moduleRoot(ctx)
+	if err != nil {
+		return "", err
+	}
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/tagstream")
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/tagstream: %w\n%s", err, b)
+	}
+	return out, nil
+}
+
+func moduleRoot(ctx context.Context) (string, error) {
+	b, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	mod := strings.TrimSpace(string(b))
+	if mod == "" || mod == os.DevNull {
+		return "", errors.New("run the benchmark from inside the tagstream module (make bench)")
+	}
+	return filepath.Dir(mod), nil
+}
+
+// raiseFDLimit lifts RLIMIT_NOFILE to at least n (root may raise the hard
+// limit too) — enough for one end of every subscriber connection. Calling
+// Setrlimit also makes child processes (the daemon, which holds the other
+// ends) inherit the raised limit.
+func raiseFDLimit(n int) error {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return err
+	}
+	want := uint64(n)
+	if lim.Cur >= want {
+		return syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	}
+	if lim.Max < want {
+		lim.Max = want
+	}
+	lim.Cur = want
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		// Not root: take what the hard limit allows.
+		_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
+		lim.Cur = lim.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+		return fmt.Errorf("wanted %d, have %d: %w", n, lim.Cur, err)
+	}
+	return nil
+}
+
+func parseInts(s string) ([]int, error) {
+	var out []int
+	for f := range strings.SplitSeq(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		var n int
+		if _, err := fmt.Sscan(f, &n); err != nil || n < 1 {
+			return nil, fmt.Errorf("%q is not a positive number", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func maxInt(xs []int) int {
+	m := 0
+	for _, x := range xs {
+		m = max(m, x)
+	}
+	return m
+}

@@ -1,0 +1,133 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// sseEvent is one Server-Sent Event as the client received it.
+type sseEvent struct {
+	Name string
+	ID   string
+	Data string
+	At   time.Time // when the event's last line arrived
+}
+
+// invalidation is the data of an `invalidate` event.
+type invalidation struct {
+	Tags []string  `json:"tags"`
+	TS   time.Time `json:"ts"`
+}
+
+// sseClient is a minimal subscriber: one TCP connection, one buffered
+// reader, no goroutines of its own — so that 10,000 of them cost the load
+// generator little next to the daemon under test.
+type sseClient struct {
+	conn net.Conn
+	body *bufio.Reader
+}
+
+// dialSSE subscribes to tags on the daemon at addr. cursor, when not empty,
+// is sent as Last-Event-ID.
+func dialSSE(ctx context.Context, addr, tags, cursor string) (*sseClient, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	q := url.Values{"tags": {tags}}
+	req := "GET /events?" + q.Encode() + " HTTP/1.1\r\nHost: " + addr + "\r\nAccept: text/event-stream\r\n"
+	if cursor != "" {
+		req += "Last-Event-ID: " + cursor + "\r\n"
+	}
+	req += "\r\n"
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	if _, err := io.WriteString(conn, req); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	br := bufio.NewReaderSize(conn, 2048)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("sse: read response: %w", err)
+	}
+	_ = conn.SetDeadline(time.Time{})
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		conn.Close()
+		return nil, fmt.Errorf("sse: GET /events: %s: %s", resp.Status, strings.TrimSpace(string(b)))
+	}
+	// resp.Body undoes the chunked encoding; it reads from br.
+	return &sseClient{conn: conn, body: bufio.NewReaderSize(resp.Body, 2048)}, nil
+}
+
+// next reads the next event. A deadline of zero means none.
+func (c *sseClient) next(deadline time.Time) (sseEvent, error) {
+	_ = c.conn.SetReadDeadline(deadline)
+	var ev sseEvent
+	var data []string
+	for {
+		line, err := c.body.ReadString('\n')
+		if err != nil {
+			return ev, err
+		}
+		line = strings.TrimRight(line, "\r\n")
+		if line == "" {
+			if ev.Name == "" && ev.ID == "" && len(data) == 0 {
+				continue // a blank line or a comment block
+			}
+			ev.Data = strings.Join(data, "\n")
+			ev.At = time.Now()
+			if ev.Name == "" {
+				ev.Name = "message"
+			}
+			return ev, nil
+		}
+		field, value, _ := strings.Cut(line, ":")
+		value = strings.TrimPrefix(value, " ")
+		switch field {
+		case "event":
+			ev.Name = value
+		case "id":
+			ev.ID = value
+		case "data":
+			data = append(data, value)
+		}
+	}
+}
+
+// waitReady reads events until `ready`, returning how many resets came
+// before it.
+func (c *sseClient) waitReady(deadline time.Time) (resets int, err error) {
+	for {
+		ev, err := c.next(deadline)
+		if err != nil {
+			return resets, fmt.Errorf("sse: waiting for ready: %w", err)
+		}
+		switch ev.Name {
+		case "ready":
+			return resets, nil
+		case "reset":
+			resets++
+		}
+	}
+}
+
+func (c *sseClient) Close() error { return c.conn.Close() }
+
+func parseInvalidation(data string) (invalidation, error) {
+	var inv invalidation
+	err := json.Unmarshal([]byte(data), &inv)
+	return inv, err
+}
