@@ -1,0 +1,147 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+)
+
+// runBinary runs the built tagstream binary and returns its exit code, stdout
+// and stderr.
+func runBinary(t *testing.T, env []string, args ...string) (int, string, string) {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return code, stdout.String(), stderr.String()
+}
+
+// TestConfigErrors: bad flags, DSNs and rules exit 2 with one clear line.
+func TestConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(good, []byte("rules:\n  - table: todos\n    tags: [todos]\n"), 0o644)
+	os.WriteFile(bad, []byte("rules:\n  - table: todos\n    tags: [\"todo:{id\"]\n"), 0o644)
+
+	for _, tc := range []struct {
+		name string
+		env  []string
+		args []string
+		want string // the whole stderr line
+	}{
+		{"no command", nil, nil, "tagstream: missing command (run, check or version); see 'tagstream help'"},
+		{"unknown command", nil, []string{"serve"}, `tagstream: unknown command "serve" (run, check or version); see 'tagstream help'`},
+		{"unknown flag", nil, []string{"run", "--nope"}, "tagstream: tagstream run: flag provided but not defined: -nope (see 'tagstream run -h')"},
+		{"no rules", nil, []string{"run", "--db", "postgres://localhost/x"}, "tagstream: run: --rules is required (or TAGSTREAM_RULES)"},
+		{"no db", nil, []string{"run", "--rules", good}, "tagstream: --db is required (or TAGSTREAM_DB): postgres://user@host:5432/db or mysql://user:pass@host:3306/db"},
+		{"bad scheme", nil, []string{"run", "--rules", good, "--db", "redis://localhost"}, `tagstream: --db: unsupported scheme "redis"; use postgres://, postgresql://, mysql:// or mariadb://`},
+		{"not a url", nil, []string{"run", "--rules", good, "--db", "host=localhost"}, `tagstream: --db: "host=localhost" is not a URL; use postgres://user@host:5432/db or mysql://user:pass@host:3306/db`},
+		{"mysql without database", nil, []string{"run", "--rules", good, "--db", "mysql://root:secret@127.0.0.1:3306"}, "tagstream: --db: mysql://root:xxxxx@127.0.0.1:3306 names no database; add /dbname, the default schema for unqualified tables in rules"},
+		{"env db bad", []string{"TAGSTREAM_DB=ftp://x"}, []string{"run", "--rules", good}, `tagstream: --db: unsupported scheme "ftp"; use postgres://, postgresql://, mysql:// or mariadb://`},
+		{"flag overrides env", []string{"TAGSTREAM_RULES=" + bad}, []string{"run", "--rules", good, "--db", "ftp://x"}, `tagstream: --db: unsupported scheme "ftp"; use postgres://, postgresql://, mysql:// or mariadb://`},
+		{"bad log format", nil, []string{"run", "--log-format", "xml"}, `tagstream: --log-format: "xml" is not text or json`},
+		{"bad replay size", nil, []string{"run", "--rules", good, "--replay-size", "0"}, "tagstream: run: --replay-size must be at least 1, not 0"},
+		{"publication tables", nil, []string{"run", "--rules", good, "--db", "postgres://localhost/x", "--publication-tables", "some"}, `tagstream: --publication-tables: "some" is not all or rules`},
+		{"missing rules file", nil, []string{"run", "--rules", filepath.Join(dir, "none.yaml"), "--db", "postgres://localhost/x"}, "tagstream: run: rules: open " + filepath.Join(dir, "none.yaml") + ": no such file or directory"},
+		{"check without rules", nil, []string{"check"}, "tagstream: check: --rules is required (or TAGSTREAM_RULES)"},
+		{"stray argument", nil, []string{"check", "--rules", good, "extra"}, `tagstream: tagstream check: unexpected argument "extra" (see 'tagstream check -h')`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, stderr := runBinary(t, tc.env, tc.args...)
+			if code != 2 {
+				t.Errorf("exit %d, want 2; stderr %q", code, stderr)
+			}
+			if got := strings.TrimSuffix(stderr, "\n"); got != tc.want {
+				t.Errorf("stderr\n got %q\nwant %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestInvalidRulesExit2: `run` refuses an invalid rules file with its
+// positioned error on one line.
+func TestInvalidRulesExit2(t *testing.T) {
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(bad, []byte("rules:\n  - table: todos\n    tags: [\"todo:{id\"]\n"), 0o644)
+	code, _, stderr := runBinary(t, nil, "run", "--rules", bad, "--db", "postgres://localhost/x")
+	if code != 2 || strings.Count(stderr, "\n") != 1 || !strings.HasPrefix(stderr, "tagstream: run: "+bad+":3:") {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+}
+
+func TestCheckOffline(t *testing.T) {
+	code, stdout, stderr := runBinary(t, nil, "check", "--rules", "../../rules.example.yaml")
+	if code != 0 || !strings.HasPrefix(stdout, "../../rules.example.yaml: ") || !strings.HasSuffix(stdout, " rule(s) OK\n") || stderr != "" {
+		t.Fatalf("exit %d stdout %q stderr %q", code, stdout, stderr)
+	}
+
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(bad, []byte("rules:\n  - table: todos\n    tagz: [x]\n  - table: t2\n    tags: []\n"), 0o644)
+	code, stdout, stderr = runBinary(t, nil, "check", "--rules", bad)
+	lines := strings.Split(strings.TrimSuffix(stderr, "\n"), "\n")
+	if code != 1 || stdout != "" || len(lines) < 3 || lines[len(lines)-1] != bad+": "+strconv.Itoa(len(lines)-1)+" error(s); nothing loaded" {
+		t.Fatalf("exit %d stdout %q stderr %q", code, stdout, stderr)
+	}
+	for _, l := range lines[:len(lines)-1] {
+		if !strings.HasPrefix(l, bad+":") {
+			t.Errorf("error line without position: %q", l)
+		}
+	}
+}
+
+func TestVersion(t *testing.T) {
+	code, stdout, _ := runBinary(t, nil, "version")
+	if code != 0 || stdout != "tagstream dev\n" {
+		t.Fatalf("exit %d stdout %q", code, stdout)
+	}
+}
+
+// TestComposeFile checks docker-compose.yml's replication settings, since no
+// Docker engine runs where these tests run.
+func TestComposeFile(t *testing.T) {
+	data, err := os.ReadFile("../../docker-compose.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var compose struct {
+		Services map[string]struct {
+			Image       string            `yaml:"image"`
+			Build       any               `yaml:"build"`
+			Command     []string          `yaml:"command"`
+			Environment map[string]string `yaml:"environment"`
+		} `yaml:"services"`
+	}
+	if err := yaml.Unmarshal(data, &compose); err != nil {
+		t.Fatal(err)
+	}
+	pg, my, ts := compose.Services["postgres"], compose.Services["mysql"], compose.Services["tagstream"]
+	if pg.Image != "postgres:16" || !strings.Contains(strings.Join(pg.Command, " "), "wal_level=logical") {
+		t.Errorf("postgres: image %q command %q", pg.Image, pg.Command)
+	}
+	cmd := strings.Join(my.Command, " ")
+	for _, want := range []string{"--log-bin", "--binlog-format=ROW", "--binlog-row-image=FULL", "--binlog-row-metadata=FULL", "--server-id="} {
+		if my.Image != "mysql:8.4" || !strings.Contains(cmd, want) {
+			t.Errorf("mysql: image %q command %q lacks %s", my.Image, cmd, want)
+		}
+	}
+	if ts.Build == nil || !strings.HasPrefix(ts.Environment["TAGSTREAM_DB"], "postgres://") {
+		t.Errorf("tagstream: build %v env %v", ts.Build, ts.Environment)
+	}
+	if _, err := os.Stat("../../Dockerfile"); err != nil {
+		t.Error(err)
+	}
+}

@@ -1,0 +1,399 @@
+package main
+
+// End-to-end tests: build the tagstream binary, run it as a process against a
+// real Postgres, subscribe over HTTP and assert the exact events a client
+// receives.
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tagstream/tagstream/testcontainers"
+)
+
+var binary string // the tagstream binary built by TestMain
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "tagstream-e2e")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "tagstream")
+	build := exec.Command("go", "build", "-o", binary, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build tagstream:", err)
+		os.Exit(1)
+	}
+	defer os.RemoveAll(dir)
+	testcontainers.Main(m)
+}
+
+// lockedBuffer collects a process's stderr.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// daemon is a running `tagstream run` process.
+type daemon struct {
+	cmd    *exec.Cmd
+	base   string // http://127.0.0.1:port
+	stderr *lockedBuffer
+	done   chan struct{}
+	err    error
+}
+
+// startDaemon runs `tagstream run` with args plus --listen on a free port and
+// waits until /readyz says the source is streaming.
+func startDaemon(t *testing.T, args ...string) *daemon {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	d := &daemon{base: "http://" + addr, stderr: &lockedBuffer{}, done: make(chan struct{})}
+	d.cmd = exec.Command(binary, append([]string{"run", "--listen", addr, "--log-level", "debug"}, args...)...)
+	d.cmd.Stderr = d.stderr
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.err = d.cmd.Wait(); close(d.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-d.done:
+		default:
+			d.cmd.Process.Kill()
+			<-d.done
+		}
+		if t.Failed() {
+			t.Logf("tagstream stderr:\n%s", d.stderr)
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		select {
+		case <-d.done:
+			t.Fatalf("tagstream exited early: %v\n%s", d.err, d.stderr)
+		default:
+		}
+		resp, err := http.Get(d.base + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return d
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tagstream not ready within 30s\n%s", d.stderr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stop sends SIGTERM and asserts a clean exit.
+func (d *daemon) stop(t *testing.T) {
+	t.Helper()
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("tagstream did not stop within 20s after SIGTERM\n%s", d.stderr)
+	}
+	if d.err != nil {
+		t.Fatalf("tagstream exit: %v\n%s", d.err, d.stderr)
+	}
+}
+
+// kill ends the daemon with SIGKILL: no drain, no final acknowledgement.
+func (d *daemon) kill() {
+	d.cmd.Process.Kill()
+	<-d.done
+}
+
+const todoSchema = `
+CREATE TABLE todos (
+  id int PRIMARY KEY,
+  user_id int,
+  title text NOT NULL DEFAULT '',
+  done boolean NOT NULL DEFAULT false,
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE todos REPLICA IDENTITY FULL;
+CREATE TABLE markers (id int PRIMARY KEY);
+`
+
+const todoRules = `rules:
+  - name: todo
+    table: todos
+    columns: [title, done, user_id]
+    tags:
+      - todos
+      - todo:{id}
+      - user:{user_id}:todos
+  - name: marker
+    table: markers
+    tags: ["marker:{id}"]
+`
+
+// setupPG returns a fresh database with the todo schema, a connection to it
+// and a rules file for it.
+func setupPG(t *testing.T) (dsn string, db *pgx.Conn, rulesFile string) {
+	t.Helper()
+	dsn = testcontainers.Postgres(t)
+	ctx := context.Background()
+	db, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close(context.Background()) })
+	if _, err := db.Exec(ctx, todoSchema); err != nil {
+		t.Fatal(err)
+	}
+	rulesFile = filepath.Join(t.TempDir(), "rules.yaml")
+	if err := os.WriteFile(rulesFile, []byte(todoRules), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dsn, db, rulesFile
+}
+
+func execSQL(t *testing.T, db *pgx.Conn, sql ...string) {
+	t.Helper()
+	for _, s := range sql {
+		if _, err := db.Exec(context.Background(), s); err != nil {
+			t.Fatalf("%s: %v", s, err)
+		}
+	}
+}
+
+// TestEndToEndPostgres walks the rules and SSE contracts through the real
+// binary: every write is followed by the exact events each client receives.
+func TestEndToEndPostgres(t *testing.T) {
+	dsn, db, rulesFile := setupPG(t)
+	d := startDaemon(t, "--db", dsn, "--rules", rulesFile, "--slot", "e2e", "--publication", "e2e")
+
+	all := subscribe(t, d.base, "tags=todos,marker:*", "")
+	one := subscribe(t, d.base, "tags=todo:42", "")
+	users := subscribe(t, d.base, "tags=user:*:todos&tags=marker:*", "")
+	for _, c := range []*sseClient{all, one, users} {
+		c.expect(t, `ready {"resumed":false}`)
+	}
+
+	execSQL(t, db, `INSERT INTO todos (id, user_id, title) VALUES (42, 7, 'write tests')`)
+	all.expect(t, "invalidate todos")
+	one.expect(t, "invalidate todo:42")
+	users.expect(t, "invalidate user:7:todos")
+
+	// Moving a todo between users invalidates both users' lists.
+	execSQL(t, db, `UPDATE todos SET user_id = 9 WHERE id = 42`)
+	all.expect(t, "invalidate todos")
+	one.expect(t, "invalidate todo:42")
+	users.expect(t, "invalidate user:7:todos user:9:todos")
+
+	// The columns filter suppresses an update of an unlisted column; the
+	// marker transaction after it is the next thing anyone sees.
+	execSQL(t, db, `UPDATE todos SET updated_at = now() + interval '1 hour' WHERE id = 42`,
+		`INSERT INTO markers VALUES (1)`)
+	all.expect(t, "invalidate marker:1")
+	users.expect(t, "invalidate marker:1")
+
+	// A rolled-back transaction yields nothing.
+	tx, err := db.Begin(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(context.Background(), `INSERT INTO todos (id, user_id) VALUES (43, 7)`); err != nil {
+		t.Fatal(err)
+	}
+	tx.Rollback(context.Background())
+	execSQL(t, db, `INSERT INTO markers VALUES (2)`)
+	all.expect(t, "invalidate marker:2")
+	users.expect(t, "invalidate marker:2")
+
+	// One transaction touching several rows: one event, the de-duplicated union.
+	execSQL(t, db, `INSERT INTO todos (id, user_id) VALUES (1, 7), (2, 7), (3, 8)`)
+	all.expect(t, "invalidate todos")
+	users.expect(t, "invalidate user:7:todos user:8:todos")
+
+	// Delete expands against the old row.
+	execSQL(t, db, `DELETE FROM todos WHERE id = 42`)
+	all.expect(t, "invalidate todos")
+	one.expect(t, "invalidate todo:42")
+	users.expect(t, "invalidate user:9:todos")
+
+	// TRUNCATE: wildcard tags reach every subscriber they could match; a
+	// subscriber gets its own entries back.
+	execSQL(t, db, `TRUNCATE todos`)
+	all.expect(t, "invalidate todos")
+	one.expect(t, "invalidate todo:42")
+	users.expect(t, "invalidate user:*:todos")
+
+	// A NULL value yields no tag from that template.
+	execSQL(t, db, `INSERT INTO todos (id, user_id) VALUES (5, NULL)`)
+	all.expect(t, "invalidate todos")
+	execSQL(t, db, `INSERT INTO markers VALUES (3)`)
+	users.expect(t, "invalidate marker:3")
+
+	d.stop(t)
+}
+
+// TestResumeAfterStop: a client that reconnects with its last id after a
+// clean restart gets exactly what it missed, then ready resumed:true.
+func TestResumeAfterStop(t *testing.T) {
+	dsn, db, rulesFile := setupPG(t)
+	args := []string{"--db", dsn, "--rules", rulesFile, "--slot", "resume", "--publication", "resume"}
+	d := startDaemon(t, args...)
+	c := subscribe(t, d.base, "tags=todo:*", "")
+	c.expect(t, `ready {"resumed":false}`)
+	execSQL(t, db, `INSERT INTO todos (id, user_id) VALUES (1, 1)`)
+	last := c.expect(t, "invalidate todo:1")[0].ID
+	c.close()
+	d.stop(t)
+
+	// Written while tagstream is down: the slot keeps it.
+	execSQL(t, db, `INSERT INTO todos (id, user_id) VALUES (2, 1)`, `UPDATE todos SET done = true WHERE id = 1`)
+	d = startDaemon(t, args...)
+	c = subscribe(t, d.base, "tags=todo:*", last)
+	c.expect(t, "invalidate todo:2", "invalidate todo:1", `ready {"resumed":true}`)
+	d.stop(t)
+}
+
+// TestKill9UnderWrites: SIGKILL the daemon while rows are being written,
+// restart it, reconnect with the last id: the tags received cover every
+// committed change, or the client was told to reset.
+func TestKill9UnderWrites(t *testing.T) {
+	dsn, db, rulesFile := setupPG(t)
+	args := []string{"--db", dsn, "--rules", rulesFile, "--slot", "kill", "--publication", "kill"}
+	d := startDaemon(t, args...)
+	c := subscribe(t, d.base, "tags=todo:*", "")
+	c.expect(t, `ready {"resumed":false}`)
+
+	seen := map[int]bool{}
+	lastID := ""
+	record := func(ev sseEvent) {
+		lastID = ev.ID
+		for _, tag := range strings.Fields(strings.TrimPrefix(render(t, ev), "invalidate ")) {
+			n, err := strconv.Atoi(strings.TrimPrefix(tag, "todo:"))
+			if err != nil {
+				t.Fatalf("unexpected tag %q", tag)
+			}
+			seen[n] = true
+		}
+	}
+
+	const rows = 300
+	committed := 0
+	for i := 1; i <= rows; i++ {
+		execSQL(t, db, fmt.Sprintf(`INSERT INTO todos (id, user_id) VALUES (%d, 1)`, i))
+		committed = i
+		if i == rows/2 {
+			// Take what arrived so far, then kill mid-stream.
+			for len(seen) < 10 {
+				record(c.next(t))
+			}
+			d.kill()
+		}
+	}
+	// Drain whatever the dead connection delivered before it closed.
+	for ev := range c.events {
+		if ev.Event == "invalidate" {
+			record(ev)
+		}
+	}
+
+	d = startDaemon(t, args...)
+	c = subscribe(t, d.base, "tags=todo:*", lastID)
+	reset := false
+	for {
+		ev := c.next(t)
+		if ev.Event == "reset" {
+			reset = true
+			c.expect(t, `ready {"resumed":false}`)
+			break
+		}
+		if ev.Event == "ready" {
+			if ev.Data != `{"resumed":true}` {
+				t.Fatalf("ready after resume: %s", ev)
+			}
+			continue
+		}
+		record(ev)
+		if len(seen) == committed {
+			break
+		}
+	}
+	if !reset {
+		for i := 1; i <= committed; i++ {
+			if !seen[i] {
+				t.Fatalf("todo:%d committed but never invalidated (and no reset)", i)
+			}
+		}
+	}
+	d.stop(t)
+}
+
+// TestRulesReload: SIGHUP applies a valid new rules file; an invalid one is
+// rejected and the rules in force stay.
+func TestRulesReload(t *testing.T) {
+	dsn, db, rulesFile := setupPG(t)
+	d := startDaemon(t, "--db", dsn, "--rules", rulesFile, "--slot", "reload", "--publication", "reload", "--rules-poll", "0")
+	c := subscribe(t, d.base, "tags=marker:*,mark:*", "")
+	c.expect(t, `ready {"resumed":false}`)
+
+	if err := os.WriteFile(rulesFile, []byte("rules:\n  - table: markers\n    tags: [\"mark:{id\"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, func() bool { return strings.Contains(d.stderr.String(), "rules reload rejected") })
+	execSQL(t, db, `INSERT INTO markers VALUES (1)`)
+	c.expect(t, "invalidate marker:1")
+
+	if err := os.WriteFile(rulesFile, []byte("rules:\n  - table: markers\n    tags: [\"mark:{id}\"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, func() bool { return strings.Contains(d.stderr.String(), "rules reloaded") })
+	execSQL(t, db, `INSERT INTO markers VALUES (2)`)
+	c.expect(t, "invalidate mark:2")
+	d.stop(t)
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 20s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

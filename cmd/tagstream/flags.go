@@ -1,0 +1,88 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+)
+
+// newFlagSet returns a flag set that reports mistakes as one usage line
+// instead of printing the whole usage text.
+func newFlagSet(name string, stdout io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("tagstream "+name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {
+		fs.SetOutput(stdout)
+		fmt.Fprintf(stdout, "Usage of tagstream %s (flags override the TAGSTREAM_* environment):\n", name)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+	}
+	return fs
+}
+
+// parseFlags parses args, turning flag errors into usage errors. It returns
+// errHelp (exit 0) after printing usage for -h.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.Usage()
+			return errHelp
+		}
+		return usageErrorf("%s: %v (see '%s -h')", fs.Name(), err, fs.Name())
+	}
+	if fs.NArg() > 0 {
+		return usageErrorf("%s: unexpected argument %q (see '%s -h')", fs.Name(), fs.Arg(0), fs.Name())
+	}
+	return nil
+}
+
+var errHelp = errors.New("help shown")
+
+// envOr returns the environment variable's value, or def when it is unset.
+func envOr(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok {
+		return v
+	}
+	return def
+}
+
+// dbKind tells which reader a DSN selects.
+type dbKind int
+
+const (
+	dbPostgres dbKind = iota + 1
+	dbMySQL
+)
+
+func parseDBKind(dsn string) (dbKind, error) {
+	scheme, _, ok := strings.Cut(dsn, "://")
+	if !ok {
+		return 0, usageErrorf("--db: %q is not a URL; use postgres://user@host:5432/db or mysql://user:pass@host:3306/db", redact(dsn))
+	}
+	switch strings.ToLower(scheme) {
+	case "postgres", "postgresql":
+		return dbPostgres, nil
+	case "mysql", "mariadb":
+		return dbMySQL, nil
+	}
+	return 0, usageErrorf("--db: unsupported scheme %q; use postgres://, postgresql://, mysql:// or mariadb://", scheme)
+}
+
+// redact hides a password in a DSN for messages.
+func redact(dsn string) string {
+	scheme, rest, ok := strings.Cut(dsn, "://")
+	if !ok {
+		return dsn
+	}
+	at := strings.LastIndex(rest, "@")
+	if at < 0 {
+		return dsn
+	}
+	if user, _, hasPass := strings.Cut(rest[:at], ":"); hasPass {
+		return scheme + "://" + user + ":xxxxx" + rest[at:]
+	}
+	return dsn
+}

@@ -1,0 +1,152 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// sseEvent is one Server-Sent Event as a browser would parse it.
+type sseEvent struct {
+	Event, ID, Data string
+}
+
+func (e sseEvent) String() string { return fmt.Sprintf("%s id=%s %s", e.Event, e.ID, e.Data) }
+
+// sseClient reads a real /events stream line by line, the way EventSource
+// does, and hands out its events in order.
+type sseClient struct {
+	resp   *http.Response
+	events chan sseEvent
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// subscribe opens GET /events?query with an optional Last-Event-ID header.
+func subscribe(t *testing.T, base, query, lastID string) *sseClient {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/events?"+query, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lastID != "" {
+		req.Header.Set("Last-Event-ID", lastID)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		cancel()
+		t.Fatalf("subscribe %s: %v", query, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		cancel()
+		t.Fatalf("subscribe %s: status %s", query, resp.Status)
+	}
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
+		t.Fatalf("Content-Type %q", ct)
+	}
+	c := &sseClient{resp: resp, events: make(chan sseEvent, 1024), cancel: cancel, done: make(chan struct{})}
+	go c.read()
+	t.Cleanup(c.close)
+	return c
+}
+
+func (c *sseClient) read() {
+	defer close(c.done)
+	defer close(c.events)
+	sc := bufio.NewScanner(c.resp.Body)
+	var ev sseEvent
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case line == "":
+			if ev.Event != "" || ev.Data != "" {
+				c.events <- ev
+			}
+			ev = sseEvent{}
+		case strings.HasPrefix(line, ":"):
+		default:
+			field, value, _ := strings.Cut(line, ":")
+			value = strings.TrimPrefix(value, " ")
+			switch field {
+			case "event":
+				ev.Event = value
+			case "id":
+				ev.ID = value
+			case "data":
+				if ev.Data != "" {
+					ev.Data += "\n"
+				}
+				ev.Data += value
+			}
+		}
+	}
+}
+
+func (c *sseClient) close() {
+	c.cancel()
+	c.resp.Body.Close()
+	<-c.done
+}
+
+// next returns the next event other than ping.
+func (c *sseClient) next(t *testing.T) sseEvent {
+	t.Helper()
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case ev, ok := <-c.events:
+			if !ok {
+				t.Fatal("event stream ended")
+			}
+			if ev.Event != "ping" {
+				return ev
+			}
+		case <-timeout:
+			t.Fatal("no event within 20s")
+		}
+	}
+}
+
+// expect asserts the next non-ping events' names and data, in order.
+func (c *sseClient) expect(t *testing.T, want ...string) []sseEvent {
+	t.Helper()
+	var got []sseEvent
+	for _, w := range want {
+		ev := c.next(t)
+		got = append(got, ev)
+		if s := render(t, ev); s != w {
+			t.Fatalf("event %d: got %q, want %q", len(got), s, w)
+		}
+	}
+	return got
+}
+
+// render shows an event for comparison: `invalidate a b` with the tags in
+// order (ts checked to be RFC 3339 and dropped), others as `name data`.
+func render(t *testing.T, ev sseEvent) string {
+	t.Helper()
+	if _, err := strconv.ParseUint(ev.ID, 10, 64); err != nil {
+		t.Fatalf("%s: id %q is not a position", ev, ev.ID)
+	}
+	if ev.Event != "invalidate" {
+		return ev.Event + " " + ev.Data
+	}
+	var data struct {
+		Tags []string `json:"tags"`
+		TS   string   `json:"ts"`
+	}
+	if err := json.Unmarshal([]byte(ev.Data), &data); err != nil {
+		t.Fatalf("%s: %v", ev, err)
+	}
+	if _, err := time.Parse(time.RFC3339Nano, data.TS); err != nil {
+		t.Fatalf("%s: ts: %v", ev, err)
+	}
+	return "invalidate " + strings.Join(data.Tags, " ")
+}
