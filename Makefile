@@ -17,8 +17,10 @@ test: deps
 demo: deps build
 	$(GO) run ./cmd/demo --tagstream bin/tagstream --rules rules.example.yaml
 
+# bench measures throughput, latency and fan-out memory (bench/README.md);
+# BENCH_FLAGS picks sections and sizes, e.g. BENCH_FLAGS="-sections pg -small-tx 20000".
 bench: deps
-	$(GO) run ./bench
+	$(GO) run ./bench $(BENCH_FLAGS)
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

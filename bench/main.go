@@ -64,6 +64,7 @@ type config struct {
 	bcastRate   int
 	bcastDur    time.Duration
 	memSubs     int
+	profileDir  string
 }
 
 // bench is one run: its configuration, scratch directory, the commands it
@@ -80,13 +81,14 @@ type bench struct {
 	latency    []latencyRow
 	memory     []memoryRow
 	notes      []string
+	profile    string
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var c config
-	fs.StringVar(&c.sections, "sections", "pg,mysql,latency,memory", "comma-separated sections to run: pg, mysql, latency, memory")
+	fs.StringVar(&c.sections, "sections", "pg,mysql,latency,memory", "comma-separated sections to run: pg, mysql, latency, memory, profile (an in-process PostgreSQL drain of -small-tx under pprof)")
 	fs.StringVar(&c.tagstream, "tagstream", "", "tagstream binary to measure (default: build ./cmd/tagstream into a temp dir)")
 	fs.StringVar(&c.out, "out", "", "also write the markdown report to this file")
 	fs.DurationVar(&c.drainLimit, "drain-timeout", 5*time.Minute, "give up on one drain after this long")
@@ -101,6 +103,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&c.bcastRate, "broadcast-rate", 10, "latency: broadcast transactions per second (to every subscriber; 0 = skip)")
 	fs.DurationVar(&c.bcastDur, "broadcast-duration", 10*time.Second, "latency: how long the broadcast run writes")
 	fs.IntVar(&c.memSubs, "memory-subscribers", 10000, "fan-out memory: idle subscribers")
+	fs.StringVar(&c.profileDir, "profile-dir", "", "profile: also keep cpu.pprof and allocs.pprof in this directory")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -113,11 +116,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	want := map[string]bool{}
 	for s := range strings.SplitSeq(c.sections, ",") {
 		switch s = strings.TrimSpace(s); s {
-		case "pg", "mysql", "latency", "memory":
+		case "pg", "mysql", "latency", "memory", "profile":
 			want[s] = true
 		case "":
 		default:
-			return fmt.Errorf("-sections: unknown section %q (pg, mysql, latency, memory)", s)
+			return fmt.Errorf("-sections: unknown section %q (pg, mysql, latency, memory, profile)", s)
 		}
 	}
 	subs, err := parseInts(c.latSubs)
@@ -170,6 +173,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		want[name] = true
 		section(name, func(ctx context.Context) error { return b.runFanout(ctx, want["latency"], want["memory"], subs) })
 	}
+	section("profile", b.runProfile)
 
 	report := b.report(machine, time.Since(start))
 	fmt.Fprint(stdout, report)

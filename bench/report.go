@@ -149,6 +149,9 @@ func (b *bench) report(machine string, took time.Duration) string {
 		}
 		w.WriteString("\nTarget: ≤ 16 KiB per idle subscriber.\n\n")
 	}
+	if b.profile != "" {
+		w.WriteString("## Profile\n\n" + b.profile + "\n")
+	}
 	if len(b.notes) > 0 {
 		w.WriteString("## Notes\n\n")
 		for _, n := range b.notes {
