@@ -1,12 +1,9 @@
 package stream
 
 import (
-	"context"
 	"slices"
 	"strconv"
 	"sync"
-
-	"github.com/r3labs/sse/v2"
 
 	"github.com/tagstream/tagstream/cdc"
 )
@@ -20,11 +17,11 @@ const (
 	kindPing
 )
 
-var eventNames = [...][]byte{
-	kindInvalidate: []byte("invalidate"),
-	kindReset:      []byte("reset"),
-	kindReady:      []byte("ready"),
-	kindPing:       []byte("ping"),
+var eventNames = [...]string{
+	kindInvalidate: "invalidate",
+	kindReset:      "reset",
+	kindReady:      "ready",
+	kindPing:       "ping",
 }
 
 var (
@@ -46,12 +43,9 @@ type item struct {
 
 // conn is one SSE client.
 type conn struct {
-	id       uint64
-	entries  []string // sorted, de-duplicated subscription entries
-	streamID string
-	ctx      context.Context
-	cancel   context.CancelFunc
-	wake     chan struct{} // capacity 1: the queue changed
+	id      uint64
+	entries []string      // sorted, de-duplicated subscription entries
+	wake    chan struct{} // capacity 1: the queue changed
 
 	// Guarded by Hub.mu.
 	seq     uint64       // index matching round
@@ -60,9 +54,9 @@ type conn struct {
 
 	mu      sync.Mutex
 	queue   []item
-	initial int          // join items (replay, reset, ready) the pump has not taken yet; outside the bound
+	initial int          // join items (replay, reset, ready) the writer has not taken yet; outside the bound
 	lastID  cdc.Position // highest id queued
-	closing bool         // hub closing: drain, then end
+	closing bool         // hub closing: write what is queued, then end
 }
 
 func (c *conn) signal() {
@@ -194,72 +188,26 @@ func (h *Hub) leave(c *conn) {
 	}
 }
 
-// pump moves c's queue into its r3labs stream until the connection ends. It
-// starts once r3labs has registered the stream's subscriber (before that,
-// Server.Publish would fan out to nobody).
-func (h *Hub) pump(c *conn, registered <-chan struct{}, done chan<- struct{}) {
-	defer close(done)
-	select {
-	case <-registered:
-	case <-c.ctx.Done():
-		return
-	}
-	var batch []item
-	for {
-		c.mu.Lock()
-		batch, c.queue = c.queue, batch[:0]
-		c.initial = 0
-		closing := c.closing
-		c.mu.Unlock()
-		for i := range batch {
-			if c.ctx.Err() != nil {
-				break
-			}
-			h.srv.Publish(c.streamID, frame(&batch[i]))
-		}
-		n := len(batch)
-		clear(batch)
-		if cap(batch) > 16 {
-			batch = nil // give a burst's memory back
-		}
-		if c.ctx.Err() != nil {
-			return
-		}
-		if n == 0 && closing {
-			// The queue was empty when the hub was already closed (nothing
-			// is queued after that). Everything before has reached
-			// r3labs's subscriber channel (its stream channel is
-			// unbuffered), which it drains before the handler returns.
-			c.cancel()
-			return
-		}
-		if n > 0 {
-			continue
-		}
-		select {
-		case <-c.wake:
-		case <-c.ctx.Done():
-			return
-		}
-	}
-}
-
-func frame(it *item) *sse.Event {
-	e := &sse.Event{
-		ID:    strconv.AppendUint(nil, uint64(it.id), 10),
-		Event: eventNames[it.kind],
-	}
+// appendFrame appends one event in the SSE wire format: the id, data and
+// event fields in that order (the layout r3labs/sse/v2 writes), then a blank
+// line. Data never holds a newline (JSON escapes it).
+func appendFrame(b []byte, it *item) []byte {
+	b = append(b, "id: "...)
+	b = strconv.AppendUint(b, uint64(it.id), 10)
+	b = append(b, "\ndata: "...)
 	switch it.kind {
 	case kindInvalidate:
 		if it.tags == nil {
-			e.Data = it.ev.fullData()
+			b = append(b, it.ev.fullData()...)
 		} else {
-			e.Data = invalidateData(it.tags, it.ev.ts)
+			b = appendInvalidateData(b, it.tags, it.ev.ts)
 		}
 	case kindPing:
-		e.Data = pingData
+		b = append(b, pingData...)
 	default:
-		e.Data = it.data
+		b = append(b, it.data...)
 	}
-	return e
+	b = append(b, "\nevent: "...)
+	b = append(b, eventNames[it.kind]...)
+	return append(b, "\n\n"...)
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +17,13 @@ import (
 	"github.com/tagstream/tagstream/cdc"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(clientsEnv); spec != "" {
+		runFanoutClients(spec) // BenchmarkFanout's client process
+		os.Exit(0)
+	}
+	goleak.VerifyTestMain(m)
+}
 
 // ts0 is the commit time used by tests; tsJSON is how it is encoded.
 var (

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"net/url"
-	"strconv"
 	"time"
 	"unicode/utf8"
 )
@@ -28,10 +26,6 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	if _, ok := w.(http.Flusher); !ok {
-		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
-		return
-	}
 
 	h.mu.Lock()
 	if h.closed {
@@ -42,90 +36,83 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.wg.Add(1)
 	defer h.wg.Done()
 	h.nextID++
-	c := &conn{
-		id:      h.nextID,
-		entries: entries,
-		wake:    make(chan struct{}, 1),
-	}
-	c.streamID = strconv.FormatUint(c.id, 10)
-	c.ctx, c.cancel = context.WithCancel(r.Context())
+	c := &conn{id: h.nextID, entries: entries, wake: make(chan struct{}, 1)}
 	h.join(c, cursor, hasCursor)
 	h.mu.Unlock()
 	defer h.leave(c)
-	defer c.cancel()
 
-	// The stream must exist before the handler runs: a Publish to a stream
-	// that does not exist yet is silently dropped.
-	h.srv.CreateStream(c.streamID)
-	dw := &deadlineWriter{
-		ResponseWriter: w,
-		rc:             http.NewResponseController(w),
-		timeout:        h.opts.WriteTimeout,
-		registered:     make(chan struct{}),
-		hub:            h,
-		conn:           c,
-	}
-	done := make(chan struct{})
-	go h.pump(c, dw.registered, done)
-
-	// r3labs gets only what it needs: the connection's context (cancelling
-	// it ends the connection), its stream's id and no Last-Event-ID.
-	r2 := r.WithContext(c.ctx)
-	r2.URL = &url.URL{Path: r.URL.Path, RawQuery: "stream=" + c.streamID}
-	r2.Header = nil
-	h.srv.ServeHTTP(dw, r2)
-	c.cancel()
-	<-done
+	hdr := w.Header()
+	hdr.Set("Content-Type", "text/event-stream")
+	hdr.Set("Cache-Control", "no-cache")
+	hdr.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	h.stream(w, r.Context(), c)
 }
 
-// deadlineWriter is the ResponseWriter r3labs writes to: it arms a write
-// deadline before each event's first write, and its first Flush (r3labs
-// flushes the headers right after registering the subscriber) starts the
-// pump.
-type deadlineWriter struct {
-	http.ResponseWriter
-	rc         *http.ResponseController
-	timeout    time.Duration
-	armed      bool
-	flushes    int
-	registered chan struct{}
-	hub        *Hub
-	conn       *conn
+// maxWrite is how much the writer buffers before writing (a long replay is
+// written in pieces, each with its own deadline).
+const maxWrite = 32 << 10
+
+// stream writes c's queue to w until the client goes, a write fails or the
+// hub closes (then after writing what was queued). The headers go out with
+// the first events (the join always queues at least `ready`). Everything
+// queued since the last write goes out in one write and one flush.
+func (h *Hub) stream(w http.ResponseWriter, ctx context.Context, c *conn) {
+	rc := http.NewResponseController(w)
+	var (
+		batch []item
+		buf   []byte
+	)
+	for {
+		c.mu.Lock()
+		batch, c.queue = c.queue, batch[:0]
+		c.initial = 0
+		closing := c.closing
+		c.mu.Unlock()
+		if len(batch) == 0 {
+			if closing {
+				return
+			}
+			select {
+			case <-c.wake:
+				continue
+			case <-ctx.Done():
+				return
+			}
+		}
+		buf = buf[:0]
+		for i := range batch {
+			buf = appendFrame(buf, &batch[i])
+			if len(buf) >= maxWrite || i == len(batch)-1 {
+				if !h.write(w, rc, buf) {
+					return
+				}
+				buf = buf[:0]
+			}
+		}
+		h.delivered.Add(uint64(len(batch)))
+		clear(batch)
+		// Give a burst's memory back: an idle connection keeps little.
+		if cap(batch) > 16 {
+			batch = nil
+		}
+		if cap(buf) > 4<<10 {
+			buf = nil
+		}
+	}
 }
 
-func (d *deadlineWriter) arm() {
-	if d.armed {
-		return
-	}
-	d.armed = true
-	err := d.rc.SetWriteDeadline(time.Now().Add(d.timeout))
+// write writes and flushes p under a write deadline. A failed or timed-out
+// write means the client is gone or stuck: the connection ends now.
+func (h *Hub) write(w http.ResponseWriter, rc *http.ResponseController, p []byte) bool {
+	err := rc.SetWriteDeadline(time.Now().Add(h.opts.WriteTimeout))
 	if err != nil && !errors.Is(err, http.ErrNotSupported) {
-		d.conn.cancel()
+		return false
 	}
-}
-
-func (d *deadlineWriter) Write(p []byte) (int, error) {
-	d.arm()
-	return d.ResponseWriter.Write(p)
-}
-
-func (d *deadlineWriter) Flush() {
-	d.arm()
-	err := d.rc.Flush()
-	d.armed = false
-	if err != nil {
-		// A failed or timed-out write: the client is gone or stuck. End
-		// the connection now rather than at the next write.
-		d.conn.cancel()
+	if _, err := w.Write(p); err != nil {
+		return false
 	}
-	d.flushes++
-	if d.flushes == 1 {
-		close(d.registered)
-		return
-	}
-	if err == nil {
-		d.hub.delivered.Add(1)
-	}
+	return rc.Flush() == nil
 }
 
 // Healthz answers 200 while the process is alive.
@@ -158,7 +145,10 @@ func invalidateData(tags []string, ts time.Time) []byte {
 	for _, t := range tags {
 		n += len(t) + 3
 	}
-	b := make([]byte, 0, n)
+	return appendInvalidateData(make([]byte, 0, n), tags, ts)
+}
+
+func appendInvalidateData(b []byte, tags []string, ts time.Time) []byte {
 	b = append(b, `{"tags":[`...)
 	for i, t := range tags {
 		if i > 0 {
