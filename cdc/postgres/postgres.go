@@ -228,6 +228,7 @@ func (r *Reader) Run(ctx context.Context, h cdc.Handler) error {
 	r.haveSlot = false
 	attempt := 0
 	for {
+		began := time.Now()
 		streamed, err := r.session(ctx, h)
 		r.ready.Store(false)
 		if ctx.Err() != nil {
@@ -244,8 +245,8 @@ func (r *Reader) Run(ctx context.Context, h cdc.Handler) error {
 		case errors.Is(err, ErrConfig):
 			return err
 		}
-		if streamed {
-			attempt = 0
+		if streamed && time.Since(began) >= r.cfg.BackoffMax {
+			attempt = 0 // a healthy stream broke: retry quickly; a flapping one backs off
 		}
 		wait := backoff(r.cfg.BackoffMin, r.cfg.BackoffMax, attempt)
 		attempt++

@@ -494,8 +494,16 @@ func TestStreamedLargeTransaction(t *testing.T) {
 	// One key per op and table: the Tx holds counts, nothing per row.
 	rec.render = func(c *cdc.Change) string { return c.Op.String() + " " + c.Table.Name }
 	f.startStreaming(f.config(), rec)
+	t0 := time.Now()
 	f.exec(`INSERT INTO big SELECT g, 'row ' || g FROM generate_series(1, 200000) g`)
+	t1 := time.Now()
 	assertLines(t, rec.waitCommits(t, 1), []string{"insert big x200000"})
+	t.Logf("insert took %s, delivery %s after", t1.Sub(t0), time.Since(t1))
+	rec.mu.Lock()
+	if rec.begins != 1 {
+		t.Errorf("Begin called %d times, want 1 (no subtransactions)", rec.begins)
+	}
+	rec.mu.Unlock()
 	f.exec(`SELECT pg_stat_force_next_flush()`)
 	if n := f.streamTxns(f.slot); n < 1 {
 		t.Errorf("stream_txns = %d: the transaction was not streamed", n)

@@ -180,6 +180,12 @@ func (s *session) run(ctx context.Context) error {
 	cfg := &s.r.cfg
 	s.lastRecv = time.Now()
 	s.nextStatus = time.Now() // report the start position at once
+	// One receive context per status period, not per message: creating a
+	// deadline context per message costs more than decoding the message.
+	var rctx context.Context
+	cancel := context.CancelFunc(func() {})
+	defer func() { cancel() }()
+	var rdeadline time.Time
 	for {
 		now := time.Now()
 		if !now.Before(s.nextStatus) {
@@ -189,21 +195,24 @@ func (s *session) run(ctx context.Context) error {
 				return err
 			}
 		}
-		deadline := s.lastRecv.Add(cfg.IdleTimeout)
-		if !now.Before(deadline) {
-			return fmt.Errorf("postgres: no message from the server for %s: connection presumed dead", cfg.IdleTimeout)
+		if idle := now.Sub(s.lastRecv); idle >= cfg.IdleTimeout {
+			return fmt.Errorf("postgres: no message from the server for %s: connection presumed dead", idle.Round(time.Millisecond))
 		}
+		deadline := s.lastRecv.Add(cfg.IdleTimeout)
 		if s.nextStatus.Before(deadline) {
 			deadline = s.nextStatus
 		}
-		rctx, cancel := context.WithDeadline(ctx, deadline)
+		if rctx == nil || deadline.Before(rdeadline) || !now.Before(rdeadline) {
+			cancel()
+			rctx, cancel = receiveContext(ctx, deadline)
+			rdeadline = deadline
+		}
 		msg, err := s.conn.ReceiveMessage(rctx)
-		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			if pgconn.Timeout(err) {
+			if pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded) {
 				continue
 			}
 			return fmt.Errorf("postgres: receive: %w", err)
@@ -344,6 +353,12 @@ func (s *session) commit(ctx context.Context, tx cdc.Tx, end uint64, at time.Tim
 		s.delivered = end
 	}
 	return nil
+}
+
+// receiveContext bounds the receives of one status period; run cancels it
+// when it makes the next one or returns.
+func receiveContext(ctx context.Context, deadline time.Time) (context.Context, context.CancelFunc) {
+	return context.WithDeadline(ctx, deadline)
 }
 
 // parseV2 decodes a non-row pgoutput message with pglogrepl, turning a
