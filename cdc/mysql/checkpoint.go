@@ -1,0 +1,73 @@
+package mysql
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/tagstream/tagstream/cdc"
+)
+
+// checkpoint is where a restart resumes: just after the last transaction
+// the hub accepted.
+type checkpoint struct {
+	Flavor   string       `json:"flavor"`
+	GTIDSet  string       `json:"gtid_set,omitempty"` // GTID set including that transaction ("" without GTIDs)
+	File     string       `json:"file"`               // binlog file of its commit event
+	Pos      uint32       `json:"pos"`                // end position of its commit event
+	Position cdc.Position `json:"position"`           // (file sequence << 32) | pos
+}
+
+func loadCheckpoint(path string) (*checkpoint, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("mysql: read checkpoint: %w", err)
+	}
+	var cp checkpoint
+	if err := json.Unmarshal(b, &cp); err != nil || cp.File == "" {
+		return nil, fmt.Errorf("%w: checkpoint %s is corrupt (remove it to start at the binlog head): %v", ErrConfig, path, err)
+	}
+	return &cp, nil
+}
+
+// saveCheckpoint writes cp atomically: a crash leaves the old file or the
+// new one, never a torn one.
+func saveCheckpoint(path string, cp *checkpoint) error {
+	b, err := json.Marshal(cp)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("mysql: state dir: %w", err)
+	}
+	f, err := os.CreateTemp(dir, filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("mysql: write checkpoint: %w", err)
+	}
+	tmp := f.Name()
+	_, err = f.Write(append(b, '\n'))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("mysql: write checkpoint: %w", err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync() // make the rename durable
+		d.Close()
+	}
+	return nil
+}

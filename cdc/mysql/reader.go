@@ -1,0 +1,432 @@
+package mysql
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	gomysql "github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/replication"
+
+	"github.com/tagstream/tagstream/cdc"
+)
+
+// Log keys.
+const (
+	logErr      = "err"
+	logPosition = "position"
+	logGTID     = "gtid"
+	logFile     = "file"
+	logRetry    = "retry_in"
+)
+
+// Reader is a cdc.Source over a MySQL/MariaDB binlog.
+type Reader struct {
+	cfg  Config
+	dsn  DSN
+	log  *slog.Logger
+	path string // checkpoint file
+
+	ready   atomic.Bool
+	running atomic.Bool
+
+	mu      sync.Mutex
+	pending []checkpoint // handed to the handler, not yet acknowledged, by position
+	acked   *checkpoint  // newest acknowledged checkpoint not yet written
+	wake    chan struct{}
+
+	st streamState // owned by Run's goroutine
+}
+
+var _ cdc.Source = (*Reader)(nil)
+
+// New validates cfg; it does no I/O.
+func New(cfg Config) (*Reader, error) {
+	d, err := ParseDSN(cfg.DSN)
+	if err != nil {
+		return nil, err
+	}
+	if err := cfg.withDefaults(); err != nil {
+		return nil, err
+	}
+	return &Reader{
+		cfg:  cfg,
+		dsn:  d,
+		log:  cfg.Logger,
+		path: checkpointPath(cfg.StateDir, d),
+		wake: make(chan struct{}, 1),
+	}, nil
+}
+
+// DefaultSchema is the DSN's database: the schema of unqualified tables.
+func (r *Reader) DefaultSchema() string { return r.dsn.Database }
+
+// ServerID is the replica server_id the reader registers with.
+func (r *Reader) ServerID() uint32 { return r.cfg.ServerID }
+
+// CheckpointPath is the file that holds the resume point.
+func (r *Reader) CheckpointPath() string { return r.path }
+
+// Ready reports whether the reader is streaming.
+func (r *Reader) Ready() bool { return r.ready.Load() }
+
+// Ack records that every transaction up to pos was accepted; the
+// checkpoint file moves there shortly (and at the latest when Run returns).
+func (r *Reader) Ack(pos cdc.Position) {
+	r.mu.Lock()
+	n := 0
+	for n < len(r.pending) && r.pending[n].Position <= pos {
+		n++
+	}
+	if n > 0 {
+		cp := r.pending[n-1]
+		r.acked = &cp
+		r.pending = append(r.pending[:0], r.pending[n:]...)
+	}
+	r.mu.Unlock()
+	if n > 0 {
+		select {
+		case r.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (r *Reader) addPending(cp checkpoint) {
+	r.mu.Lock()
+	r.pending = append(r.pending, cp)
+	r.mu.Unlock()
+}
+
+// restartCheckpoint replaces whatever was pending with cp: after a loss of
+// continuity, older transactions no longer matter.
+func (r *Reader) restartCheckpoint(cp checkpoint) {
+	r.mu.Lock()
+	r.pending = r.pending[:0]
+	r.acked = &cp
+	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// flushCheckpoint writes the newest acknowledged checkpoint, if any.
+func (r *Reader) flushCheckpoint() {
+	r.mu.Lock()
+	cp := r.acked
+	r.acked = nil
+	r.mu.Unlock()
+	if cp == nil {
+		return
+	}
+	if err := saveCheckpoint(r.path, cp); err != nil {
+		r.log.Error("mysql: checkpoint not written; a restart will repeat work", logErr, err)
+		r.mu.Lock()
+		if r.acked == nil {
+			r.acked = cp // retried on the next ack or at exit
+		}
+		r.mu.Unlock()
+	}
+}
+
+func (r *Reader) writeCheckpoints(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.wake:
+			r.flushCheckpoint()
+		}
+	}
+}
+
+// handlerError carries an error of the cdc.Handler: it stops Run.
+type handlerError struct{ err error }
+
+func (e handlerError) Error() string { return e.err.Error() }
+func (e handlerError) Unwrap() error { return e.err }
+
+// Run streams until ctx is cancelled (it then returns nil after writing
+// the acknowledged checkpoint) or an unrecoverable error occurs.
+// Connection losses are retried with jittered exponential backoff; a
+// purged binlog is reported with h.Lost and streaming restarts at the head.
+func (r *Reader) Run(ctx context.Context, h cdc.Handler) error {
+	if !r.running.CompareAndSwap(false, true) {
+		return errors.New("mysql: Run is already running")
+	}
+	defer r.running.Store(false)
+	defer r.ready.Store(false)
+
+	bo := backoff{min: r.cfg.BackoffMin, max: r.cfg.BackoffMax}
+	var info *serverInfo
+	var head binlogHead
+	for {
+		var err error
+		info, head, err = r.prepare(ctx)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, ErrConfig) {
+			return err
+		}
+		d := bo.next()
+		r.log.Warn("mysql: cannot prepare streaming; retrying", logErr, err, logRetry, d)
+		if !sleep(ctx, d) {
+			return nil
+		}
+	}
+
+	cp, err := loadCheckpoint(r.path)
+	if err != nil {
+		return err
+	}
+	var resumeFrom cdc.Position
+	switch {
+	case cp != nil && cp.Flavor == info.flavor:
+		if err := r.st.startAt(info, cp.GTIDSet, cp.File, cp.Pos); err != nil {
+			return fmt.Errorf("%w: checkpoint %s: %v", ErrConfig, r.path, err)
+		}
+		resumeFrom = cp.Position
+		r.log.Info("mysql: resuming from checkpoint", logGTID, cp.GTIDSet, logFile, cp.File, logPosition, cp.Position)
+	default:
+		if cp != nil {
+			r.log.Warn("mysql: checkpoint is for another server flavor; starting at the binlog head", "checkpoint", r.path, "flavor", cp.Flavor)
+		}
+		if err := r.st.startAt(info, head.gtid, head.file, head.pos); err != nil {
+			return err
+		}
+		resumeFrom = head.position()
+		r.log.Info("mysql: no checkpoint; starting at the binlog head", logGTID, head.gtid, logFile, head.file, logPosition, resumeFrom)
+	}
+
+	wctx, stopWriter := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { r.writeCheckpoints(wctx) })
+	defer func() {
+		stopWriter()
+		wg.Wait()
+		r.flushCheckpoint()
+	}()
+
+	resumed := false
+	for {
+		connected, err := r.stream(ctx, h, info, &resumed, resumeFrom)
+		r.ready.Store(false)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var herr handlerError
+		if errors.As(err, &herr) {
+			return herr.err
+		}
+		if connected {
+			bo.reset()
+		}
+		if reason, lost := continuityLost(err); lost {
+			lostErr := fmt.Errorf("%w: %s", cdc.ErrContinuityLost, reason)
+			r.log.Error("mysql: CONTINUITY LOST: the binlog the reader needs is gone; every client gets a reset and streaming restarts at the head",
+				logErr, lostErr, logGTID, r.st.gtidString(), logFile, r.st.file)
+			if err := h.Lost(ctx, lostErr.Error()); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+			for {
+				_, head, err = r.prepare(ctx)
+				if err == nil {
+					break
+				}
+				if ctx.Err() != nil {
+					return nil
+				}
+				d := bo.next()
+				r.log.Warn("mysql: cannot read the binlog head; retrying", logErr, err, logRetry, d)
+				if !sleep(ctx, d) {
+					return nil
+				}
+			}
+			if err := r.st.startAt(info, head.gtid, head.file, head.pos); err != nil {
+				return err
+			}
+			resumeFrom, resumed = head.position(), false
+			r.restartCheckpoint(checkpoint{Flavor: info.flavor, GTIDSet: head.gtid, File: head.file, Pos: head.pos, Position: resumeFrom})
+			continue
+		}
+		if errors.Is(err, ErrConfig) {
+			return err
+		}
+		d := bo.next()
+		r.log.Warn("mysql: binlog stream interrupted; reconnecting", logErr, err, logRetry, d,
+			logGTID, r.st.gtidString(), logFile, r.st.file)
+		if !sleep(ctx, d) {
+			return nil
+		}
+	}
+}
+
+// prepare connects, checks the server and reads the binlog head.
+func (r *Reader) prepare(ctx context.Context) (*serverInfo, binlogHead, error) {
+	c, err := connect(ctx, r.dsn)
+	if err != nil {
+		return nil, binlogHead{}, err
+	}
+	defer c.Close()
+	info, err := inspect(c)
+	if err != nil {
+		return nil, binlogHead{}, err
+	}
+	var fatal []string
+	for _, f := range info.serverFindings(r.dsn) {
+		if f.Severity == cdc.Error {
+			fatal = append(fatal, f.Message+"; fix: "+f.Fix)
+		} else {
+			r.log.Warn("mysql: "+f.Message, "fix", f.Fix)
+		}
+	}
+	if len(fatal) > 0 {
+		return nil, binlogHead{}, fmt.Errorf("%w: %s", ErrConfig, strings.Join(fatal, "; "))
+	}
+	head, err := readHead(c, info)
+	if err != nil {
+		return nil, binlogHead{}, err
+	}
+	return info, head, nil
+}
+
+// continuityLost reports whether err means the binlog the reader needs is
+// gone (purged, or a GTID the server never had).
+func continuityLost(err error) (string, bool) {
+	if err == nil || errCode(err) != gomysql.ER_MASTER_FATAL_ERROR_READING_BINLOG {
+		return "", false
+	}
+	msg := err.Error()
+	if strings.Contains(msg, "server_id") || strings.Contains(msg, "server_uuid") || strings.Contains(msg, "server id") {
+		return "", false // another replica with our id: not a loss
+	}
+	return "binlog purged or unknown to the server: " + msg, true
+}
+
+func (r *Reader) syncerConfig(info *serverInfo) replication.BinlogSyncerConfig {
+	return replication.BinlogSyncerConfig{
+		ServerID:                r.cfg.ServerID,
+		Flavor:                  info.flavor,
+		Host:                    r.dsn.Host,
+		Port:                    uint16(r.dsn.Port),
+		User:                    r.dsn.User,
+		Password:                r.dsn.Password,
+		Charset:                 "utf8mb4",
+		TimestampStringLocation: time.UTC,
+		RenderJSONAsMySQLText:   true,
+		HeartbeatPeriod:         r.cfg.Heartbeat,
+		ReadTimeout:             r.cfg.ReadTimeout,
+		DisableRetrySync:        true, // we reconnect ourselves, from the last delivered commit
+		FillZeroLogPos:          info.mariadb(),
+		EventCacheCount:         256,
+		Logger:                  slog.New(quietHandler{r.log.Handler()}),
+	}
+}
+
+// stream runs one binlog connection until it fails or ctx ends. connected
+// says whether events arrived (for the backoff).
+func (r *Reader) stream(ctx context.Context, h cdc.Handler, info *serverInfo, resumed *bool, resumeFrom cdc.Position) (connected bool, err error) {
+	syncer := replication.NewBinlogSyncer(r.syncerConfig(info))
+	defer syncer.Close()
+	st := &r.st
+	st.resetConnection()
+	var s *replication.BinlogStreamer
+	if st.gset != nil && !st.gset.IsEmpty() {
+		s, err = syncer.StartSyncGTID(st.gset.Clone())
+	} else {
+		s, err = syncer.StartSync(gomysql.Position{Name: st.file, Pos: st.pos})
+	}
+	if err != nil {
+		return false, fmt.Errorf("mysql: start binlog dump: %w", err)
+	}
+	for {
+		ev, err := s.GetEvent(ctx)
+		if err != nil {
+			return connected, err
+		}
+		if !connected && !preamble(ev) {
+			// Streaming for real: the server found our start point (it
+			// reports a purged one after the preamble).
+			connected = true
+			r.ready.Store(true)
+			if !*resumed {
+				*resumed = true
+				h.Resumed(resumeFrom)
+			}
+		}
+		if err := r.handle(ctx, h, ev, 0); err != nil {
+			return connected, err
+		}
+	}
+}
+
+// preamble reports the events a server sends when a dump starts, before
+// it has checked the start position.
+func preamble(ev *replication.BinlogEvent) bool {
+	switch ev.Event.(type) {
+	case *replication.RotateEvent:
+		return ev.Header.Flags&replication.LOG_EVENT_ARTIFICIAL_F != 0 || ev.Header.Timestamp == 0
+	case *replication.FormatDescriptionEvent, *replication.PreviousGTIDsEvent,
+		*replication.MariadbGTIDListEvent, *replication.MariadbBinlogCheckPointEvent:
+		return true
+	}
+	return false
+}
+
+// backoff is a jittered exponential backoff.
+type backoff struct {
+	min, max, cur time.Duration
+}
+
+func (b *backoff) next() time.Duration {
+	if b.cur == 0 {
+		b.cur = b.min
+	} else {
+		b.cur = min(2*b.cur, b.max)
+	}
+	// Full jitter in [cur/2, cur]: reconnecting replicas spread out.
+	return b.cur/2 + rand.N(b.cur/2+1)
+}
+
+func (b *backoff) reset() { b.cur = 0 }
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// quietHandler lowers go-mysql's own logging to Debug: the reader logs
+// what matters (reconnects, losses) itself.
+type quietHandler struct{ h slog.Handler }
+
+func (q quietHandler) Enabled(ctx context.Context, _ slog.Level) bool {
+	return q.h.Enabled(ctx, slog.LevelDebug)
+}
+
+func (q quietHandler) Handle(ctx context.Context, rec slog.Record) error {
+	rec.Level = slog.LevelDebug
+	return q.h.Handle(ctx, rec)
+}
+
+func (q quietHandler) WithAttrs(as []slog.Attr) slog.Handler { return quietHandler{q.h.WithAttrs(as)} }
+func (q quietHandler) WithGroup(n string) slog.Handler       { return quietHandler{q.h.WithGroup(n)} }

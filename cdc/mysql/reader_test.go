@@ -1,0 +1,653 @@
+package mysql_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/client"
+
+	"github.com/tagstream/tagstream/cdc"
+	"github.com/tagstream/tagstream/cdc/mysql"
+	"github.com/tagstream/tagstream/testcontainers"
+)
+
+func TestMain(m *testing.M) { testcontainers.Main(m) }
+
+// recorder is a cdc.Handler that renders each committed transaction of one
+// schema as text lines.
+type recorder struct {
+	schema string
+	ack    func(cdc.Position) // called after each commit when set
+
+	mu       sync.Mutex
+	commits  []commitRec
+	resumed  []cdc.Position
+	lost     []string
+	progress cdc.Position
+	tables   map[string]*cdc.Table // last *cdc.Table per name
+	changed  chan struct{}
+}
+
+type commitRec struct {
+	pos   cdc.Position
+	lines []string
+}
+
+type recTx struct {
+	r     *recorder
+	lines []string
+}
+
+func newRecorder(schema string) *recorder {
+	return &recorder{schema: schema, tables: map[string]*cdc.Table{}, changed: make(chan struct{}, 1)}
+}
+
+func (r *recorder) Begin() cdc.Tx { return &recTx{r: r} }
+
+func (t *recTx) Add(c *cdc.Change) {
+	if c.Table.Schema != t.r.schema {
+		return
+	}
+	t.r.mu.Lock()
+	t.r.tables[c.Table.Name] = c.Table
+	t.r.mu.Unlock()
+	t.lines = append(t.lines, renderChange(c))
+}
+
+func (t *recTx) Merge(o cdc.Tx) { t.lines = append(t.lines, o.(*recTx).lines...) }
+
+func (r *recorder) Commit(_ context.Context, tx cdc.Tx, c cdc.Commit) error {
+	if c.Time.IsZero() || time.Since(c.Time) > time.Hour {
+		return fmt.Errorf("commit time %v is not now", c.Time)
+	}
+	lines := tx.(*recTx).lines
+	r.mu.Lock()
+	if n := len(r.commits); n > 0 && c.Position <= r.commits[n-1].pos {
+		r.mu.Unlock()
+		return fmt.Errorf("position %d after %d: not increasing", c.Position, r.commits[n-1].pos)
+	}
+	if len(lines) > 0 {
+		r.commits = append(r.commits, commitRec{c.Position, lines})
+	}
+	r.mu.Unlock()
+	if r.ack != nil {
+		r.ack(c.Position)
+	}
+	r.signal()
+	return nil
+}
+
+func (r *recorder) Resumed(pos cdc.Position) {
+	r.mu.Lock()
+	r.resumed = append(r.resumed, pos)
+	r.mu.Unlock()
+	r.signal()
+}
+
+func (r *recorder) Progress(end cdc.Position) {
+	r.mu.Lock()
+	r.progress = end
+	r.mu.Unlock()
+}
+
+func (r *recorder) Lost(_ context.Context, reason string) error {
+	r.mu.Lock()
+	r.lost = append(r.lost, reason)
+	r.mu.Unlock()
+	r.signal()
+	return nil
+}
+
+func (r *recorder) signal() {
+	select {
+	case r.changed <- struct{}{}:
+	default:
+	}
+}
+
+// waitFor waits until cond holds for the recorder's state.
+func (r *recorder) waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.After(20 * time.Second)
+	for {
+		r.mu.Lock()
+		ok := cond()
+		r.mu.Unlock()
+		if ok {
+			return
+		}
+		select {
+		case <-r.changed:
+		case <-deadline:
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			t.Fatalf("timed out waiting for %s; commits:\n%s", what, formatCommits(r.commits))
+		}
+	}
+}
+
+// lines waits for n commits and returns their lines, one commit per
+// string (changes joined by " | ").
+func (r *recorder) lines(t *testing.T, n int) []string {
+	t.Helper()
+	r.waitFor(t, fmt.Sprintf("%d commits", n), func() bool { return len(r.commits) >= n })
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, c := range r.commits {
+		out = append(out, strings.Join(c.lines, " | "))
+	}
+	return out
+}
+
+func formatCommits(cs []commitRec) string {
+	var b strings.Builder
+	for _, c := range cs {
+		fmt.Fprintf(&b, "  %d: %s\n", c.pos, strings.Join(c.lines, " | "))
+	}
+	return b.String()
+}
+
+func renderChange(c *cdc.Change) string {
+	s := c.Op.String() + " " + c.Table.Name
+	if c.Old != nil {
+		s += " old=" + renderImage(c.Table, c.Old)
+	}
+	if c.New != nil {
+		s += " new=" + renderImage(c.Table, c.New)
+	}
+	return s
+}
+
+func renderImage(t *cdc.Table, vals []cdc.Value) string {
+	parts := make([]string, len(vals))
+	for i, v := range vals {
+		var s string
+		switch v.Kind {
+		case cdc.Null:
+			s = "NULL"
+		case cdc.Absent:
+			s = "?"
+		case cdc.Unchanged:
+			s = "<unchanged>"
+		default:
+			s = string(v.Text)
+			if strings.ContainsAny(s, " \"\\") || strconv.Quote(s) != `"`+s+`"` {
+				s = strconv.Quote(s)
+			}
+		}
+		parts[i] = t.Columns[i] + "=" + s
+	}
+	return "[" + strings.Join(parts, " ") + "]"
+}
+
+// env is one test's database and reader settings.
+type env struct {
+	t      *testing.T
+	dsn    string
+	schema string
+	conn   *client.Conn
+	cfg    mysql.Config
+}
+
+func setup(t *testing.T) *env {
+	t.Helper()
+	dsn := testcontainers.MySQL(t)
+	e := &env{t: t, dsn: dsn}
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.schema = strings.TrimPrefix(u.Path, "/")
+	e.conn = e.connect()
+	e.cfg = mysql.Config{
+		DSN:         dsn,
+		StateDir:    t.TempDir(),
+		Heartbeat:   200 * time.Millisecond,
+		ReadTimeout: 3 * time.Second,
+		BackoffMin:  20 * time.Millisecond,
+		BackoffMax:  200 * time.Millisecond,
+		Logger:      slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	}
+	return e
+}
+
+func (e *env) connect() *client.Conn {
+	e.t.Helper()
+	d, err := mysql.ParseDSN(e.dsn)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	c, err := client.Connect(d.Addr(), d.User, d.Password, d.Database)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func (e *env) exec(stmts ...string) {
+	e.t.Helper()
+	execOn(e.t, e.conn, stmts...)
+}
+
+func execOn(t *testing.T, c *client.Conn, stmts ...string) {
+	t.Helper()
+	for _, q := range stmts {
+		if _, err := c.Execute(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// running is a Reader running in the background until stop.
+type running struct {
+	r    *mysql.Reader
+	rec  *recorder
+	stop func() error
+}
+
+// start runs a reader and waits until it streams.
+func (e *env) start(rec *recorder) *running {
+	e.t.Helper()
+	r, err := mysql.New(e.cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	finished := make(chan struct{})
+	var runErr error
+	go func() {
+		runErr = r.Run(ctx, rec)
+		close(finished)
+		rec.signal()
+	}()
+	stop := func() error {
+		cancel()
+		<-finished
+		return runErr
+	}
+	e.t.Cleanup(func() { _ = stop() })
+	n := len(rec.resumed)
+	rec.waitFor(e.t, "Resumed", func() bool {
+		select {
+		case <-finished:
+			e.t.Errorf("Run returned before streaming: %v", runErr)
+			return true
+		default:
+		}
+		return len(rec.resumed) > n
+	})
+	if e.t.Failed() {
+		e.t.FailNow()
+	}
+	if !r.Ready() {
+		e.t.Fatal("Ready() is false while streaming")
+	}
+	return &running{r: r, rec: rec, stop: stop}
+}
+
+func TestRowChanges(t *testing.T) {
+	e := setup(t)
+	e.exec("CREATE TABLE t (id INT PRIMARY KEY, n VARCHAR(20), u INT)")
+	rec := newRecorder(e.schema)
+	e.start(rec)
+	e.exec(
+		"INSERT INTO t VALUES (1, 'a', 7)",
+		"UPDATE t SET n = 'b', u = 9 WHERE id = 1",
+		"DELETE FROM t WHERE id = 1",
+		"INSERT INTO t VALUES (2, 'x', 1), (3, 'y', NULL)",
+		"UPDATE t SET u = 5",
+		"BEGIN",
+		"INSERT INTO t VALUES (4, 'z', 4)",
+		"UPDATE t SET n = 'w' WHERE id = 2",
+		"DELETE FROM t WHERE id = 3",
+		"COMMIT",
+		"BEGIN",
+		"INSERT INTO t VALUES (5, 'gone', 5)",
+		"ROLLBACK",
+		"INSERT INTO t VALUES (6, 'sentinel', NULL)",
+	)
+	got := rec.lines(t, 7)
+	want := []string{
+		"insert t new=[id=1 n=a u=7]",
+		"update t old=[id=1 n=a u=7] new=[id=1 n=b u=9]",
+		"delete t old=[id=1 n=b u=9]",
+		"insert t new=[id=2 n=x u=1] | insert t new=[id=3 n=y u=NULL]",
+		"update t old=[id=2 n=x u=1] new=[id=2 n=x u=5] | update t old=[id=3 n=y u=NULL] new=[id=3 n=y u=5]",
+		"insert t new=[id=4 n=z u=4] | update t old=[id=2 n=x u=5] new=[id=2 n=w u=5] | delete t old=[id=3 n=y u=5]",
+		"insert t new=[id=6 n=sentinel u=NULL]",
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("commits:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestMinimalImageColumnsAreAbsent(t *testing.T) {
+	e := setup(t)
+	e.exec("CREATE TABLE t (id INT PRIMARY KEY, n VARCHAR(20), u INT)", "INSERT INTO t VALUES (1, 'a', 7)")
+	rec := newRecorder(e.schema)
+	e.start(rec)
+	e.exec(
+		"SET SESSION binlog_row_image = 'MINIMAL'",
+		"UPDATE t SET n = 'b' WHERE id = 1",
+		"DELETE FROM t WHERE id = 1",
+	)
+	got := rec.lines(t, 2)
+	want := []string{
+		"update t old=[id=1 n=? u=?] new=[id=? n=b u=?]",
+		"delete t old=[id=1 n=? u=?]",
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("commits:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestDDL(t *testing.T) {
+	e := setup(t)
+	e.exec(
+		"CREATE TABLE a (id INT PRIMARY KEY)", "CREATE TABLE b (id INT PRIMARY KEY)",
+		"CREATE TABLE c (id INT PRIMARY KEY)", "CREATE TABLE d (id INT PRIMARY KEY)",
+		"CREATE TABLE e (id INT PRIMARY KEY)",
+	)
+	rec := newRecorder(e.schema)
+	e.start(rec)
+	e.exec(
+		"INSERT INTO a VALUES (1)",
+		"TRUNCATE TABLE a",
+		"DROP TABLE b",
+		"RENAME TABLE c TO c2, d TO d2",
+		"ALTER TABLE e RENAME TO e2",
+		"ALTER TABLE a ADD COLUMN note VARCHAR(10)",
+		"INSERT INTO a VALUES (2, 'hi')",
+		"DROP TABLE IF EXISTS c2, `"+e.schema+"`.d2",
+	)
+	got := rec.lines(t, 7)
+	want := []string{
+		"insert a new=[id=1]",
+		"truncate a",
+		"truncate b",
+		"truncate c | truncate d",
+		"truncate e",
+		"insert a new=[id=2 note=hi]",
+		"truncate c2 | truncate d2",
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("commits:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestAlterTableNewLayoutNewTable(t *testing.T) {
+	e := setup(t)
+	e.exec("CREATE TABLE t (id INT PRIMARY KEY)")
+	rec := newRecorder(e.schema)
+	e.start(rec)
+	e.exec("INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (2)")
+	rec.lines(t, 2)
+	rec.mu.Lock()
+	first := rec.tables["t"]
+	rec.mu.Unlock()
+	e.exec("INSERT INTO t VALUES (3)")
+	rec.lines(t, 3)
+	rec.mu.Lock()
+	same := rec.tables["t"]
+	rec.mu.Unlock()
+	if same != first {
+		t.Fatal("an unchanged layout got a new *cdc.Table")
+	}
+	e.exec("ALTER TABLE t ADD COLUMN label VARCHAR(5) DEFAULT 'x'", "INSERT INTO t (id) VALUES (4)")
+	got := rec.lines(t, 4)
+	if got[3] != "insert t new=[id=4 label=x]" {
+		t.Fatalf("after ALTER TABLE: %q", got[3])
+	}
+	rec.mu.Lock()
+	changed := rec.tables["t"]
+	rec.mu.Unlock()
+	if changed == first || !slices.Equal(first.Columns, []string{"id"}) {
+		t.Fatalf("ALTER TABLE: old table %v, new table %v", first, changed)
+	}
+}
+
+func TestTypes(t *testing.T) {
+	e := setup(t)
+	e.exec(`CREATE TABLE v (
+		id INT PRIMARY KEY,
+		d DECIMAL(38,19), neg DECIMAL(10,2), ub BIGINT UNSIGNED, sb BIGINT, ti TINYINT(1), si SMALLINT UNSIGNED,
+		dt DATETIME(6), dt0 DATETIME, ts TIMESTAMP(3) NULL, dd DATE, tm TIME, y YEAR,
+		js JSON, en ENUM('small','large'), st SET('r','g','b'), bt BIT(5),
+		vb VARBINARY(8), bl BLOB, ch CHAR(4), fl FLOAT, db DOUBLE, nul VARCHAR(3)
+	)`)
+	rec := newRecorder(e.schema)
+	e.start(rec)
+	e.exec(
+		"SET time_zone = '+05:00'",
+		`INSERT INTO v VALUES (1,
+		1234567890123456789.1234567890123456789, -0.50, 18446744073709551615, -9223372036854775808, 1, 65535,
+		'2024-02-29 23:59:58.123456', '2024-01-02 03:04:05', '2024-01-02 10:00:00.250', '2024-12-31', '-12:30:01', 2024,
+		'{"a": [1, "x,y"], "b": null}', 'large', 'r,b', b'10101',
+		x'00ff41', 'blob\ndata', 'ab', 1.5, 0.1, NULL)`,
+	)
+	got := rec.lines(t, 1)
+	want := "insert v new=[id=1" +
+		" d=1234567890123456789.1234567890123456789 neg=-0.50 ub=18446744073709551615 sb=-9223372036854775808 ti=1 si=65535" +
+		` dt="2024-02-29 23:59:58.123456" dt0="2024-01-02 03:04:05" ts="2024-01-02 05:00:00.250" dd=2024-12-31 tm=-12:30:01 y=2024` +
+		` js="{\"a\": [1, \"x,y\"], \"b\": null}" en=large st=r,b bt=21` +
+		` vb="\x00\xffA" bl="blob\ndata" ch=ab fl=1.5 db=0.1 nul=NULL]`
+	if got[0] != want {
+		t.Fatalf("got  %s\nwant %s", got[0], want)
+	}
+}
+
+func TestRestartFromCheckpoint(t *testing.T) {
+	e := setup(t)
+	e.exec("CREATE TABLE t (id INT PRIMARY KEY)")
+	rec := newRecorder(e.schema)
+	run := e.start(rec)
+	e.exec("INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (2)")
+	rec.lines(t, 2)
+	run.r.Ack(rec.commits[0].pos) // the hub accepted only the first
+	if err := run.stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	e.exec("INSERT INTO t VALUES (3)") // while stopped
+
+	rec2 := newRecorder(e.schema)
+	run2 := e.start(rec2)
+	if rec2.resumed[0] != rec.commits[0].pos {
+		t.Fatalf("Resumed(%d), want the acked position %d", rec2.resumed[0], rec.commits[0].pos)
+	}
+	e.exec("INSERT INTO t VALUES (4)")
+	got := rec2.lines(t, 3)
+	want := []string{"insert t new=[id=2]", "insert t new=[id=3]", "insert t new=[id=4]"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("after restart:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if rec2.commits[0].pos != rec.commits[1].pos {
+		t.Fatalf("re-delivered at %d, first delivered at %d", rec2.commits[0].pos, rec.commits[1].pos)
+	}
+	// Everything acked: the next start delivers nothing old.
+	rec2.mu.Lock()
+	last := rec2.commits[2].pos
+	rec2.mu.Unlock()
+	run2.r.Ack(last)
+	if err := run2.stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	rec3 := newRecorder(e.schema)
+	e.start(rec3)
+	e.exec("INSERT INTO t VALUES (5)")
+	if got := rec3.lines(t, 1); !slices.Equal(got, []string{"insert t new=[id=5]"}) {
+		t.Fatalf("third start: %q", got)
+	}
+	if rec3.resumed[0] != last {
+		t.Fatalf("Resumed(%d), want %d", rec3.resumed[0], last)
+	}
+}
+
+func TestReconnectAfterKill(t *testing.T) {
+	e := setup(t)
+	e.exec("CREATE TABLE t (id INT PRIMARY KEY)")
+	rec := newRecorder(e.schema)
+	e.start(rec)
+	e.exec("INSERT INTO t VALUES (1)")
+	rec.lines(t, 1)
+
+	admin := e.connect()
+	killed := 0
+	r, err := admin.Execute("SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range r.RowNumber() {
+		id, _ := r.GetInt(i, 0)
+		if _, err := admin.Execute(fmt.Sprintf("KILL %d", id)); err == nil {
+			killed++
+		}
+	}
+	if killed == 0 {
+		t.Fatal("no binlog dump thread to kill")
+	}
+	e.exec("INSERT INTO t VALUES (2)", "BEGIN", "INSERT INTO t VALUES (3)", "INSERT INTO t VALUES (4)", "COMMIT")
+	got := rec.lines(t, 3)
+	want := []string{"insert t new=[id=1]", "insert t new=[id=2]", "insert t new=[id=3] | insert t new=[id=4]"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("after KILL:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if len(rec.resumed) != 1 || len(rec.lost) != 0 {
+		t.Fatalf("a reconnect is not a restart: resumed %v, lost %v", rec.resumed, rec.lost)
+	}
+}
+
+func TestPurgedBinlogIsContinuityLoss(t *testing.T) {
+	e := setup(t)
+	e.exec("CREATE TABLE t (id INT PRIMARY KEY)")
+	rec := newRecorder(e.schema)
+	rec2 := newRecorder(e.schema)
+	run := e.start(rec)
+	e.exec("INSERT INTO t VALUES (1)")
+	rec.lines(t, 1)
+	run.r.Ack(rec.commits[0].pos)
+	if err := run.stop(); err != nil {
+		t.Fatal(err)
+	}
+	// While stopped: a change, then its binlog is purged.
+	e.exec("INSERT INTO t VALUES (2)", "FLUSH BINARY LOGS")
+	r, err := e.conn.Execute("SHOW MASTER STATUS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	file, _ := r.GetString(0, 0)
+	file = strings.Clone(file)
+	purgeTo(t, e.conn, file)
+
+	e.start(rec2)
+	rec2.waitFor(t, "Lost", func() bool { return len(rec2.lost) > 0 })
+	rec2.mu.Lock()
+	lost, resumed := slices.Clone(rec2.lost), slices.Clone(rec2.resumed)
+	rec2.mu.Unlock()
+	if len(lost) != 1 || !strings.Contains(lost[0], "continuity lost") {
+		t.Fatalf("lost = %q, want one continuity loss", lost)
+	}
+	// Resumed once from the checkpoint (before the error) or once at the
+	// head; the last Resumed is at the head, past the purged binlog.
+	if last := resumed[len(resumed)-1]; last <= rec.commits[0].pos || uint64(last)>>32 != fileSeqOf(file) {
+		t.Fatalf("resumed %v, want the head of %s", resumed, file)
+	}
+	e.exec("INSERT INTO t VALUES (3)")
+	if got := rec2.lines(t, 1); !slices.Equal(got, []string{"insert t new=[id=3]"}) {
+		t.Fatalf("after the loss: %q", got)
+	}
+}
+
+// purgeTo purges the binlogs before file. The server keeps a file until
+// its binlog checkpoint passes and no dump thread reads it, so this polls.
+func purgeTo(t *testing.T, c *client.Conn, file string) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		execOn(t, c, "PURGE BINARY LOGS TO '"+file+"'")
+		r, err := c.Execute("SHOW BINARY LOGS")
+		if err != nil {
+			t.Fatal(err)
+		}
+		first, _ := r.GetString(0, 0)
+		if first == file {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("binlogs before %s not purged (oldest %s)", file, first)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func fileSeqOf(name string) uint64 {
+	n, _ := strconv.ParseUint(name[strings.LastIndexByte(name, '.')+1:], 10, 64)
+	return n
+}
+
+func TestStartupCheckNamesTheFix(t *testing.T) {
+	e := setup(t)
+	e.exec("SET GLOBAL binlog_format = 'STATEMENT'")
+	t.Cleanup(func() { execOn(t, e.connect(), "SET GLOBAL binlog_format = 'ROW'") })
+	r, err := mysql.New(e.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = r.Run(ctx, newRecorder(e.schema))
+	if !errors.Is(err, mysql.ErrConfig) || !strings.Contains(err.Error(), "SET GLOBAL binlog_format = 'ROW'") {
+		t.Fatalf("Run = %v, want ErrConfig naming SET GLOBAL binlog_format = 'ROW'", err)
+	}
+}
+
+func TestCheck(t *testing.T) {
+	e := setup(t)
+	e.exec("CREATE TABLE todos (id INT PRIMARY KEY, user_id INT, title TEXT)")
+	ctx := context.Background()
+	reqs := []cdc.Requirement{
+		{Rule: "ok", Schema: e.schema, Table: "todos", Columns: []string{"id", "user_id"}, NeedsOld: true},
+		{Rule: "wild", Schema: e.schema, Table: "tod*", Columns: []string{"id"}},
+		{Rule: "no-table", Schema: e.schema, Table: "nope", Columns: []string{"id"}},
+		{Rule: "no-col", Schema: e.schema, Table: "todos", Columns: []string{"id", "owner"}},
+	}
+	fs, err := mysql.Check(ctx, e.cfg, reqs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []cdc.Finding{
+		{Severity: cdc.Error, Rule: "no-table", Message: "no table matches " + e.schema + ".nope"},
+		{Severity: cdc.Error, Rule: "no-col", Message: `table ` + e.schema + `.todos has no column "owner"`},
+	}
+	if !slices.Equal(fs, want) {
+		t.Fatalf("findings:\n%v\nwant:\n%v", fs, want)
+	}
+
+	e.exec("SET GLOBAL binlog_row_image = 'MINIMAL'")
+	t.Cleanup(func() { execOn(t, e.connect(), "SET GLOBAL binlog_row_image = 'FULL'") })
+	fs, err = mysql.Check(ctx, e.cfg, reqs[:1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fs) != 1 || fs[0].Severity != cdc.Warning || fs[0].Rule != "ok" ||
+		fs[0].Fix != "SET GLOBAL binlog_row_image = 'FULL'; and in my.cnf [mysqld]: binlog_row_image = FULL" {
+		t.Fatalf("with MINIMAL row images: %+v", fs)
+	}
+}

@@ -1,0 +1,228 @@
+package mysql
+
+import (
+	"fmt"
+	"math"
+	"strconv"
+
+	gomysql "github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/replication"
+
+	"github.com/tagstream/tagstream/cdc"
+)
+
+// colKind says how a column's decoded value becomes canonical text where the
+// decoder's Go value alone does not tell.
+type colKind uint8
+
+const (
+	colPlain colKind = iota
+	colEnum          // int64 index → label
+	colSet           // int64 bitmask → comma-separated labels
+	colYear          // int; 0 is 0000
+	colJSON          // MySQL binary JSON: add MySQL's spaces
+)
+
+type column struct {
+	kind   colKind
+	labels []string // ENUM / SET
+}
+
+// tableInfo is one layout of one table: a TABLE_MAP with the same schema,
+// name, column names, types and metadata maps to the same tableInfo, and so
+// to the same *cdc.Table.
+type tableInfo struct {
+	key   string // layout key
+	table *cdc.Table
+	cols  []column
+	named bool // the TABLE_MAP carried column names
+}
+
+// layoutKey appends to buf what identifies a TABLE_MAP's layout.
+func layoutKey(buf []byte, tm *replication.TableMapEvent) []byte {
+	buf = append(buf, tm.Schema...)
+	buf = append(buf, 0)
+	buf = append(buf, tm.Table...)
+	buf = append(buf, 0)
+	buf = append(buf, tm.ColumnType...)
+	buf = append(buf, 0)
+	for _, m := range tm.ColumnMeta {
+		buf = append(buf, byte(m), byte(m>>8))
+	}
+	buf = append(buf, 0)
+	buf = append(buf, tm.SignednessBitmap...)
+	for _, n := range tm.ColumnName {
+		buf = append(buf, 0)
+		buf = append(buf, n...)
+	}
+	for _, vs := range [][][][]byte{tm.EnumStrValue, tm.SetStrValue} {
+		buf = append(buf, 1)
+		for _, labels := range vs {
+			for _, l := range labels {
+				buf = append(buf, l...)
+				buf = append(buf, 0)
+			}
+			buf = append(buf, 2)
+		}
+	}
+	return buf
+}
+
+func newTableInfo(key string, tm *replication.TableMapEvent) *tableInfo {
+	n := int(tm.ColumnCount)
+	info := &tableInfo{
+		key:   key,
+		table: &cdc.Table{Schema: string(tm.Schema), Name: string(tm.Table), Columns: make([]string, n)},
+		cols:  make([]column, n),
+		named: len(tm.ColumnName) == n,
+	}
+	for i := range n {
+		if info.named {
+			info.table.Columns[i] = string(tm.ColumnName[i])
+		} else {
+			info.table.Columns[i] = "@" + strconv.Itoa(i+1)
+		}
+	}
+	enums, sets := tm.EnumStrValueMap(), tm.SetStrValueMap()
+	for i := range n {
+		c := &info.cols[i]
+		switch {
+		case tm.IsEnumColumn(i):
+			c.kind, c.labels = colEnum, enums[i]
+		case tm.IsSetColumn(i):
+			c.kind, c.labels = colSet, sets[i]
+		case tm.ColumnType[i] == gomysql.MYSQL_TYPE_YEAR:
+			c.kind = colYear
+		case tm.ColumnType[i] == gomysql.MYSQL_TYPE_JSON:
+			c.kind = colJSON
+		}
+	}
+	return info
+}
+
+// appendValue appends v's canonical text to buf (see design Part B: integers
+// in decimal, DECIMAL exact, DATETIME/TIMESTAMP YYYY-MM-DD HH:MM:SS[.ffffff]
+// with TIMESTAMP in UTC, ENUM as its label, strings as they are).
+func appendValue(buf []byte, c *column, v any) ([]byte, cdc.Kind) {
+	switch x := v.(type) {
+	case nil:
+		return buf, cdc.Null
+	case string:
+		if c.kind == colJSON {
+			return appendMySQLJSON(buf, x), cdc.Text
+		}
+		return append(buf, x...), cdc.Text
+	case []byte:
+		return append(buf, x...), cdc.Text
+	case int8:
+		return strconv.AppendInt(buf, int64(x), 10), cdc.Text
+	case int16:
+		return strconv.AppendInt(buf, int64(x), 10), cdc.Text
+	case int32:
+		return strconv.AppendInt(buf, int64(x), 10), cdc.Text
+	case int64:
+		switch c.kind {
+		case colEnum:
+			// 0 is the empty string MySQL stores for an invalid value.
+			if x >= 1 && int(x) <= len(c.labels) {
+				return append(buf, c.labels[x-1]...), cdc.Text
+			}
+			if x == 0 {
+				return buf, cdc.Text
+			}
+		case colSet:
+			if c.labels != nil {
+				first := true
+				for i, l := range c.labels {
+					if x&(1<<uint(i)) != 0 {
+						if !first {
+							buf = append(buf, ',')
+						}
+						buf = append(buf, l...)
+						first = false
+					}
+				}
+				return buf, cdc.Text
+			}
+		}
+		return strconv.AppendInt(buf, x, 10), cdc.Text
+	case uint8:
+		return strconv.AppendUint(buf, uint64(x), 10), cdc.Text
+	case uint16:
+		return strconv.AppendUint(buf, uint64(x), 10), cdc.Text
+	case uint32:
+		return strconv.AppendUint(buf, uint64(x), 10), cdc.Text
+	case uint64:
+		return strconv.AppendUint(buf, x, 10), cdc.Text
+	case int:
+		if c.kind == colYear && x == 0 {
+			return append(buf, "0000"...), cdc.Text
+		}
+		return strconv.AppendInt(buf, int64(x), 10), cdc.Text
+	case float32:
+		return appendFloat(buf, float64(x), 32), cdc.Text
+	case float64:
+		return appendFloat(buf, x, 64), cdc.Text
+	case *replication.JsonDiff:
+		// A partial JSON update: the new document is not in the event.
+		return buf, cdc.Absent
+	case fmt.Stringer:
+		return append(buf, x.String()...), cdc.Text
+	default:
+		return fmt.Append(buf, x), cdc.Text
+	}
+}
+
+// appendFloat formats like MySQL: the shortest text that reads back to the
+// same value, plain between 1e-5 and 1e15, else with an exponent (1e20).
+func appendFloat(buf []byte, f float64, bits int) []byte {
+	if a := math.Abs(f); a == 0 || (a >= 1e-5 && a < 1e15) {
+		return strconv.AppendFloat(buf, f, 'f', -1, bits)
+	}
+	start := len(buf)
+	buf = strconv.AppendFloat(buf, f, 'e', -1, bits)
+	// Go writes 1e+20 and 1.5e-07; MySQL 1e20 and 1.5e-7.
+	for i := start; i < len(buf); i++ {
+		if buf[i] != 'e' {
+			continue
+		}
+		j := i + 1
+		if buf[j] == '+' {
+			buf = append(buf[:j], buf[j+1:]...)
+		} else if buf[j] == '-' {
+			j++
+		}
+		for j < len(buf)-1 && buf[j] == '0' {
+			buf = append(buf[:j], buf[j+1:]...)
+		}
+		break
+	}
+	return buf
+}
+
+// appendMySQLJSON re-spaces compact JSON the way MySQL prints a JSON value:
+// a space after every ',' and ':' outside strings.
+func appendMySQLJSON(buf []byte, s string) []byte {
+	inString, escaped := false, false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		buf = append(buf, c)
+		switch {
+		case inString:
+			if escaped {
+				escaped = false
+			} else if c == '\\' {
+				escaped = true
+			} else if c == '"' {
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == ',' || c == ':':
+			if i+1 < len(s) && s[i+1] != ' ' {
+				buf = append(buf, ' ')
+			}
+		}
+	}
+	return buf
+}
