@@ -9,7 +9,23 @@
 //
 // The contract (what users write, what tags come out) is the design's Part B
 // "Rules file"; the table tests in this package follow it sentence by
-// sentence.
+// sentence. Where the contract is silent this package decides:
+//
+//   - Update without an old image (Postgres REPLICA IDENTITY DEFAULT, key
+//     unchanged): {col} expands against the new row only ("where it is
+//     known"); {old.col} is unknown and becomes `*`.
+//   - {old.col} on an insert and {new.col} on a delete yield no tag: that row
+//     does not exist, as with NULL.
+//   - A placeholder naming a column the table lacks is unknown (`*`); a
+//     `columns` entry the table lacks counts as changed. `tagstream check
+//     --db` reports both.
+//   - An expansion that would be the empty string yields no tag.
+//   - Values are percent-encoded byte by byte: `%`, `,`, `*`, ASCII
+//     whitespace and control characters, Unicode spaces and controls (as
+//     their UTF-8 bytes) and invalid UTF-8, in uppercase hex.
+//   - Template text outside placeholders may not contain `,`, whitespace or
+//     control characters; `*` in it is a literal wildcard and kept.
+//   - Table names match case-sensitively, byte for byte.
 package rules
 
 import (
