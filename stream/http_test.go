@@ -59,7 +59,7 @@ func TestBadRequests(t *testing.T) {
 func TestCursorEdgeValues(t *testing.T) {
 	h, b := setup(t, Options{})
 	h.SetEnd(^cdc.Position(0))
-	// The largest position resumes (r3labs never sees it: it would reject
+	// The largest position resumes (r3labs/sse/v2 would have rejected
 	// anything above MaxInt64).
 	b.dial(t, "tags=a", "Last-Event-ID: 18446744073709551615").expect(ready(18446744073709551615, true))
 	// Leading zeros are still decimal; an empty header means no cursor.

@@ -159,7 +159,7 @@ func TestOverflowResets(t *testing.T) {
 	c := b.dial(t, "tags="+tag)
 	c.expect(ready(0, false))
 	// The client stops reading. Publish until its queue overflows: the
-	// socket buffers, r3labs's channel and then the queue fill.
+	// socket buffers and then the queue fill.
 	var last cdc.Position
 	for pos := cdc.Position(1); h.Stats().Overflows == 0; pos++ {
 		if pos > 100000 {
