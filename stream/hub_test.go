@@ -1,6 +1,8 @@
 package stream
 
 import (
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -193,5 +195,46 @@ func TestOverflowResets(t *testing.T) {
 	st := h.Stats()
 	if st.Overflows != 1 || st.Resets != 1 || st.Dropped != 5 {
 		t.Fatalf("stats %+v, want 1 overflow, 1 reset, 5 dropped", st)
+	}
+}
+
+// A queue that overflows before the writer took the join's events: the
+// replay is dropped too, and the client still gets its one ready, now
+// resumed:false.
+func TestOverflowBeforeReady(t *testing.T) {
+	h := NewHub(Options{QueueSize: 2})
+	defer h.Close()
+	publish(t, h, 1, "a")
+	publish(t, h, 2, "a")
+	h.mu.Lock()
+	c := &conn{id: 1, entries: []string{"a"}, wake: make(chan struct{}, 1)}
+	h.join(c, 0, true)
+	h.mu.Unlock()
+	kinds := func() (out []string) {
+		for _, it := range c.queue {
+			out = append(out, eventNames[it.kind]+":"+fmt.Sprint(it.id))
+		}
+		return out
+	}
+	if got := kinds(); !slices.Equal(got, []string{"invalidate:1", "invalidate:2", "ready:2"}) {
+		t.Fatalf("join queued %v", got)
+	}
+	publish(t, h, 3, "a")
+	publish(t, h, 4, "a") // the bound counts live events only: 2 fit
+	publish(t, h, 5, "a")
+	if got := kinds(); !slices.Equal(got, []string{"reset:5", "ready:5"}) {
+		t.Fatalf("after overflow %v", got)
+	}
+	if string(c.queue[1].data) != `{"resumed":false}` {
+		t.Fatalf("ready %s", c.queue[1].data)
+	}
+	// The reset's items are outside the bound too.
+	publish(t, h, 6, "a")
+	publish(t, h, 7, "a")
+	if got := kinds(); !slices.Equal(got, []string{"reset:5", "ready:5", "invalidate:6", "invalidate:7"}) {
+		t.Fatalf("after overflow %v", got)
+	}
+	if st := h.Stats(); st.Dropped != 5 || st.Overflows != 1 {
+		t.Fatalf("stats %+v", st)
 	}
 }
