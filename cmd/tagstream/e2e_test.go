@@ -351,6 +351,7 @@ func TestKill9UnderWrites(t *testing.T) {
 			break
 		}
 	}
+	t.Logf("after kill -9: %d of %d committed todos seen, reset=%v", len(seen), committed, reset)
 	if !reset {
 		for i := 1; i <= committed; i++ {
 			if !seen[i] {
