@@ -65,6 +65,7 @@ type config struct {
 	bcastDur    time.Duration
 	memSubs     int
 	profileDir  string
+	repeat      int
 }
 
 // bench is one run: its configuration, scratch directory, the commands it
@@ -92,6 +93,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&c.tagstream, "tagstream", "", "tagstream binary to measure (default: build ./cmd/tagstream into a temp dir)")
 	fs.StringVar(&c.out, "out", "", "also write the markdown report to this file")
 	fs.DurationVar(&c.drainLimit, "drain-timeout", 5*time.Minute, "give up on one drain after this long")
+	fs.IntVar(&c.repeat, "repeat", 2, "PostgreSQL throughput: drains per consumer (one slot each, taking turns); the fastest is reported")
 	fs.IntVar(&c.clients, "clients", 4, "concurrent writers of the small-transaction and mixed workloads")
 	fs.IntVar(&c.smallTx, "small-tx", 200000, "workload (a): single-row INSERT transactions")
 	fs.IntVar(&c.bulkRows, "bulk-rows", 1000000, "workload (b): rows of the one INSERT … SELECT transaction")

@@ -157,10 +157,21 @@ func (b *bench) pgWorkload(ctx context.Context, srv *testcontainers.PostgresServ
 	if _, err := conn.Exec(ctx, "CREATE PUBLICATION "+pgPublication+" FOR ALL TABLES"); err != nil {
 		return err
 	}
+	// One slot per consumer per repetition: a drained slot cannot be
+	// drained again.
+	reps := max(b.cfg.repeat, 1)
+	slot := func(base string, rep int) string {
+		if rep == 0 {
+			return base
+		}
+		return fmt.Sprintf("%s_%d", base, rep+1)
+	}
 	var startLSN string
-	for _, slot := range []string{pgRecvSlot, pgDaemonSlot} {
-		if err := conn.QueryRow(ctx, "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", slot).Scan(&startLSN); err != nil {
-			return fmt.Errorf("create slot %s: %w", slot, err)
+	for rep := range reps {
+		for _, base := range []string{pgRecvSlot, pgDaemonSlot} {
+			if err := conn.QueryRow(ctx, "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", slot(base, rep)).Scan(&startLSN); err != nil {
+				return fmt.Errorf("create slot %s: %w", slot(base, rep), err)
+			}
 		}
 	}
 	rows0, err := pgRowCount(ctx, conn)
@@ -196,40 +207,55 @@ func (b *bench) pgWorkload(ctx context.Context, srv *testcontainers.PostgresServ
 	b.logf("  backlog written in %s: %d rows, %d tx, %.1f MiB of WAL, end LSN %s", writeTime.Round(time.Millisecond), rows, tx, float64(walBytes)/(1<<20), endLSN)
 	extra := fmt.Sprintf("%.0f MiB WAL", float64(walBytes)/(1<<20))
 
-	// pg_recvlogical: the physical limit of decoding this backlog with
-	// pgoutput and shipping it to a client that only writes it away.
-	recvArgs := []string{"-d", dsn, "--slot", pgRecvSlot, "--start", "--endpos", endLSN, "--no-loop",
-		"-f", os.DevNull, "-F", "0",
-		"-o", "proto_version=2", "-o", "publication_names=" + pgPublication, "-o", "streaming=on"}
-	b.record("pg_recvlogical", recvArgs...)
-	dctx, cancel := context.WithTimeout(ctx, b.cfg.drainLimit)
-	cmd := exec.CommandContext(dctx, "pg_recvlogical", recvArgs...)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	t1 := time.Now()
-	err = cmd.Run()
-	recvTime := time.Since(t1)
-	cancel()
-	if err != nil {
-		return fmt.Errorf("pg_recvlogical: %w: %s", err, strings.TrimSpace(stderr.String()))
+	// The consumers take turns (pg_recvlogical, tagstream, pg_recvlogical,
+	// …); each keeps its fastest drain, which filters out the noise of a
+	// shared machine.
+	var best [2]*throughputRow
+	keep := func(i int, r throughputRow) {
+		if best[i] == nil || r.Drain < best[i].Drain {
+			best[i] = &r
+		}
 	}
-	b.throughput = append(b.throughput, throughputRow{DB: "PostgreSQL", Workload: w.name, Consumer: "pg_recvlogical", Rows: rows, Tx: tx,
-		Drain: recvTime, CPU: cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), Baseline: true, Extra: extra})
-	b.logf("  pg_recvlogical drained in %s", recvTime.Round(time.Millisecond))
+	for rep := range reps {
+		// pg_recvlogical: the physical limit of decoding this backlog with
+		// pgoutput and shipping it to a client that only writes it away.
+		recvArgs := []string{"-d", dsn, "--slot", slot(pgRecvSlot, rep), "--start", "--endpos", endLSN, "--no-loop",
+			"-f", os.DevNull, "-F", "0",
+			"-o", "proto_version=2", "-o", "publication_names=" + pgPublication, "-o", "streaming=on"}
+		b.record("pg_recvlogical", recvArgs...)
+		dctx, cancel := context.WithTimeout(ctx, b.cfg.drainLimit)
+		cmd := exec.CommandContext(dctx, "pg_recvlogical", recvArgs...)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		t1 := time.Now()
+		err = cmd.Run()
+		recvTime := time.Since(t1)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("pg_recvlogical: %w: %s", err, strings.TrimSpace(stderr.String()))
+		}
+		keep(0, throughputRow{DB: "PostgreSQL", Workload: w.name, Consumer: "pg_recvlogical", Rows: rows, Tx: tx,
+			Drain: recvTime, CPU: cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), Baseline: true, Extra: extra})
+		b.logf("  pg_recvlogical drained in %s", recvTime.Round(time.Millisecond))
 
-	// tagstream: the same backlog through reader → rules → hub → one SSE
-	// client subscribed to everything. Done when that client has received
-	// the marker's invalidation.
-	res, err := b.drainDaemon(ctx, "pg-"+db, strconv.FormatUint(parseLSN(startLSN), 10),
-		"--db", dsn, "--rules", b.rulesPath, "--slot", pgDaemonSlot, "--publication", pgPublication)
-	if err != nil {
-		return err
+		// tagstream: the same backlog through reader → rules → hub → one
+		// SSE client subscribed to everything. Done when that client has
+		// received the marker's invalidation.
+		res, err := b.drainDaemon(ctx, fmt.Sprintf("pg-%s-%d", db, rep), strconv.FormatUint(parseLSN(startLSN), 10),
+			"--db", dsn, "--rules", b.rulesPath, "--slot", slot(pgDaemonSlot, rep), "--publication", pgPublication)
+		if err != nil {
+			return err
+		}
+		var flushed string
+		_ = conn.QueryRow(ctx, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", slot(pgDaemonSlot, rep)).Scan(&flushed)
+		keep(1, throughputRow{DB: "PostgreSQL", Workload: w.name, Consumer: "tagstream run + 1 SSE client", Rows: rows, Tx: tx,
+			Drain: res.drain, CPU: res.cpu, Extra: res.describe()})
+		b.logf("  tagstream drained in %s (%s); slot confirmed_flush_lsn %s, marker event id %s", res.drain.Round(time.Millisecond), res.describe(), flushed, res.markerID)
 	}
-	var flushed string
-	_ = conn.QueryRow(ctx, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", pgDaemonSlot).Scan(&flushed)
-	b.throughput = append(b.throughput, throughputRow{DB: "PostgreSQL", Workload: w.name, Consumer: "tagstream run + 1 SSE client", Rows: rows, Tx: tx,
-		Drain: res.drain, CPU: res.cpu, Extra: res.describe()})
-	b.logf("  tagstream drained in %s (%s); slot confirmed_flush_lsn %s, marker event id %s", res.drain.Round(time.Millisecond), res.describe(), flushed, res.markerID)
+	b.throughput = append(b.throughput, *best[0], *best[1])
+	if reps > 1 {
+		b.note("PostgreSQL throughput: each consumer drained %d slots in turn; the table shows its fastest drain", reps)
+	}
 	return nil
 }
 

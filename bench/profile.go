@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -174,9 +175,36 @@ func (b *bench) runProfile(ctx context.Context) error {
 		per*b.cfg.clients, took.Round(time.Millisecond), float64(per*b.cfg.clients)/took.Seconds())
 	b.profile += "CPU (top by flat time):\n\n```\n" + pprofTop(ctx, "-top", cpuPath) + "```\n\n"
 	b.profile += "Allocations since start (top by alloc_space; includes the harness):\n\n```\n" + pprofTop(ctx, "-sample_index=alloc_space", memPath) + "```\n"
+	// Idle fan-out: what the hub holds per subscriber (the clients live in
+	// this process too; their allocations are under main.*).
+	// Both ends of every connection are in this process: stay within the
+	// open-files limit.
+	var lim syscall.Rlimit
+	_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
+	if n := min(b.cfg.memSubs, (int(lim.Cur)-2000)/2); n > 0 {
+		rec := newRecorder()
+		rec.start(time.Now().Add(time.Hour))
+		subs, err := connectSubscribers(ctx, ln.Addr().String(), n, rec)
+		if err != nil {
+			return fmt.Errorf("profile: subscribers: %w", err)
+		}
+		settle(ctx, 2*time.Second)
+		runtime.GC()
+		heapPath := filepath.Join(b.tmp, "heap.pprof")
+		if hf, err := os.Create(heapPath); err == nil {
+			_ = pprof.Lookup("heap").WriteTo(hf, 0)
+			hf.Close()
+		}
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		goroutines := runtime.NumGoroutine()
+		subs.close()
+		b.profile += fmt.Sprintf("\nHeap in use with %d idle subscribers connected to the in-process hub (clients included: %d goroutines, stacks %.1f MiB, heap in use %.1f MiB): top by inuse_space:\n\n```\n%s```\n",
+			n, goroutines, float64(ms.StackInuse)/(1<<20), float64(ms.HeapInuse)/(1<<20), pprofTop(ctx, "-sample_index=inuse_space", heapPath))
+	}
 	if b.cfg.profileDir != "" {
 		_ = os.MkdirAll(b.cfg.profileDir, 0o755)
-		for _, p := range []string{cpuPath, memPath} {
+		for _, p := range []string{cpuPath, memPath, filepath.Join(b.tmp, "heap.pprof")} {
 			if data, err := os.ReadFile(p); err == nil {
 				_ = os.WriteFile(filepath.Join(b.cfg.profileDir, filepath.Base(p)), data, 0o644)
 			}
