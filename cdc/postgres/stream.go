@@ -285,6 +285,8 @@ func (s *session) message(ctx context.Context, data []byte) error {
 		}
 		s.cur = s.h.Begin()
 		return nil
+	case 'T':
+		return s.truncate(data[1:])
 	case 'Y', 'O', 'M':
 		return nil // types, origins and logical messages carry no row changes
 	}
@@ -302,19 +304,6 @@ func (s *session) message(ctx context.Context, data []byte) error {
 		return s.commit(ctx, tx, uint64(m.TransactionEndLSN), m.CommitTime)
 	case *pglogrepl.RelationMessageV2:
 		s.relationMsg(&m.RelationMessage)
-	case *pglogrepl.TruncateMessageV2:
-		tx, err := s.txFor(m.Xid)
-		if err != nil {
-			return err
-		}
-		for _, id := range m.RelationIDs {
-			rel := s.r.relations[id]
-			if rel == nil {
-				return fmt.Errorf("postgres: protocol: truncate of unknown relation %d", id)
-			}
-			s.change = cdc.Change{Table: rel.table, Op: cdc.Truncate}
-			tx.Add(&s.change)
-		}
 	case *pglogrepl.StreamStartMessageV2:
 		if s.inStream {
 			return errors.New("postgres: protocol: stream start inside a stream")
@@ -403,6 +392,9 @@ func (s *session) txFor(xid uint32) (cdc.Tx, error) {
 		return s.cur, nil
 	}
 	st := s.streams[s.streamXid]
+	if st == nil {
+		return nil, fmt.Errorf("postgres: protocol: change in unknown stream %d", s.streamXid)
+	}
 	if xid == s.streamXid || xid == 0 {
 		return st.top, nil
 	}
@@ -415,6 +407,40 @@ func (s *session) txFor(xid uint32) (cdc.Tx, error) {
 }
 
 var errShort = errors.New("postgres: protocol: message too short")
+
+// truncate decodes a Truncate message (bounds-checked: pglogrepl trusts the
+// relation count) into one Truncate change per relation.
+func (s *session) truncate(p []byte) error {
+	var xid uint32
+	if s.inStream {
+		if len(p) < 4 {
+			return errShort
+		}
+		xid, p = binary.BigEndian.Uint32(p), p[4:]
+	}
+	if len(p) < 5 {
+		return errShort
+	}
+	n := binary.BigEndian.Uint32(p)
+	p = p[5:] // count, options
+	if uint64(n)*4 > uint64(len(p)) {
+		return errShort
+	}
+	tx, err := s.txFor(xid)
+	if err != nil {
+		return err
+	}
+	for i := uint32(0); i < n; i++ {
+		id := binary.BigEndian.Uint32(p[4*i:])
+		rel := s.r.relations[id]
+		if rel == nil {
+			return fmt.Errorf("postgres: protocol: truncate of unknown relation %d", id)
+		}
+		s.change = cdc.Change{Table: rel.table, Op: cdc.Truncate}
+		tx.Add(&s.change)
+	}
+	return nil
+}
 
 // row decodes an Insert, Update or Delete message without copying: the
 // values point into the wire buffer, valid until Add returns.
