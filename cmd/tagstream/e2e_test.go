@@ -81,6 +81,12 @@ func startDaemon(t *testing.T, args ...string) *daemon {
 	}
 	addr := l.Addr().String()
 	l.Close()
+	return startDaemonOn(t, addr, args...)
+}
+
+// startDaemonOn is startDaemon listening on addr.
+func startDaemonOn(t *testing.T, addr string, args ...string) *daemon {
+	t.Helper()
 	d := &daemon{base: "http://" + addr, stderr: &lockedBuffer{}, done: make(chan struct{})}
 	d.cmd = exec.Command(binary, append([]string{"run", "--listen", addr, "--log-level", "debug"}, args...)...)
 	d.cmd.Stderr = d.stderr

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -26,6 +27,11 @@ type pipeline struct {
 	src    cdc.Source
 	log    *slog.Logger
 
+	// resumed is closed when the source first reports where it resumed
+	// from; until then the hub cannot judge a client's cursor.
+	resumed     chan struct{}
+	resumedOnce sync.Once
+
 	commits   atomic.Uint64
 	emptyTx   atomic.Uint64
 	lastPos   atomic.Uint64
@@ -33,7 +39,7 @@ type pipeline struct {
 }
 
 func newPipeline(e *rules.Engine, hub *stream.Hub, src cdc.Source, log *slog.Logger) *pipeline {
-	p := &pipeline{hub: hub, src: src, log: log}
+	p := &pipeline{hub: hub, src: src, log: log, resumed: make(chan struct{})}
 	p.engine.Store(e)
 	return p
 }
@@ -63,6 +69,21 @@ func (p *pipeline) Commit(ctx context.Context, tx cdc.Tx, c cdc.Commit) error {
 func (p *pipeline) Resumed(pos cdc.Position) {
 	p.log.Info("streaming", "resumed_from", uint64(pos))
 	p.hub.SetFloor(pos)
+	p.resumedOnce.Do(func() { close(p.resumed) })
+}
+
+// events serves the hub's /events once the source has resumed: a client
+// reconnecting with its cursor right after a restart would otherwise be
+// judged against an unknown floor and get a needless reset. It waits with
+// the client (EventSource gives up on an error status) until then.
+func (p *pipeline) events() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-p.resumed:
+			p.hub.ServeHTTP(w, r)
+		case <-r.Context().Done():
+		}
+	})
 }
 
 func (p *pipeline) Progress(end cdc.Position) { p.hub.SetEnd(end) }

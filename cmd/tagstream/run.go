@@ -99,7 +99,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return usageErrorf("run: --listen %s: %v", df.listen, err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /events", hub)
+	mux.Handle("GET /events", p.events())
 	mux.Handle("GET /healthz", stream.Healthz())
 	mux.Handle("GET /readyz", stream.Readyz(reader.Ready))
 	mux.Handle("GET /metrics", p.metricsHandler())
