@@ -28,8 +28,8 @@ type streamState struct {
 	// The connection's current binlog file.
 	curFile string
 	curSeq  uint64
-	// The highest position reported by a commit or h.Progress.
-	lastEnd cdc.Position
+	// The last commit's position and the highest h.Progress.
+	lastCommit, lastProgress cdc.Position
 
 	// The open transaction.
 	tx      cdc.Tx
@@ -187,8 +187,8 @@ func (r *Reader) beginMySQL(h cdc.Handler, e *replication.GTIDEvent, tag *gomysq
 }
 
 func (r *Reader) progress(h cdc.Handler, end cdc.Position) {
-	if end > r.st.lastEnd {
-		r.st.lastEnd = end
+	if end > r.st.lastProgress && end >= r.st.lastCommit {
+		r.st.lastProgress = end
 		h.Progress(end)
 	}
 }
@@ -207,9 +207,7 @@ func (r *Reader) commit(ctx context.Context, h cdc.Handler, hdr *replication.Eve
 		st.gset = st.txGset
 	}
 	st.file, st.pos = st.curFile, end
-	if pos > st.lastEnd {
-		st.lastEnd = pos
-	}
+	st.lastCommit = pos
 	// Pending before Commit: the pipeline may Ack from inside it.
 	r.addPending(checkpoint{Flavor: st.flavor, GTIDSet: st.gtidString(), File: st.file, Pos: end, Position: pos})
 	tx := st.tx

@@ -220,6 +220,7 @@ func (r *Reader) Run(ctx context.Context, h cdc.Handler) error {
 
 	resumed := false
 	for {
+		began := time.Now()
 		connected, err := r.stream(ctx, h, info, &resumed, resumeFrom)
 		r.ready.Store(false)
 		if ctx.Err() != nil {
@@ -229,8 +230,8 @@ func (r *Reader) Run(ctx context.Context, h cdc.Handler) error {
 		if errors.As(err, &herr) {
 			return herr.err
 		}
-		if connected {
-			bo.reset()
+		if connected && time.Since(began) > r.cfg.BackoffMax {
+			bo.reset() // a stream that held; one that flaps keeps backing off
 		}
 		if reason, lost := continuityLost(err); lost {
 			lostErr := fmt.Errorf("%w: %s", cdc.ErrContinuityLost, reason)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/client"
+	"go.uber.org/goleak"
 
 	"github.com/tagstream/tagstream/cdc"
 	"github.com/tagstream/tagstream/cdc/mysql"
@@ -97,6 +98,7 @@ func (r *recorder) Progress(end cdc.Position) {
 	r.mu.Lock()
 	r.progress = end
 	r.mu.Unlock()
+	r.signal()
 }
 
 func (r *recorder) Lost(_ context.Context, reason string) error {
@@ -201,7 +203,15 @@ type env struct {
 
 func setup(t *testing.T) *env {
 	t.Helper()
+	// Registered first, so it runs last: after the readers stopped.
+	var before goleak.Option
+	t.Cleanup(func() {
+		if before != nil {
+			goleak.VerifyNone(t, before)
+		}
+	})
 	dsn := testcontainers.MySQL(t)
+	before = goleak.IgnoreCurrent()
 	e := &env{t: t, dsn: dsn}
 	u, err := url.Parse(dsn)
 	if err != nil {
@@ -337,6 +347,9 @@ func TestRowChanges(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("commits:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
+	// Idle: heartbeats report the binlog head, at or past the last commit.
+	last := rec.commits[len(rec.commits)-1].pos
+	rec.waitFor(t, "Progress past the last commit", func() bool { return rec.progress >= last })
 }
 
 func TestMinimalImageColumnsAreAbsent(t *testing.T) {
