@@ -19,6 +19,7 @@ type checkedTable struct {
 	replIdent byte // 'd' default, 'f' full, 'i' index, 'n' nothing
 	hasPK     bool
 	columns   map[string]bool
+	keyCols   map[string]bool // the columns old rows carry under REPLICA IDENTITY DEFAULT / USING INDEX
 }
 
 // Check verifies the rules' requirements against the live database for
@@ -135,7 +136,16 @@ func Check(ctx context.Context, cfg Config, reqs []cdc.Requirement) ([]cdc.Findi
 			case t.replIdent == 'n' || (t.replIdent == 'd' && !t.hasPK):
 				add(cdc.Error, req.Rule, fmt.Sprintf("table %s has no replica identity: once published, UPDATE and DELETE on it fail", t.name), fullFix)
 			case req.NeedsOld && t.replIdent != 'f':
-				add(cdc.Warning, req.Rule, fmt.Sprintf("the rule reads old values but table %s sends only its key in old rows (REPLICA IDENTITY %s): unknown old values become wildcards", t.name, replIdentName(t.replIdent)), fullFix)
+				// Old rows carry the key: precise when the rule reads nothing else.
+				var nonKey []string
+				for _, col := range req.Columns {
+					if t.columns[col] && !t.keyCols[col] {
+						nonKey = append(nonKey, col)
+					}
+				}
+				if len(nonKey) > 0 {
+					add(cdc.Warning, req.Rule, fmt.Sprintf("the rule reads old values of %s but table %s sends only its key in old rows (REPLICA IDENTITY %s): unknown old values become wildcards", strings.Join(nonKey, ", "), t.name, replIdentName(t.replIdent)), fullFix)
+				}
 			}
 			if pubExists && !pubAll && !pubTables[t.name] {
 				add(cdc.Error, req.Rule, fmt.Sprintf("publication %q does not include table %s", r.cfg.Publication, t.name),
@@ -175,6 +185,9 @@ func matchTables(ctx context.Context, conn *pgx.Conn, schema, table string) ([]*
 	}
 	rows, err := conn.Query(ctx, `SELECT c.oid, n.nspname, c.relname, c.relreplident::text,
 			EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
+			coalesce((SELECT array_agg(ka.attname::text) FROM pg_index i
+				JOIN pg_attribute ka ON ka.attrelid = i.indrelid AND ka.attnum = ANY(i.indkey)
+				WHERE i.indrelid = c.oid AND CASE c.relreplident WHEN 'd' THEN i.indisprimary WHEN 'i' THEN i.indisreplident ELSE false END), '{}'),
 			coalesce(array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped), '{}')
 		FROM pg_class c
 		JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -189,10 +202,10 @@ func matchTables(ctx context.Context, conn *pgx.Conn, schema, table string) ([]*
 	defer rows.Close()
 	var out []*checkedTable
 	for rows.Next() {
-		t := &checkedTable{columns: map[string]bool{}}
+		t := &checkedTable{columns: map[string]bool{}, keyCols: map[string]bool{}}
 		var ident string
-		var cols []string
-		if err := rows.Scan(&t.oid, &t.name.Schema, &t.name.Name, &ident, &t.hasPK, &cols); err != nil {
+		var cols, keys []string
+		if err := rows.Scan(&t.oid, &t.name.Schema, &t.name.Name, &ident, &t.hasPK, &keys, &cols); err != nil {
 			return nil, fmt.Errorf("postgres: check: list tables: %w", err)
 		}
 		if ident != "" {
@@ -200,6 +213,9 @@ func matchTables(ctx context.Context, conn *pgx.Conn, schema, table string) ([]*
 		}
 		for _, c := range cols {
 			t.columns[c] = true
+		}
+		for _, c := range keys {
+			t.keyCols[c] = true
 		}
 		out = append(out, t)
 	}

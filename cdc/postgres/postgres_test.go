@@ -914,6 +914,7 @@ func TestCheck(t *testing.T) {
 		`CREATE PUBLICATION tagstream FOR TABLE todos, audit`)
 	reqs := []cdc.Requirement{
 		{Rule: "todo", Schema: "public", Table: "todos", Columns: []string{"id", "user_id"}, NeedsOld: true},
+		{Rule: "todo-key", Schema: "public", Table: "todos", Columns: []string{"id"}, NeedsOld: true}, // the key is in old rows: precise
 		{Rule: "users", Schema: "public", Table: "users", Columns: []string{"id", "email"}, NeedsOld: true},
 		{Rule: "audit", Schema: "public", Table: "audit", Columns: []string{"what"}},
 		{Rule: "ghost", Schema: "public", Table: "ghosts", Columns: []string{"id"}},
@@ -932,7 +933,7 @@ func TestCheck(t *testing.T) {
 		{Severity: cdc.Error, Rule: "audit", Message: `table public.audit has no replica identity: once published, UPDATE and DELETE on it fail`, Fix: `ALTER TABLE "public"."audit" REPLICA IDENTITY FULL;`},
 		{Severity: cdc.Error, Rule: "ghost", Message: `table public.ghosts does not exist`, Fix: ""},
 		{Severity: cdc.Error, Rule: "pattern", Message: `publication "tagstream" does not include table public.user_roles`, Fix: `ALTER PUBLICATION "tagstream" ADD TABLE "public"."user_roles";`},
-		{Severity: cdc.Warning, Rule: "todo", Message: `the rule reads old values but table public.todos sends only its key in old rows (REPLICA IDENTITY DEFAULT): unknown old values become wildcards`, Fix: `ALTER TABLE "public"."todos" REPLICA IDENTITY FULL;`},
+		{Severity: cdc.Warning, Rule: "todo", Message: `the rule reads old values of user_id but table public.todos sends only its key in old rows (REPLICA IDENTITY DEFAULT): unknown old values become wildcards`, Fix: `ALTER TABLE "public"."todos" REPLICA IDENTITY FULL;`},
 		{Severity: cdc.Warning, Rule: "nomatch", Message: `no table matches other.*`, Fix: ""},
 	}
 	if !slices.Equal(got, want) {

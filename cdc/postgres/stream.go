@@ -95,6 +95,13 @@ func (r *Reader) session(ctx context.Context, h cdc.Handler) (streamed bool, err
 	if a := pglogrepl.LSN(r.acked.Load()); a > start {
 		start = a // acknowledged, perhaps not yet reported to the server
 	}
+	// The server's WAL end now: a client cursor up to it is a position this
+	// session will reach, so clients resuming right after a restart wait
+	// instead of getting a reset.
+	sys, err := pglogrepl.IdentifySystem(ctx, repl)
+	if err != nil {
+		return false, fmt.Errorf("postgres: identify system: %w", err)
+	}
 	args := []string{"proto_version '1'", "publication_names " + quoteLiteral(r.cfg.Publication)}
 	if si.version >= 140000 {
 		args = []string{"proto_version '2'", "publication_names " + quoteLiteral(r.cfg.Publication), "streaming 'on'"}
@@ -134,6 +141,10 @@ func (r *Reader) session(ctx context.Context, h cdc.Handler) (streamed bool, err
 	}()
 
 	s := &session{r: r, h: h, conn: repl, streams: map[uint32]*streamedTx{}, start: uint64(start)}
+	if end := uint64(sys.XLogPos); end > uint64(start) {
+		s.progress = end
+		h.Progress(cdc.Position(end))
+	}
 	err = s.run(ctx)
 	if ctx.Err() != nil {
 		// Tell the server what was acknowledged before leaving.
