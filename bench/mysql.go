@@ -325,6 +325,7 @@ func (b *bench) myWorkload(ctx context.Context, m *myServer, i int, w myWorkload
 	}
 	b.throughput = append(b.throughput, throughputRow{DB: "MariaDB", Workload: w.name, Consumer: "tagstream run + 1 SSE client", Rows: rows, Tx: tx,
 		Drain: res.drain, CPU: res.cpu, Extra: res.describe()})
+	b.noteResets(res)
 	b.logf("  tagstream drained in %s (%s), marker event id %s", res.drain.Round(time.Millisecond), res.describe(), res.markerID)
 	return nil
 }

@@ -250,6 +250,7 @@ func (b *bench) pgWorkload(ctx context.Context, srv *testcontainers.PostgresServ
 		_ = conn.QueryRow(ctx, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", slot(pgDaemonSlot, rep)).Scan(&flushed)
 		keep(1, throughputRow{DB: "PostgreSQL", Workload: w.name, Consumer: "tagstream run + 1 SSE client", Rows: rows, Tx: tx,
 			Drain: res.drain, CPU: res.cpu, Extra: res.describe()})
+		b.noteResets(res)
 		b.logf("  tagstream drained in %s (%s); slot confirmed_flush_lsn %s, marker event id %s", res.drain.Round(time.Millisecond), res.describe(), flushed, res.markerID)
 	}
 	b.throughput = append(b.throughput, *best[0], *best[1])
