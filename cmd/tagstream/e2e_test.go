@@ -404,3 +404,57 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestSlotLostResets: when the slot is dropped under tagstream, every client
+// gets a reset, the slot is recreated and streaming continues.
+func TestSlotLostResets(t *testing.T) {
+	dsn, db, rulesFile := setupPG(t)
+	d := startDaemon(t, "--db", dsn, "--rules", rulesFile, "--slot", "lost", "--publication", "lost")
+	c := subscribe(t, d.base, "tags=todo:*", "")
+	c.expect(t, `ready {"resumed":false}`)
+	execSQL(t, db, `INSERT INTO todos (id, user_id) VALUES (1, 1)`)
+	c.expect(t, "invalidate todo:1")
+
+	// tagstream reconnects quickly: terminate its walsender and drop the
+	// slot until the drop wins.
+	waitFor(t, func() bool {
+		db.Exec(context.Background(), `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'lost'`)
+		_, err := db.Exec(context.Background(), `SELECT pg_drop_replication_slot('lost')`)
+		return err == nil
+	})
+	c.expect(t, `reset {"reason":"replication slot \"lost\" was dropped while in use: changes may be lost"}`)
+	waitFor(t, func() bool {
+		var n int
+		db.QueryRow(context.Background(), `SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'lost' AND active`).Scan(&n)
+		return n == 1
+	})
+	execSQL(t, db, `INSERT INTO todos (id, user_id) VALUES (2, 1)`)
+	c.expect(t, "invalidate todo:2")
+	d.stop(t)
+}
+
+// TestCheckAgainstDatabase: check --db reports what the database lacks with
+// the SQL that fixes it; errors exit 1, warnings alone exit 0.
+func TestCheckAgainstDatabase(t *testing.T) {
+	dsn, db, rulesFile := setupPG(t)
+	execSQL(t, db, `ALTER TABLE todos REPLICA IDENTITY DEFAULT`)
+	code, stdout, stderr := runBinary(t, nil, "check", "--rules", rulesFile, "--db", dsn)
+	want := `warning: rule todo: the rule reads old values of user_id, title, done but table public.todos sends only its key in old rows (REPLICA IDENTITY DEFAULT): unknown old values become wildcards
+  fix: ALTER TABLE "public"."todos" REPLICA IDENTITY FULL;
+` + rulesFile + `: 2 rule(s) OK against ` + dsn + ` (1 warning(s))
+`
+	if code != 0 || stdout != want {
+		t.Fatalf("exit %d\nstdout:\n%s\nwant:\n%s\nstderr: %s", code, stdout, want, stderr)
+	}
+
+	bad := filepath.Join(t.TempDir(), "rules.yaml")
+	os.WriteFile(bad, []byte("rules:\n  - name: ghost\n    table: ghosts\n    tags: [\"ghost:{id}\"]\n  - name: todo\n    table: todos\n    tags: [\"todo:{uuid}\"]\n"), 0o644)
+	code, stdout, _ = runBinary(t, nil, "check", "--rules", bad, "--db", dsn)
+	want = `error: rule ghost: table public.ghosts does not exist
+error: rule todo: column "uuid" does not exist in table public.todos
+` + bad + `: 2 rule(s), 2 error(s), 0 warning(s) against ` + dsn + `
+`
+	if code != 1 || stdout != want {
+		t.Fatalf("exit %d\nstdout:\n%s\nwant:\n%s", code, stdout, want)
+	}
+}
