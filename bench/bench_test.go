@@ -117,6 +117,12 @@ func TestSSEClient(t *testing.T) {
 	if len(inv.Tags) != 1 || inv.Tags[0] != "user:1:todos" || !inv.TS.Equal(want) {
 		t.Errorf("invalidation = %+v", inv)
 	}
+	if ts, ok := eventTS(ev.Data); !ok || !ts.Equal(want) {
+		t.Errorf("eventTS = %v, %v; want %v", ts, ok, want)
+	}
+	if _, ok := eventTS(`{"tags":["a"]}`); ok {
+		t.Error("eventTS without ts: ok")
+	}
 
 	if _, err := dialSSE(ctx, addr, "other", ""); err == nil || !strings.Contains(err.Error(), "400") {
 		t.Errorf("bad request: err = %v, want a 400", err)

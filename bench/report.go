@@ -33,6 +33,8 @@ type latencyRow struct {
 	Resets      int
 	P50, P90    time.Duration
 	P99, Max    time.Duration
+	DaemonCPU   float64 // cores the daemon used on average over the run
+	HarnessCPU  float64 // cores this process (generator + clients) used
 }
 
 type memoryRow struct {
@@ -130,12 +132,13 @@ func (b *bench) report(machine string, took time.Duration) string {
 	}
 	if len(b.latency) > 0 {
 		w.WriteString("## Latency: commit (the event's `ts`) → SSE client receive\n\n")
-		w.WriteString("| mode | subscribers | tx/s | deliveries (expected) | resets | p50 | p90 | p99 | max |\n")
-		w.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		w.WriteString("| mode | subscribers | tx/s | deliveries (expected) | resets | p50 | p90 | p99 | max | daemon CPU | harness CPU |\n")
+		w.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, r := range b.latency {
-			fmt.Fprintf(&w, "| %s | %d | %.0f | %d (%d) | %d | %s | %s | %s | %s |\n",
-				r.Mode, r.Subscribers, r.Rate, r.Received, r.Expected, r.Resets, ms(r.P50), ms(r.P90), ms(r.P99), ms(r.Max))
+			fmt.Fprintf(&w, "| %s | %d | %.0f | %d (%d) | %d | %s | %s | %s | %s | %.0f%% | %.0f%% |\n",
+				r.Mode, r.Subscribers, r.Rate, r.Received, r.Expected, r.Resets, ms(r.P50), ms(r.P90), ms(r.P99), ms(r.Max), 100*r.DaemonCPU, 100*r.HarnessCPU)
 		}
+		w.WriteString("\nCPU columns: cores used on average over the run (100% = one core; the machine has " + fmt.Sprint(runtime.NumCPU()) + ").\n")
 		w.WriteString("\nTargets: p50 ≤ 5 ms, p99 ≤ 25 ms at 1,000 tx/s with 1,000 subscribers; broadcast p99 ≤ 100 ms with 10,000.\n\n")
 	}
 	if len(b.memory) > 0 {

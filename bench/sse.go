@@ -131,3 +131,20 @@ func parseInvalidation(data string) (invalidation, error) {
 	err := json.Unmarshal([]byte(data), &inv)
 	return inv, err
 }
+
+// eventTS extracts the commit time from an invalidate event's data without
+// decoding the whole JSON object.
+func eventTS(data string) (time.Time, bool) {
+	const key = `"ts":"`
+	i := strings.Index(data, key)
+	if i < 0 {
+		return time.Time{}, false
+	}
+	v := data[i+len(key):]
+	j := strings.IndexByte(v, '"')
+	if j < 0 {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(time.RFC3339Nano, v[:j])
+	return t, err == nil
+}
