@@ -31,11 +31,24 @@ func (r drainResult) describe() string {
 	return s
 }
 
-// drainDaemon starts `tagstream run args…`, connects one SSE client that
-// subscribes to every tag (`*`) with cursor as Last-Event-ID, and stops the
-// clock when that client receives the marker's invalidation. The daemon is
-// stopped before it returns.
-func (b *bench) drainDaemon(ctx context.Context, name, cursor string, args ...string) (drainResult, error) {
+// drainClient is the one SSE client of a tagstream drain.
+type drainClient struct {
+	label string // for the report
+	tags  string // its subscription; it must match markerTag
+}
+
+// drainClients: every event (a worst case: each transaction is written to
+// the client), and an application-like subscription to a few tags.
+var drainClients = []drainClient{
+	{label: "tagstream run + 1 SSE client `*` (every event)", tags: "*"},
+	{label: "tagstream run + 1 SSE client of 3 tags", tags: "user:1:todos,post:1:comments," + markerTag},
+}
+
+// drainDaemon starts `tagstream run args…`, connects one SSE client with
+// the subscription dc and cursor as Last-Event-ID, and stops the clock when
+// that client receives the marker's invalidation. The daemon is stopped
+// before it returns.
+func (b *bench) drainDaemon(ctx context.Context, name string, dc drainClient, cursor string, args ...string) (drainResult, error) {
 	var res drainResult
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.drainLimit)
 	defer cancel()
@@ -55,7 +68,7 @@ func (b *bench) drainDaemon(ctx context.Context, name, cursor string, args ...st
 		return res, err
 	}
 	res.startup = time.Since(t0)
-	client, err := dialSSE(ctx, d.addr, "*", cursor)
+	client, err := dialSSE(ctx, d.addr, dc.tags, cursor)
 	if err != nil {
 		return res, fmt.Errorf("tagstream %s: %w\n%s", name, err, d.logTail())
 	}

@@ -66,6 +66,7 @@ type config struct {
 	memSubs     int
 	profileDir  string
 	repeat      int
+	workloads   string
 }
 
 // bench is one run: its configuration, scratch directory, the commands it
@@ -93,6 +94,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&c.tagstream, "tagstream", "", "tagstream binary to measure (default: build ./cmd/tagstream into a temp dir)")
 	fs.StringVar(&c.out, "out", "", "also write the markdown report to this file")
 	fs.DurationVar(&c.drainLimit, "drain-timeout", 5*time.Minute, "give up on one drain after this long")
+	fs.StringVar(&c.workloads, "workloads", "a,b,c", "throughput workloads to run: a (single-row tx), b (one bulk INSERT … SELECT), c (mixed update/delete)")
 	fs.IntVar(&c.repeat, "repeat", 2, "PostgreSQL throughput: drains per consumer (one slot each, taking turns); the fastest is reported")
 	fs.IntVar(&c.clients, "clients", 4, "concurrent writers of the small-transaction and mixed workloads")
 	fs.IntVar(&c.smallTx, "small-tx", 200000, "workload (a): single-row INSERT transactions")
@@ -191,6 +193,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("sections that did not complete: %s", strings.Join(failed, ", "))
 	}
 	return nil
+}
+
+// wantWorkload reports whether throughput workload i (0 = a) was asked for.
+func (b *bench) wantWorkload(i int) bool {
+	return slices.Contains(strings.Split(b.cfg.workloads, ","), string(rune('a'+i)))
 }
 
 func (b *bench) logf(format string, a ...any) {

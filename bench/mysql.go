@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -151,6 +152,9 @@ func (b *bench) runMySQL(ctx context.Context) error {
 		},
 	}
 	for i, w := range workloads {
+		if !b.wantWorkload(i) {
+			continue
+		}
 		if err := b.myWorkload(ctx, m, i, w); err != nil {
 			return fmt.Errorf("%s: %w", w.name, err)
 		}
@@ -319,14 +323,22 @@ func (b *bench) myWorkload(ctx context.Context, m *myServer, i int, w myWorkload
 	if seq, ok := binlogSeq(startFile); ok {
 		cursor = strconv.FormatUint(seq<<32|startPos, 10)
 	}
-	res, err := b.drainDaemon(ctx, "my-"+db, cursor, daemonArgs...)
-	if err != nil {
-		return err
+	for ci, dc := range drainClients {
+		// Each drain resumes from its own copy of the warm-up checkpoint.
+		dir := fmt.Sprintf("%s-%d", stateDir, ci)
+		if err := os.CopyFS(dir, os.DirFS(stateDir)); err != nil {
+			return err
+		}
+		args := append(slices.Clone(daemonArgs), "--state-dir", dir)
+		res, err := b.drainDaemon(ctx, fmt.Sprintf("my-%s-%d", db, ci), dc, cursor, args...)
+		if err != nil {
+			return err
+		}
+		b.throughput = append(b.throughput, throughputRow{DB: "MariaDB", Workload: w.name, Consumer: dc.label, Rows: rows, Tx: tx,
+			Drain: res.drain, CPU: res.cpu, Extra: res.describe()})
+		b.noteResets(res)
+		b.logf("  %s drained in %s (%s), marker event id %s", dc.label, res.drain.Round(time.Millisecond), res.describe(), res.markerID)
 	}
-	b.throughput = append(b.throughput, throughputRow{DB: "MariaDB", Workload: w.name, Consumer: "tagstream run + 1 SSE client", Rows: rows, Tx: tx,
-		Drain: res.drain, CPU: res.cpu, Extra: res.describe()})
-	b.noteResets(res)
-	b.logf("  tagstream drained in %s (%s), marker event id %s", res.drain.Round(time.Millisecond), res.describe(), res.markerID)
 	return nil
 }
 
