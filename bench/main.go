@@ -90,7 +90,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var c config
-	fs.StringVar(&c.sections, "sections", "pg,mysql,latency,memory", "comma-separated sections to run: pg, mysql, latency, memory, profile (an in-process PostgreSQL drain of -small-tx under pprof)")
+	fs.StringVar(&c.sections, "sections", "pg,mysql,latency,memory", "comma-separated sections to run: pg, mysql, latency, memory, profile (in-process drains under pprof: PostgreSQL workload a, MariaDB workload b)")
 	fs.StringVar(&c.tagstream, "tagstream", "", "tagstream binary to measure (default: build ./cmd/tagstream into a temp dir)")
 	fs.StringVar(&c.out, "out", "", "also write the markdown report to this file")
 	fs.DurationVar(&c.drainLimit, "drain-timeout", 5*time.Minute, "give up on one drain after this long")

@@ -8,12 +8,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -22,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tagstream/tagstream/cdc"
+	"github.com/tagstream/tagstream/cdc/mysql"
 	"github.com/tagstream/tagstream/cdc/postgres"
 	"github.com/tagstream/tagstream/rules"
 	"github.com/tagstream/tagstream/stream"
@@ -54,8 +55,9 @@ func (p *profilePipeline) Lost(_ context.Context, reason string) error {
 	return nil
 }
 
-// runProfile writes workload (a) and drains it in-process under the CPU
-// profiler, then reports the hottest functions (CPU and allocations).
+// runProfile writes PostgreSQL workload (a) and drains it in-process under
+// the CPU profiler, then reports the hottest functions (CPU, allocations,
+// idle fan-out heap), then the same for MariaDB workload (b).
 func (b *bench) runProfile(ctx context.Context) error {
 	srv, err := testcontainers.StartPostgres(ctx)
 	if err != nil {
@@ -93,20 +95,98 @@ func (b *bench) runProfile(ctx context.Context) error {
 		return err
 	}
 
-	set, err := rules.Load(b.rulesPath)
-	if err != nil {
-		return err
-	}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	reader, err := postgres.New(postgres.Config{DSN: dsn, Slot: pgDaemonSlot, Publication: pgPublication, Logger: logger})
 	if err != nil {
 		return err
 	}
-	hub := stream.NewHub(stream.Options{Logger: logger})
-	p := &profilePipeline{engine: rules.Compile(set, rules.Options{DefaultSchema: "public", MaxTags: 4096}), hub: hub, src: reader}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	label := fmt.Sprintf("PostgreSQL, workload (a): %d single-row transactions", per*b.cfg.clients)
+	out, err := b.profileDrain(ctx, label, "pg", reader, "public", strconv.FormatUint(parseLSN(startLSN), 10), per*b.cfg.clients, true)
+	b.profile += out
 	if err != nil {
 		return err
+	}
+	out, err = b.profileMySQL(ctx)
+	b.profile += out
+	return err
+}
+
+// profileMySQL drains workload (b) from MariaDB/MySQL in-process under pprof.
+func (b *bench) profileMySQL(ctx context.Context) (string, error) {
+	srv, err := testcontainers.StartMySQL(ctx)
+	if err != nil {
+		return "", fmt.Errorf("start mysql: %w", err)
+	}
+	defer srv.Close()
+	u, err := url.Parse(srv.AdminDSN)
+	if err != nil {
+		return "", err
+	}
+	m := &myServer{srv: srv, addr: u.Host, host: u.Hostname(), port: u.Port(), user: u.User.Username()}
+	m.password, _ = u.User.Password()
+	if conn, err := m.connect(""); err == nil {
+		m.mariadb = strings.Contains(strings.ToLower(conn.GetServerVersion()), "mariadb")
+		conn.Close()
+	}
+	const db = "bench_profile"
+	dsn, err := srv.CreateDatabase(ctx, db)
+	if err != nil {
+		return "", err
+	}
+	conn, err := m.connect(db)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	for _, q := range mySchema {
+		if _, err := conn.Execute(q); err != nil {
+			return "", err
+		}
+	}
+	stateDir := filepath.Join(b.tmp, "state-profile")
+	args := []string{"--db", dsn, "--rules", b.rulesPath, "--state-dir", stateDir, "--server-id", "4999"}
+	if err := b.myWarmUp(ctx, db, conn, args); err != nil {
+		return "", fmt.Errorf("warm-up: %w", err)
+	}
+	file, pos, err := m.binlogStatus()
+	if err != nil {
+		return "", err
+	}
+	b.logf("profile: writing one INSERT … SELECT of %d rows into MariaDB", b.cfg.bulkRows)
+	if _, err := conn.Execute(m.insertSelect("INSERT INTO todos (user_id, title, done) SELECT seq % 10000 + 1, CONCAT('todo ', seq), 0", b.cfg.bulkRows)); err != nil {
+		return "", err
+	}
+	if _, err := conn.Execute("INSERT INTO bench_marker (id) VALUES (1)"); err != nil {
+		return "", err
+	}
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	reader, err := mysql.New(mysql.Config{DSN: dsn, ServerID: 4999, StateDir: stateDir, Logger: logger})
+	if err != nil {
+		return "", err
+	}
+	cursor := ""
+	if seq, ok := binlogSeq(file); ok {
+		cursor = strconv.FormatUint(seq<<32|pos, 10)
+	}
+	label := fmt.Sprintf("MariaDB, workload (b): one INSERT … SELECT of %d rows", b.cfg.bulkRows)
+	return b.profileDrain(ctx, label, "mysql", reader, db, cursor, 1, false)
+}
+
+// profileDrain runs src → rules → hub → one `*` SSE client in this process
+// until the marker arrives, under the CPU profiler, and renders the top
+// functions; with fanout it then measures the hub's heap with idle
+// subscribers.
+func (b *bench) profileDrain(ctx context.Context, label, name string, src cdc.Source, defaultSchema, cursor string, txs int, fanout bool) (string, error) {
+	set, err := rules.Load(b.rulesPath)
+	if err != nil {
+		return "", err
+	}
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	hub := stream.NewHub(stream.Options{Logger: logger})
+	p := &profilePipeline{engine: rules.Compile(set, rules.Options{DefaultSchema: defaultSchema, MaxTags: 4096}), hub: hub, src: src}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /events", hub)
@@ -119,26 +199,41 @@ func (b *bench) runProfile(ctx context.Context) error {
 		_ = hsrv.Shutdown(sctx)
 	}()
 
-	cpuPath := filepath.Join(b.tmp, "cpu.pprof")
+	cpuPath := filepath.Join(b.tmp, name+"-cpu.pprof")
+	memPath := filepath.Join(b.tmp, name+"-allocs.pprof")
+	heapPath := filepath.Join(b.tmp, name+"-heap.pprof")
 	f, err := os.Create(cpuPath)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer f.Close()
 	runtime.GC()
 	if err := pprof.StartCPUProfile(f); err != nil {
-		return err
+		return "", err
 	}
 	rctx, stopReader := context.WithCancel(ctx)
 	readerDone := make(chan error, 1)
 	t0 := time.Now()
-	go func() { readerDone <- reader.Run(rctx, p) }()
-	client, err := dialSSE(ctx, ln.Addr().String(), "*", strconv.FormatUint(parseLSN(startLSN), 10))
+	go func() { readerDone <- src.Run(rctx, p) }()
+	stop := func() {
+		stopReader()
+		if err := <-readerDone; err != nil && !errors.Is(err, context.Canceled) {
+			b.logf("profile: reader: %v", err)
+		}
+	}
+	for !src.Ready() {
+		if time.Since(t0) > time.Minute {
+			pprof.StopCPUProfile()
+			stop()
+			return "", errors.New("profile: the source did not become ready")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	client, err := dialSSE(ctx, ln.Addr().String(), "*", cursor)
 	if err != nil {
 		pprof.StopCPUProfile()
-		stopReader()
-		<-readerDone
-		return err
+		stop()
+		return "", err
 	}
 	defer client.Close()
 	events := 0
@@ -147,50 +242,45 @@ func (b *bench) runProfile(ctx context.Context) error {
 		ev, err := client.next(deadline)
 		if err != nil {
 			pprof.StopCPUProfile()
-			stopReader()
-			<-readerDone
-			return fmt.Errorf("profile: no marker: %w", err)
+			stop()
+			return "", fmt.Errorf("profile: no marker: %w", err)
 		}
 		if ev.Name != "invalidate" {
 			continue
 		}
 		events++
-		if inv, err := parseInvalidation(ev.Data); err == nil && slices.Contains(inv.Tags, markerTag) {
+		if strings.Contains(ev.Data, markerTag) {
 			break
 		}
 	}
 	took := time.Since(t0)
 	pprof.StopCPUProfile()
-	stopReader()
-	if err := <-readerDone; err != nil && !errors.Is(err, context.Canceled) {
-		b.logf("profile: reader: %v", err)
-	}
-	memPath := filepath.Join(b.tmp, "allocs.pprof")
+	stop()
 	if mf, err := os.Create(memPath); err == nil {
 		_ = pprof.Lookup("allocs").WriteTo(mf, 0)
 		mf.Close()
 	}
-	b.logf("profile: in-process drain of %d tx in %s (%d events to the client)", per*b.cfg.clients, took.Round(time.Millisecond), events)
-	b.profile = fmt.Sprintf("In-process drain (reader → rules → hub → 1 SSE client `*`, same process) of %d single-row transactions: %s, %.0f tx/s.\n\n",
-		per*b.cfg.clients, took.Round(time.Millisecond), float64(per*b.cfg.clients)/took.Seconds())
-	b.profile += "CPU (top by flat time):\n\n```\n" + pprofTop(ctx, "-top", cpuPath) + "```\n\n"
-	b.profile += "Allocations since start (top by alloc_space; includes the harness):\n\n```\n" + pprofTop(ctx, "-sample_index=alloc_space", memPath) + "```\n"
+	b.logf("profile: %s: in-process drain in %s (%d events to the client)", label, took.Round(time.Millisecond), events)
+	out := fmt.Sprintf("### %s\n\nIn-process drain (reader → rules → hub → 1 SSE client `*`, one process): %s, %.0f tx/s.\n\n",
+		label, took.Round(time.Millisecond), float64(txs)/took.Seconds())
+	out += "CPU (top by flat time):\n\n```\n" + pprofTop(ctx, "-top", cpuPath) + "```\n\n"
+	out += "Allocations since the process started (top by alloc_space; the harness's own are under main.*):\n\n```\n" + pprofTop(ctx, "-sample_index=alloc_space", memPath) + "```\n"
+
 	// Idle fan-out: what the hub holds per subscriber (the clients live in
-	// this process too; their allocations are under main.*).
-	// Both ends of every connection are in this process: stay within the
-	// open-files limit.
+	// this process too; their allocations are under main.*). Both ends of
+	// every connection are in this process: stay within the open-files
+	// limit.
 	var lim syscall.Rlimit
 	_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
-	if n := min(b.cfg.memSubs, (int(lim.Cur)-2000)/2); n > 0 {
+	if n := min(b.cfg.memSubs, (int(lim.Cur)-2000)/2); fanout && n > 0 {
 		rec := newRecorder()
 		rec.start(time.Now().Add(time.Hour))
 		subs, err := connectSubscribers(ctx, ln.Addr().String(), n, rec)
 		if err != nil {
-			return fmt.Errorf("profile: subscribers: %w", err)
+			return out, fmt.Errorf("profile: subscribers: %w", err)
 		}
 		settle(ctx, 2*time.Second)
 		runtime.GC()
-		heapPath := filepath.Join(b.tmp, "heap.pprof")
 		if hf, err := os.Create(heapPath); err == nil {
 			_ = pprof.Lookup("heap").WriteTo(hf, 0)
 			hf.Close()
@@ -199,18 +289,18 @@ func (b *bench) runProfile(ctx context.Context) error {
 		runtime.ReadMemStats(&ms)
 		goroutines := runtime.NumGoroutine()
 		subs.close()
-		b.profile += fmt.Sprintf("\nHeap in use with %d idle subscribers connected to the in-process hub (clients included: %d goroutines, stacks %.1f MiB, heap in use %.1f MiB): top by inuse_space:\n\n```\n%s```\n",
+		out += fmt.Sprintf("\nHeap in use with %d idle subscribers connected to the in-process hub (clients included: %d goroutines, stacks %.1f MiB, heap in use %.1f MiB): top by inuse_space:\n\n```\n%s```\n",
 			n, goroutines, float64(ms.StackInuse)/(1<<20), float64(ms.HeapInuse)/(1<<20), pprofTop(ctx, "-sample_index=inuse_space", heapPath))
 	}
 	if b.cfg.profileDir != "" {
 		_ = os.MkdirAll(b.cfg.profileDir, 0o755)
-		for _, p := range []string{cpuPath, memPath, filepath.Join(b.tmp, "heap.pprof")} {
+		for _, p := range []string{cpuPath, memPath, heapPath} {
 			if data, err := os.ReadFile(p); err == nil {
 				_ = os.WriteFile(filepath.Join(b.cfg.profileDir, filepath.Base(p)), data, 0o644)
 			}
 		}
 	}
-	return nil
+	return out + "\n", nil
 }
 
 // pprofTop renders the top of a profile with `go tool pprof`.

@@ -153,7 +153,7 @@ func (b *bench) report(machine string, took time.Duration) string {
 		w.WriteString("\nTarget: ≤ 16 KiB per idle subscriber.\n\n")
 	}
 	if b.profile != "" {
-		w.WriteString("## Profile\n\n" + b.profile + "\n")
+		w.WriteString("## Profile\n\n" + b.profile)
 	}
 	if len(b.notes) > 0 {
 		w.WriteString("## Notes\n\n")
