@@ -16,6 +16,7 @@ const markerTag = "bench-marker:1"
 type drainResult struct {
 	drain    time.Duration // daemon start → the SSE client has the marker
 	startup  time.Duration // daemon start → /readyz answers 200
+	peakRSS  int64         // the daemon's VmHWM in KiB when the marker arrived
 	cpu      time.Duration // the daemon's CPU time over the same span
 	events   int           // invalidate events the client received
 	resets   int
@@ -24,7 +25,7 @@ type drainResult struct {
 }
 
 func (r drainResult) describe() string {
-	s := fmt.Sprintf("ready after %s, %d events", r.startup.Round(time.Millisecond), r.events)
+	s := fmt.Sprintf("ready after %s, peak RSS %.0f MiB, %d events", r.startup.Round(time.Millisecond), float64(r.peakRSS)/1024, r.events)
 	if r.resets > 0 {
 		s += fmt.Sprintf(", %d resets", r.resets)
 	}
@@ -103,6 +104,7 @@ func (b *bench) drainDaemon(ctx context.Context, name string, dc drainClient, cu
 			if slices.Contains(inv.Tags, markerTag) {
 				res.drain = ev.At.Sub(t0)
 				res.cpu = d.cpu()
+				res.peakRSS, _ = procStatusKiB(d.cmd.Process.Pid, "VmHWM")
 				res.markerID = ev.ID
 				return res, nil
 			}
