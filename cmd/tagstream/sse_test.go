@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -26,6 +27,8 @@ type sseClient struct {
 	events chan sseEvent
 	cancel context.CancelFunc
 	done   chan struct{}
+
+	lastInvalidate uint64 // ids of invalidate events strictly increase
 }
 
 // subscribe opens GET /events?query with an optional Last-Event-ID header.
@@ -105,6 +108,13 @@ func (c *sseClient) next(t *testing.T) sseEvent {
 			if !ok {
 				t.Fatal("event stream ended")
 			}
+			if ev.Event == "invalidate" {
+				id, _ := strconv.ParseUint(ev.ID, 10, 64)
+				if id <= c.lastInvalidate {
+					t.Fatalf("%s: id not above the previous invalidate's %d", ev, c.lastInvalidate)
+				}
+				c.lastInvalidate = id
+			}
 			if ev.Event != "ping" {
 				return ev
 			}
@@ -149,4 +159,20 @@ func render(t *testing.T, ev sseEvent) string {
 		t.Fatalf("%s: ts: %v", ev, err)
 	}
 	return "invalidate " + strings.Join(data.Tags, " ")
+}
+
+// expectAnyOrder asserts the next len(want) non-ping events in any order:
+// after a restart, whether a missed transaction is replayed before `ready`
+// or arrives live after it depends on how fast the client reconnected.
+func (c *sseClient) expectAnyOrder(t *testing.T, want ...string) {
+	t.Helper()
+	got := make([]string, len(want))
+	for i := range want {
+		got[i] = render(t, c.next(t))
+	}
+	slices.Sort(got)
+	want = slices.Sorted(slices.Values(want))
+	if !slices.Equal(got, want) {
+		t.Fatalf("got %q, want %q in any order", got, want)
+	}
 }
