@@ -458,3 +458,18 @@ error: rule todo: column "uuid" does not exist in table public.todos
 		t.Fatalf("exit %d\nstdout:\n%s\nwant:\n%s", code, stdout, want)
 	}
 }
+
+// TestDatabaseConfigErrorExit2: a role that may not stream is a
+// configuration error: exit 2, and the last line names the fix.
+func TestDatabaseConfigErrorExit2(t *testing.T) {
+	dsn, db, rulesFile := setupPG(t)
+	execSQL(t, db, `CREATE ROLE e2e_norepl LOGIN`)
+	t.Cleanup(func() { db.Exec(context.Background(), `DROP ROLE IF EXISTS e2e_norepl`) })
+	u := strings.Replace(dsn, "postgres://postgres@", "postgres://e2e_norepl@", 1)
+	code, _, stderr := runBinary(t, nil, "run", "--db", u, "--rules", rulesFile, "--listen", "127.0.0.1:0")
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	want := `tagstream: postgres: configuration error: role "e2e_norepl" may not stream changes: ALTER ROLE "e2e_norepl" WITH REPLICATION;`
+	if code != 2 || lines[len(lines)-1] != want {
+		t.Fatalf("exit %d, stderr:\n%s\nwant last line %q", code, stderr, want)
+	}
+}

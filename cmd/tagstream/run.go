@@ -148,9 +148,12 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 	default:
 	}
-	if runErr != nil {
-		logger.Error("tagstream stopped", "err", runErr)
-		return configError(runErr)
+	if runErr = configError(runErr); runErr != nil {
+		var ue *usageError
+		if !errors.As(runErr, &ue) {
+			logger.Error("tagstream stopped", "err", runErr)
+		}
+		return runErr
 	}
 	logger.Info("tagstream stopped")
 	return nil
