@@ -39,7 +39,11 @@ type Reader struct {
 	mu      sync.Mutex
 	pending []checkpoint // handed to the handler, not yet acknowledged, by position
 	acked   *checkpoint  // newest acknowledged checkpoint not yet written
+	ackGen  uint64       // increments with every new acked checkpoint
 	wake    chan struct{}
+
+	writeMu    sync.Mutex // serialises checkpoint writes
+	writtenGen uint64
 
 	st streamState // owned by Run's goroutine
 }
@@ -87,14 +91,20 @@ func (r *Reader) Ack(pos cdc.Position) {
 	if n > 0 {
 		cp := r.pending[n-1]
 		r.acked = &cp
+		r.ackGen++
 		r.pending = append(r.pending[:0], r.pending[n:]...)
 	}
 	r.mu.Unlock()
-	if n > 0 {
-		select {
-		case r.wake <- struct{}{}:
-		default:
-		}
+	if n == 0 {
+		return
+	}
+	if !r.running.Load() {
+		r.flushCheckpoint() // no writer: an Ack after Run returned
+		return
+	}
+	select {
+	case r.wake <- struct{}{}:
+	default:
 	}
 }
 
@@ -110,6 +120,7 @@ func (r *Reader) restartCheckpoint(cp checkpoint) {
 	r.mu.Lock()
 	r.pending = r.pending[:0]
 	r.acked = &cp
+	r.ackGen++
 	r.mu.Unlock()
 	select {
 	case r.wake <- struct{}{}:
@@ -119,11 +130,13 @@ func (r *Reader) restartCheckpoint(cp checkpoint) {
 
 // flushCheckpoint writes the newest acknowledged checkpoint, if any.
 func (r *Reader) flushCheckpoint() {
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
 	r.mu.Lock()
-	cp := r.acked
+	cp, gen := r.acked, r.ackGen
 	r.acked = nil
 	r.mu.Unlock()
-	if cp == nil {
+	if cp == nil || gen <= r.writtenGen {
 		return
 	}
 	if err := saveCheckpoint(r.path, cp); err != nil {
@@ -133,7 +146,9 @@ func (r *Reader) flushCheckpoint() {
 			r.acked = cp // retried on the next ack or at exit
 		}
 		r.mu.Unlock()
+		return
 	}
+	r.writtenGen = gen
 }
 
 func (r *Reader) writeCheckpoints(ctx context.Context) {
@@ -215,6 +230,8 @@ func (r *Reader) Run(ctx context.Context, h cdc.Handler) error {
 	defer func() {
 		stopWriter()
 		wg.Wait()
+		// From here Ack writes by itself; this catches what came before.
+		r.running.Store(false)
 		r.flushCheckpoint()
 	}()
 

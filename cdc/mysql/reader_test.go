@@ -117,7 +117,7 @@ func (r *recorder) signal() {
 }
 
 // waitFor waits until cond holds for the recorder's state.
-func (r *recorder) waitFor(t *testing.T, what string, cond func() bool) {
+func (r *recorder) waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.After(20 * time.Second)
 	for {
@@ -139,7 +139,7 @@ func (r *recorder) waitFor(t *testing.T, what string, cond func() bool) {
 
 // lines waits for n commits and returns their lines, one commit per
 // string (changes joined by " | ").
-func (r *recorder) lines(t *testing.T, n int) []string {
+func (r *recorder) lines(t testing.TB, n int) []string {
 	t.Helper()
 	r.waitFor(t, fmt.Sprintf("%d commits", n), func() bool { return len(r.commits) >= n })
 	r.mu.Lock()
@@ -194,14 +194,14 @@ func renderImage(t *cdc.Table, vals []cdc.Value) string {
 
 // env is one test's database and reader settings.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	dsn    string
 	schema string
 	conn   *client.Conn
 	cfg    mysql.Config
 }
 
-func setup(t *testing.T) *env {
+func setup(t testing.TB) *env {
 	t.Helper()
 	// Registered first, so it runs last: after the readers stopped.
 	var before goleak.Option
@@ -250,7 +250,7 @@ func (e *env) exec(stmts ...string) {
 	execOn(e.t, e.conn, stmts...)
 }
 
-func execOn(t *testing.T, c *client.Conn, stmts ...string) {
+func execOn(t testing.TB, c *client.Conn, stmts ...string) {
 	t.Helper()
 	for _, q := range stmts {
 		if _, err := c.Execute(q); err != nil {
@@ -259,7 +259,7 @@ func execOn(t *testing.T, c *client.Conn, stmts ...string) {
 	}
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
@@ -273,10 +273,12 @@ type running struct {
 	stop func() error
 }
 
+func newReader(e *env) (*mysql.Reader, error) { return mysql.New(e.cfg) }
+
 // start runs a reader and waits until it streams.
 func (e *env) start(rec *recorder) *running {
 	e.t.Helper()
-	r, err := mysql.New(e.cfg)
+	r, err := newReader(e)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -590,7 +592,7 @@ func TestPurgedBinlogIsContinuityLoss(t *testing.T) {
 
 // purgeTo purges the binlogs before file. The server keeps a file until
 // its binlog checkpoint passes and no dump thread reads it, so this polls.
-func purgeTo(t *testing.T, c *client.Conn, file string) {
+func purgeTo(t testing.TB, c *client.Conn, file string) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {

@@ -1,0 +1,74 @@
+package mysql_test
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tagstream/tagstream/cdc"
+)
+
+// counter is a cdc.Handler that counts rows of one schema and signals
+// each commit that had some.
+type counter struct {
+	schema  string
+	rows    atomic.Int64
+	commits chan int64
+}
+
+type countTx struct {
+	c *counter
+	n int64
+}
+
+func (c *counter) Begin() cdc.Tx { return &countTx{c: c} }
+func (t *countTx) Add(ch *cdc.Change) {
+	if ch.Table.Schema == t.c.schema && len(ch.New) > 0 && ch.New[0].Kind == cdc.Text {
+		t.n++
+	}
+}
+func (t *countTx) Merge(o cdc.Tx) { t.n += o.(*countTx).n }
+func (c *counter) Commit(_ context.Context, tx cdc.Tx, _ cdc.Commit) error {
+	if n := tx.(*countTx).n; n > 0 {
+		c.rows.Add(n)
+		c.commits <- n
+	}
+	return nil
+}
+func (c *counter) Resumed(cdc.Position)               {}
+func (c *counter) Progress(cdc.Position)              {}
+func (c *counter) Lost(context.Context, string) error { return nil }
+
+// BenchmarkLargeTransaction measures decoding throughput: one transaction
+// of 100,000 three-column rows per iteration, from commit to delivery.
+func BenchmarkLargeTransaction(b *testing.B) {
+	const rows = 100_000
+	e := setup(b)
+	e.exec("CREATE TABLE t (id INT PRIMARY KEY, user_id INT, title VARCHAR(50))")
+	h := &counter{schema: e.schema, commits: make(chan int64, 16)}
+	r, err := newReader(e)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx, h) }()
+	defer func() { cancel(); <-done }()
+	for !r.Ready() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	var decode time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		e.exec(fmt.Sprintf("INSERT INTO t SELECT seq, seq %% 100, CONCAT('title ', seq) FROM seq_%d_to_%d", i*rows+1, (i+1)*rows))
+		committed := time.Now()
+		if n := <-h.commits; n != rows {
+			b.Fatalf("iteration %d: %d rows, want %d", i, n, rows)
+		}
+		decode += time.Since(committed)
+	}
+	b.ReportMetric(float64(rows*b.N)/b.Elapsed().Seconds(), "rows/s")
+	b.ReportMetric(float64(decode.Milliseconds())/float64(b.N), "ms-after-commit/op")
+}
