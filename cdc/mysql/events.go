@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -68,6 +70,12 @@ func (st *streamState) startAt(info *serverInfo, gtid, file string, pos uint32) 
 	}
 	st.file, st.pos = file, pos
 	return nil
+}
+
+// setFloor records where streaming resumes: progress is only reported
+// beyond it (a server skipping to a GTID may send heartbeats from before).
+func (st *streamState) setFloor(pos cdc.Position) {
+	st.lastCommit, st.lastProgress = pos, pos
 }
 
 func (st *streamState) gtidString() string {
@@ -243,11 +251,17 @@ func (r *Reader) query(ctx context.Context, h cdc.Handler, hdr *replication.Even
 		r.truncate(t)
 	}
 	for _, schema := range eff.Schemas {
+		// The tables of the schema that the reader has seen rows of.
+		var refs []tableRef
 		for ref := range st.byName {
 			if ref.Schema == schema {
-				r.truncate(ref)
-				delete(st.byName, ref)
+				refs = append(refs, ref)
 			}
+		}
+		slices.SortFunc(refs, func(a, b tableRef) int { return strings.Compare(a.Name, b.Name) })
+		for _, ref := range refs {
+			r.truncate(ref)
+			delete(st.byName, ref)
 		}
 	}
 	if st.inBegin {

@@ -224,6 +224,8 @@ func (r *Reader) Run(ctx context.Context, h cdc.Handler) error {
 		r.log.Info("mysql: no checkpoint; starting at the binlog head", logGTID, head.gtid, logFile, head.file, logPosition, resumeFrom)
 	}
 
+	r.st.setFloor(resumeFrom)
+
 	wctx, stopWriter := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { r.writeCheckpoints(wctx) })
@@ -278,6 +280,7 @@ func (r *Reader) Run(ctx context.Context, h cdc.Handler) error {
 				return err
 			}
 			resumeFrom, resumed = head.position(), false
+			r.st.setFloor(resumeFrom)
 			r.restartCheckpoint(checkpoint{Flavor: info.flavor, GTIDSet: head.gtid, File: head.file, Pos: head.pos, Position: resumeFrom})
 			continue
 		}

@@ -666,3 +666,18 @@ func TestCheck(t *testing.T) {
 		t.Fatalf("with MINIMAL row images: %+v", fs)
 	}
 }
+
+func TestDropDatabaseInvalidatesItsTables(t *testing.T) {
+	e := setup(t)
+	e.exec("CREATE TABLE t (id INT PRIMARY KEY)", "CREATE TABLE u (id INT PRIMARY KEY)")
+	rec := newRecorder(e.schema)
+	e.start(rec)
+	e.exec("INSERT INTO t VALUES (1)", "INSERT INTO u VALUES (1)")
+	rec.lines(t, 2)
+	e.exec("DROP DATABASE `" + e.schema + "`")
+	got := rec.lines(t, 3)
+	want := []string{"insert t new=[id=1]", "insert u new=[id=1]", "truncate t | truncate u"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("commits:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
