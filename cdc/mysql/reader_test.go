@@ -681,3 +681,39 @@ func TestDropDatabaseInvalidatesItsTables(t *testing.T) {
 		t.Fatalf("commits:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+func TestLeastPrivilegeUser(t *testing.T) {
+	e := setup(t)
+	e.exec("CREATE TABLE t (id INT PRIMARY KEY)")
+	user := fmt.Sprintf("ts_%d", time.Now().UnixNano()%1e9)
+	e.exec(
+		"CREATE USER '"+user+"'@'127.0.0.1' IDENTIFIED BY 'pw'",
+		"GRANT SELECT ON `"+e.schema+"`.* TO '"+user+"'@'127.0.0.1'",
+	)
+	t.Cleanup(func() { execOn(t, e.connect(), "DROP USER '"+user+"'@'127.0.0.1'") })
+	d, err := mysql.ParseDSN(e.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.cfg.DSN = fmt.Sprintf("mysql://%s:pw@%s/%s", user, d.Addr(), d.Database)
+
+	r, err := mysql.New(e.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = r.Run(ctx, newRecorder(e.schema))
+	fix := "GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO '" + user + "'@'127.0.0.1';"
+	if !errors.Is(err, mysql.ErrConfig) || !strings.Contains(err.Error(), fix) {
+		t.Fatalf("Run = %v\nwant ErrConfig naming %s", err, fix)
+	}
+
+	e.exec("GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO '" + user + "'@'127.0.0.1'")
+	rec := newRecorder(e.schema)
+	e.start(rec)
+	e.exec("INSERT INTO t VALUES (1)")
+	if got := rec.lines(t, 1); !slices.Equal(got, []string{"insert t new=[id=1]"}) {
+		t.Fatalf("with the grants: %q", got)
+	}
+}
