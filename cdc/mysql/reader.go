@@ -195,7 +195,7 @@ func (r *Reader) Run(ctx context.Context, h cdc.Handler) error {
 			return err
 		}
 		d := bo.next()
-		r.log.Warn("mysql: cannot prepare streaming; retrying", logErr, err, logRetry, d)
+		r.log.Warn("mysql: cannot prepare streaming; retrying", logErr, errText(err), logRetry, d)
 		if !sleep(ctx, d) {
 			return nil
 		}
@@ -271,7 +271,7 @@ func (r *Reader) Run(ctx context.Context, h cdc.Handler) error {
 					return nil
 				}
 				d := bo.next()
-				r.log.Warn("mysql: cannot read the binlog head; retrying", logErr, err, logRetry, d)
+				r.log.Warn("mysql: cannot read the binlog head; retrying", logErr, errText(err), logRetry, d)
 				if !sleep(ctx, d) {
 					return nil
 				}
@@ -288,7 +288,7 @@ func (r *Reader) Run(ctx context.Context, h cdc.Handler) error {
 			return err
 		}
 		d := bo.next()
-		r.log.Warn("mysql: binlog stream interrupted; reconnecting", logErr, err, logRetry, d,
+		r.log.Warn("mysql: binlog stream interrupted; reconnecting", logErr, errText(err), logRetry, d,
 			logGTID, r.st.gtidString(), logFile, r.st.file)
 		if !sleep(ctx, d) {
 			return nil
@@ -393,6 +393,13 @@ func (r *Reader) stream(ctx context.Context, h cdc.Handler, info *serverInfo, re
 			return connected, err
 		}
 	}
+}
+
+// errText is err's message without the stack trace that go-mysql's
+// errors append.
+func errText(err error) string {
+	msg, _, _ := strings.Cut(err.Error(), "\n")
+	return msg
 }
 
 // preamble reports the events a server sends when a dump starts, before

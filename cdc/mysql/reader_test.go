@@ -717,3 +717,26 @@ func TestLeastPrivilegeUser(t *testing.T) {
 		t.Fatalf("with the grants: %q", got)
 	}
 }
+
+func TestReadTimeoutReconnects(t *testing.T) {
+	e := setup(t)
+	e.exec("CREATE TABLE t (id INT PRIMARY KEY)")
+	d, err := mysql.ParseDSN(e.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := newStallProxy(t, d.Addr())
+	e.cfg.DSN = fmt.Sprintf("mysql://%s@%s/%s", d.User, proxy.addr(), d.Database)
+	e.cfg.ReadTimeout = time.Second
+	rec := newRecorder(e.schema)
+	e.start(rec)
+	e.exec("INSERT INTO t VALUES (1)")
+	rec.lines(t, 1)
+
+	proxy.stall() // the binlog connection goes silent, heartbeats included
+	e.exec("INSERT INTO t VALUES (2)")
+	got := rec.lines(t, 2)
+	if want := []string{"insert t new=[id=1]", "insert t new=[id=2]"}; !slices.Equal(got, want) {
+		t.Fatalf("after the stall: %q, want %q", got, want)
+	}
+}
