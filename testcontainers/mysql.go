@@ -275,8 +275,14 @@ func startMariaDBLocal(ctx context.Context) (s *MySQLServer, err error) {
 		}
 	}()
 	data := filepath.Join(dir, "data")
-	install := exec.CommandContext(ctx, "mariadb-install-db", "--no-defaults", "--datadir="+data,
-		"--user=root", "--auth-root-authentication-method=normal", "--skip-test-db")
+	// mariadbd refuses to run as root unless told to; as another user it
+	// runs as that user.
+	var asRoot []string
+	if os.Geteuid() == 0 {
+		asRoot = []string{"--user=root"}
+	}
+	install := exec.CommandContext(ctx, "mariadb-install-db", append([]string{"--no-defaults", "--datadir=" + data,
+		"--auth-root-authentication-method=normal", "--skip-test-db"}, asRoot...)...)
 	if out, err := install.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("mariadb-install-db: %w\n%s", err, out)
 	}
@@ -286,17 +292,17 @@ func startMariaDBLocal(ctx context.Context) (s *MySQLServer, err error) {
 	}
 	sock := filepath.Join(dir, "mysqld.sock")
 	logPath := filepath.Join(dir, "error.log")
-	args := []string{
-		"--no-defaults", "--user=root",
-		"--datadir=" + data, "--socket=" + sock, "--pid-file=" + filepath.Join(dir, "mysqld.pid"),
-		"--port=" + strconv.Itoa(port), "--bind-address=127.0.0.1", "--skip-name-resolve",
-		"--log-error=" + logPath,
-		"--log-bin=" + filepath.Join(data, "binlog"),
+	args := append([]string{"--no-defaults"}, asRoot...)
+	args = append(args,
+		"--datadir="+data, "--socket="+sock, "--pid-file="+filepath.Join(dir, "mysqld.pid"),
+		"--port="+strconv.Itoa(port), "--bind-address=127.0.0.1", "--skip-name-resolve",
+		"--log-error="+logPath,
+		"--log-bin="+filepath.Join(data, "binlog"),
 		"--binlog-format=ROW", "--binlog-row-image=FULL", "--binlog_row_metadata=FULL", "--server-id=1",
 		// A throwaway server: small and fast rather than durable.
 		"--innodb-buffer-pool-size=32M", "--innodb-flush-log-at-trx-commit=2", "--sync-binlog=0",
 		"--innodb-doublewrite=0", "--skip-performance-schema",
-	}
+	)
 	cmd := exec.Command(mariadbdPath(), args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
