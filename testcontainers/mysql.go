@@ -265,8 +265,13 @@ func terminate(ctr tc.Container) {
 // startMariaDBLocal runs a throwaway mariadbd in a temp dir on a free
 // loopback port with row-based binary logging.
 func startMariaDBLocal(ctx context.Context) (s *MySQLServer, err error) {
-	dir, err := os.MkdirTemp("", "tagstream-mariadb-")
+	reapOrphanedMariaDB()
+	dir, err := os.MkdirTemp("", mariadbDirPrefix)
 	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		os.RemoveAll(dir)
 		return nil, err
 	}
 	defer func() {
@@ -371,4 +376,54 @@ func tail(b []byte, n int) []byte {
 		return b[len(b)-n:]
 	}
 	return b
+}
+
+const (
+	mariadbDirPrefix = "tagstream-mariadb-"
+	ownerFile        = "owner.pid" // the pid of the process that started the server
+)
+
+// reapOrphanedMariaDB stops the servers, and removes the directories, that
+// earlier processes left behind when they died before their cleanup (a
+// killed or crashed test binary): those whose owner process is gone.
+func reapOrphanedMariaDB() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), mariadbDirPrefix+"*"))
+	for _, dir := range dirs {
+		owner, err := readPid(filepath.Join(dir, ownerFile))
+		if err != nil || processAlive(owner) {
+			continue
+		}
+		if pid, err := readPid(filepath.Join(dir, "mysqld.pid")); err == nil && processAlive(pid) {
+			// Only the mariadbd of that directory, not a process that reused the pid.
+			cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+			if !strings.Contains(string(cmdline), dir) {
+				continue
+			}
+			_ = syscall.Kill(pid, syscall.SIGTERM)
+			for i := 0; i < 200 && processAlive(pid); i++ {
+				time.Sleep(50 * time.Millisecond)
+			}
+			if processAlive(pid) {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		os.RemoveAll(dir)
+	}
+}
+
+func readPid(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("%s: bad pid", path)
+	}
+	return pid, nil
+}
+
+func processAlive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }
