@@ -262,11 +262,11 @@ func (b *bench) myWorkload(ctx context.Context, m *myServer, i int, w myWorkload
 	}
 	stateDir := filepath.Join(b.tmp, "state-"+db)
 	serverID := strconv.Itoa(4000 + i)
-	daemonArgs := []string{"--db", dsn, "--rules", b.rulesPath, "--state-dir", stateDir, "--server-id", serverID}
+	daemonArgs := []string{"--db", dsn, "--rules", b.rulesPath, "--server-id", serverID}
 
 	// tagstream's checkpoint at the head: run it until a warm-up marker
 	// (id 0) arrives, then stop it, which acknowledges and checkpoints.
-	if err := b.myWarmUp(ctx, db, conn, daemonArgs); err != nil {
+	if err := b.myWarmUp(ctx, db, conn, append(slices.Clone(daemonArgs), "--state-dir", stateDir)); err != nil {
 		return fmt.Errorf("warm-up: %w", err)
 	}
 	startFile, startPos, err := m.binlogStatus()
