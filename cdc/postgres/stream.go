@@ -191,11 +191,16 @@ func (s *session) run(ctx context.Context) error {
 	cfg := &s.r.cfg
 	s.lastRecv = time.Now()
 	s.nextStatus = time.Now() // report the start position at once
-	// One receive context per status period, not per message: creating a
-	// deadline context per message costs more than decoding the message.
-	var rctx context.Context
-	cancel := context.CancelFunc(func() {})
-	defer func() { cancel() }()
+	// Receives pass context.Background so that pgconn sets up no context
+	// watcher per message (its largest allocation on the hot path); the
+	// read deadline of the connection bounds each receive instead, and a
+	// cancelled ctx moves that deadline to the past to end a blocked read.
+	netConn := s.conn.Conn()
+	stop := context.AfterFunc(ctx, func() { _ = netConn.SetReadDeadline(time.Unix(1, 0)) })
+	defer func() {
+		stop()
+		_ = netConn.SetReadDeadline(time.Time{})
+	}()
 	var rdeadline time.Time
 	for {
 		now := time.Now()
@@ -213,17 +218,21 @@ func (s *session) run(ctx context.Context) error {
 		if s.nextStatus.Before(deadline) {
 			deadline = s.nextStatus
 		}
-		if rctx == nil || deadline.Before(rdeadline) || !now.Before(rdeadline) {
-			cancel()
-			rctx, cancel = receiveContext(ctx, deadline)
+		if !deadline.Equal(rdeadline) {
+			if err := netConn.SetReadDeadline(deadline); err != nil {
+				return fmt.Errorf("postgres: receive: %w", err)
+			}
 			rdeadline = deadline
 		}
-		msg, err := s.conn.ReceiveMessage(rctx)
+		if ctx.Err() != nil { // cancelled before the deadline above was set
+			return ctx.Err()
+		}
+		msg, err := s.conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			if pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded) {
+			if pgconn.Timeout(err) {
 				continue
 			}
 			return fmt.Errorf("postgres: receive: %w", err)
@@ -353,12 +362,6 @@ func (s *session) commit(ctx context.Context, tx cdc.Tx, end uint64, at time.Tim
 		s.delivered = end
 	}
 	return nil
-}
-
-// receiveContext bounds the receives of one status period; run cancels it
-// when it makes the next one or returns.
-func receiveContext(ctx context.Context, deadline time.Time) (context.Context, context.CancelFunc) {
-	return context.WithDeadline(ctx, deadline)
 }
 
 // parseV2 decodes a non-row pgoutput message with pglogrepl, turning a
