@@ -57,6 +57,20 @@ type conn struct {
 	initial int          // join items (replay, reset, ready) the writer has not taken yet; outside the bound
 	lastID  cdc.Position // highest id queued
 	closing bool         // hub closing: write what is queued, then end
+	// wakeAt is how many queued items wake the writer (0: it is not
+	// waiting and will look at the queue again by itself). An idle writer
+	// waits for 1; one that is gathering a batch, for half the bound.
+	wakeAt int
+}
+
+// wakeLocked reports whether the writer must be woken now that the queue
+// holds n items (c.mu held), and if so records that it has been.
+func (c *conn) wakeLocked(n int) bool {
+	if c.wakeAt == 0 || n < c.wakeAt {
+		return false
+	}
+	c.wakeAt = 0
+	return true
 }
 
 func (c *conn) signal() {
@@ -89,8 +103,11 @@ func (h *Hub) push(c *conn, it item) {
 		c.queue = append(c.queue, it)
 		c.lastID = max(c.lastID, it.id)
 	}
+	wake := c.wakeLocked(len(c.queue))
 	c.mu.Unlock()
-	c.signal()
+	if wake {
+		c.signal()
+	}
 }
 
 var overflowData = resetData("client too slow: its queue overflowed")
@@ -121,6 +138,7 @@ func (h *Hub) resetConn(c *conn, id cdc.Position, data []byte) {
 		c.initial = 2
 	}
 	c.lastID = id
+	c.wakeAt = 0
 	c.mu.Unlock()
 	h.dropped.Add(dropped)
 	h.resetCount.Add(1)

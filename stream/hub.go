@@ -50,7 +50,7 @@ const (
 	DefaultReplaySize   = 10000
 	DefaultReplayAge    = 10 * time.Minute
 	DefaultHeartbeat    = 15 * time.Second
-	DefaultQueueSize    = 256
+	DefaultQueueSize    = 1024
 	DefaultWriteTimeout = 10 * time.Second
 )
 
@@ -67,7 +67,7 @@ type Options struct {
 	ReplaySize   int           // events kept for resuming clients (default 10000)
 	ReplayAge    time.Duration // how long an event stays resumable (default 10m)
 	Heartbeat    time.Duration // ping period (default 15s)
-	QueueSize    int           // per-connection bounded queue (default 256)
+	QueueSize    int           // per-connection bounded queue (default 1024)
 	WriteTimeout time.Duration // deadline of every write to a client (default 10s)
 	Logger       *slog.Logger  // nil discards
 	Now          func() time.Time
@@ -313,6 +313,7 @@ func (h *Hub) Close() {
 		for c := range h.conns {
 			c.mu.Lock()
 			c.closing = true
+			c.wakeAt = 0
 			c.mu.Unlock()
 			c.signal()
 		}
