@@ -3,6 +3,7 @@ package mysql_test
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,6 +17,8 @@ type counter struct {
 	schema  string
 	rows    atomic.Int64
 	commits chan int64
+	resumed chan struct{} // closed by the first Resumed
+	once    sync.Once
 }
 
 type countTx struct {
@@ -37,7 +40,7 @@ func (c *counter) Commit(_ context.Context, tx cdc.Tx, _ cdc.Commit) error {
 	}
 	return nil
 }
-func (c *counter) Resumed(cdc.Position)               {}
+func (c *counter) Resumed(cdc.Position)               { c.once.Do(func() { close(c.resumed) }) }
 func (c *counter) Progress(cdc.Position)              {}
 func (c *counter) Lost(context.Context, string) error { return nil }
 
@@ -47,7 +50,7 @@ func BenchmarkLargeTransaction(b *testing.B) {
 	const rows = 100_000
 	e := setup(b)
 	e.exec("CREATE TABLE t (id INT PRIMARY KEY, user_id INT, title VARCHAR(50))")
-	h := &counter{schema: e.schema, commits: make(chan int64, 16)}
+	h := &counter{schema: e.schema, commits: make(chan int64, 16), resumed: make(chan struct{})}
 	r, err := newReader(e)
 	if err != nil {
 		b.Fatal(err)
@@ -56,9 +59,7 @@ func BenchmarkLargeTransaction(b *testing.B) {
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx, h) }()
 	defer func() { cancel(); <-done }()
-	for !r.Ready() {
-		time.Sleep(10 * time.Millisecond)
-	}
+	<-h.resumed
 	var decode time.Duration
 	b.ResetTimer()
 	for i := range b.N {
