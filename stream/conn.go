@@ -36,8 +36,7 @@ var (
 type item struct {
 	kind kind
 	id   cdc.Position
-	ev   *event   // invalidate: the transaction
-	tags []string // invalidate: the matching subset; nil means ev.tags
+	p    *payload // invalidate: the encoded frame, shared
 	data []byte   // reset, ready: encoded data
 }
 
@@ -80,9 +79,11 @@ func (c *conn) signal() {
 	}
 }
 
-// push queues it for c (Hub.mu held). A ping coalesces with a ping still
-// queued. A full queue is replaced by a single reset.
-func (h *Hub) push(c *conn, it item) {
+// push queues it for c (Hub.mu held) and reports whether c's writer must
+// be signalled (the caller does it, possibly after releasing Hub.mu). A
+// ping coalesces with a ping still queued. A full queue is replaced by a
+// single reset.
+func (h *Hub) push(c *conn, it item) (wake bool) {
 	c.mu.Lock()
 	if it.kind != kindInvalidate {
 		it.id = max(it.id, c.lastID)
@@ -98,16 +99,14 @@ func (h *Hub) push(c *conn, it item) {
 			h.dropped.Add(1) // the event that did not fit
 		}
 		h.resetConn(c, max(h.current(), it.id), overflowData)
-		return
+		return false
 	default:
 		c.queue = append(c.queue, it)
 		c.lastID = max(c.lastID, it.id)
 	}
-	wake := c.wakeLocked(len(c.queue))
+	wake = c.wakeLocked(len(c.queue))
 	c.mu.Unlock()
-	if wake {
-		c.signal()
-	}
+	return wake
 }
 
 var overflowData = resetData("client too slow: its queue overflowed")
@@ -180,11 +179,12 @@ func (h *Hub) join(c *conn, cursor cdc.Position, hasCursor bool) {
 			if tags == nil {
 				continue
 			}
-			if slices.Equal(tags, ev.tags) {
-				tags = nil
+			p := &ev.full
+			if !slices.Equal(tags, ev.tags) {
+				p = &payload{ev: ev, tags: tags}
 			}
 			h.matched.Add(1)
-			q = append(q, item{kind: kindInvalidate, id: ev.pos, ev: ev, tags: tags})
+			q = append(q, item{kind: kindInvalidate, id: ev.pos, p: p})
 		}
 		q = append(q, item{kind: kindReady, id: id, data: readyResumed})
 	}
@@ -210,16 +210,13 @@ func (h *Hub) leave(c *conn) {
 // event fields in that order (the layout r3labs/sse/v2 writes), then a blank
 // line. Data never holds a newline (JSON escapes it).
 func appendFrame(b []byte, it *item) []byte {
+	if it.kind == kindInvalidate {
+		return append(b, it.p.frame()...)
+	}
 	b = append(b, "id: "...)
 	b = strconv.AppendUint(b, uint64(it.id), 10)
 	b = append(b, "\ndata: "...)
 	switch it.kind {
-	case kindInvalidate:
-		if it.tags == nil {
-			b = append(b, it.ev.fullData()...)
-		} else {
-			b = appendInvalidateData(b, it.tags, it.ev.ts)
-		}
 	case kindPing:
 		b = append(b, pingData...)
 	default:
@@ -228,4 +225,35 @@ func appendFrame(b []byte, it *item) []byte {
 	b = append(b, "\nevent: "...)
 	b = append(b, eventNames[it.kind]...)
 	return append(b, "\n\n"...)
+}
+
+// payload is an invalidate frame, encoded once and shared by every
+// connection that receives the same transaction with the same tags.
+type payload struct {
+	ev   *event
+	tags []string // nil: ev.tags
+	once sync.Once
+	enc  []byte
+}
+
+func (p *payload) frame() []byte {
+	p.once.Do(func() {
+		tags := p.tags
+		if tags == nil {
+			tags = p.ev.tags
+		}
+		n := 64
+		for _, t := range tags {
+			n += len(t) + 3
+		}
+		b := make([]byte, 0, n)
+		b = append(b, "id: "...)
+		b = strconv.AppendUint(b, uint64(p.ev.pos), 10)
+		b = append(b, "\ndata: "...)
+		b = appendInvalidateData(b, tags, p.ev.ts)
+		b = append(b, "\nevent: "...)
+		b = append(b, eventNames[kindInvalidate]...)
+		p.enc = append(b, "\n\n"...)
+	})
+	return p.enc
 }

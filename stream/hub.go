@@ -163,14 +163,14 @@ type event struct {
 	tags  []string  // sorted, de-duplicated
 	added time.Time // when the hub accepted it (age eviction)
 
-	once sync.Once
-	data []byte // the invalidate data with all tags
+	full payload // the invalidate frame with all its tags
 }
 
-func (e *event) fullData() []byte {
-	e.once.Do(func() { e.data = invalidateData(e.tags, e.ts) })
-	return e.data
-}
+// maxSubsets bounds the distinct tag subsets one Publish shares frames
+// among (the search is linear).
+const maxSubsets = 8
+
+var wakePool = sync.Pool{New: func() any { return new([]*conn) }}
 
 // Publish appends a committed transaction to the window and queues it for
 // every connection it concerns. It never waits for a client: once it
@@ -181,8 +181,22 @@ func (h *Hub) Publish(ctx context.Context, pos cdc.Position, ts time.Time, tags 
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	// The writers are signalled after Hub.mu is released: waking 10,000
+	// goroutines must not hold up every other publish and join.
+	wp := wakePool.Get().(*[]*conn)
 	h.mu.Lock()
-	defer h.mu.Unlock()
+	err := h.publishLocked(pos, ts, tags, wp)
+	h.mu.Unlock()
+	for i, c := range *wp {
+		c.signal()
+		(*wp)[i] = nil
+	}
+	*wp = (*wp)[:0]
+	wakePool.Put(wp)
+	return err
+}
+
+func (h *Hub) publishLocked(pos cdc.Position, ts time.Time, tags []string, wake *[]*conn) error {
 	if h.closed {
 		return ErrClosed
 	}
@@ -199,21 +213,41 @@ func (h *Hub) Publish(ctx context.Context, pos cdc.Position, ts time.Time, tags 
 	sorted := slices.Clone(tags)
 	slices.Sort(sorted)
 	ev := &event{pos: pos, ts: ts, tags: slices.Compact(sorted), added: now}
+	ev.full.ev = ev
 	if h.win.len() >= h.opts.ReplaySize {
 		h.evictedFloor = h.win.popOldest().pos
 	}
 	h.win.push(ev, h.opts.ReplaySize)
+	var (
+		subsets []*payload // frames for subsets of the tags, shared
+		matched uint64
+	)
 	for _, c := range h.idx.match(ev.tags) {
 		if pos <= c.cursor {
 			continue // the client has it already (it resumed from a later cursor)
 		}
-		var sub []string // nil: the event's own tags
+		p := &ev.full
 		if !slices.Equal(c.matched, ev.tags) {
-			sub = slices.Clone(c.matched)
+			p = nil
+			for _, s := range subsets {
+				if slices.Equal(s.tags, c.matched) {
+					p = s
+					break
+				}
+			}
+			if p == nil {
+				p = &payload{ev: ev, tags: slices.Clone(c.matched)}
+				if len(subsets) < maxSubsets {
+					subsets = append(subsets, p)
+				}
+			}
 		}
-		h.matched.Add(1)
-		h.push(c, item{kind: kindInvalidate, id: pos, ev: ev, tags: sub})
+		matched++
+		if h.push(c, item{kind: kindInvalidate, id: pos, p: p}) {
+			*wake = append(*wake, c)
+		}
 	}
+	h.matched.Add(matched)
 	return nil
 }
 
@@ -293,7 +327,9 @@ func (h *Hub) heartbeat() {
 			h.evictAged(h.now())
 			cur := h.current()
 			for c := range h.conns {
-				h.push(c, item{kind: kindPing, id: cur})
+				if h.push(c, item{kind: kindPing, id: cur}) {
+					c.signal()
+				}
 			}
 			h.mu.Unlock()
 		case <-h.stop:
