@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"net"
 	"slices"
 	"strconv"
 	"sync"
@@ -44,7 +45,8 @@ type item struct {
 type conn struct {
 	id      uint64
 	entries []string      // sorted, de-duplicated subscription entries
-	wake    chan struct{} // capacity 1: the queue changed
+	wake    chan struct{} // capacity 1: the queue changed (net/http path)
+	nc      net.Conn      // hijacked connection: signalled through its read deadline
 
 	// Guarded by Hub.mu.
 	seq     uint64       // index matching round
@@ -73,6 +75,10 @@ func (c *conn) wakeLocked(n int) bool {
 }
 
 func (c *conn) signal() {
+	if c.nc != nil {
+		_ = c.nc.SetReadDeadline(aLongTimeAgo)
+		return
+	}
 	select {
 	case c.wake <- struct{}{}:
 	default:

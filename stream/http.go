@@ -1,9 +1,13 @@
 package stream
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
+	"net"
 	"net/http"
+	"os"
 	"time"
 	"unicode/utf8"
 )
@@ -27,26 +31,67 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	// HTTP/1.x: take the connection over from net/http, so that an idle
+	// client costs one goroutine and no net/http buffers (their reader
+	// and writer are 8 KiB; its handler and background reader, two
+	// stacks). HTTP/2, or a writer that cannot be hijacked: stay inside
+	// net/http.
+	var nc net.Conn
+	if r.ProtoMajor == 1 {
+		if c, _, err := http.NewResponseController(w).Hijack(); err == nil {
+			nc = c
+		}
+	}
+
 	h.mu.Lock()
 	if h.closed {
 		h.mu.Unlock()
+		if nc != nil {
+			_ = nc.SetWriteDeadline(time.Now().Add(h.opts.WriteTimeout))
+			_, _ = io.WriteString(nc, "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 14\r\n"+
+				"Content-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\n\r\nshutting down\n")
+			_ = nc.Close()
+			return
+		}
 		http.Error(w, "shutting down", http.StatusServiceUnavailable)
 		return
 	}
 	h.wg.Add(1)
-	defer h.wg.Done()
 	h.nextID++
-	c := &conn{id: h.nextID, entries: entries, wake: make(chan struct{}, 1)}
+	c := &conn{id: h.nextID, entries: entries, nc: nc}
+	if nc == nil {
+		c.wake = make(chan struct{}, 1)
+	}
 	h.join(c, cursor, hasCursor)
 	h.mu.Unlock()
-	defer h.leave(c)
 
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/event-stream")
 	hdr.Set("Cache-Control", "no-cache")
 	hdr.Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	h.stream(&httpLink{h: h, w: w, rc: http.NewResponseController(w), ctx: r.Context(), wake: c.wake}, c)
+	if nc == nil {
+		defer h.wg.Done()
+		defer h.leave(c)
+		w.WriteHeader(http.StatusOK)
+		h.stream(&httpLink{h: h, w: w, rc: http.NewResponseController(w), ctx: r.Context(), wake: c.wake}, c)
+		return
+	}
+	// The body is delimited by the connection's end (no chunked
+	// encoding), so the response says the connection closes.
+	hdr.Set("Connection", "close")
+	hdr.Set("Date", time.Now().UTC().Format(http.TimeFormat))
+	var head bytes.Buffer
+	head.WriteString("HTTP/1.1 200 OK\r\n")
+	_ = hdr.Write(&head)
+	head.WriteString("\r\n")
+	// The handler returns and net/http lets go of the connection's state;
+	// the hub's own goroutine (waited for by Close) writes the stream.
+	go func() {
+		defer h.wg.Done()
+		defer nc.Close()
+		defer h.leave(c)
+		h.stream(&netLink{h: h, nc: nc, head: head.Bytes()}, c)
+	}()
 }
 
 // maxWrite is how much the writer buffers before writing (a long replay is
@@ -207,6 +252,48 @@ func (l *httpLink) write(p []byte) bool {
 		return false
 	}
 	return l.rc.Flush() == nil
+}
+
+// netLink writes to a hijacked HTTP/1.x connection. The writer waits in a
+// one-byte read of the connection: it returns when the client leaves, and
+// a signal (or the end of a batch window) ends it through the read
+// deadline, so one goroutine both waits for events and watches the client.
+type netLink struct {
+	h    *Hub
+	nc   net.Conn
+	head []byte // the response header, written with the first events
+	b    [1]byte
+}
+
+// aLongTimeAgo is a read deadline that ends a read at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+func (l *netLink) arm(until time.Time) { _ = l.nc.SetReadDeadline(until) }
+
+func (l *netLink) wait() bool {
+	for {
+		n, err := l.nc.Read(l.b[:])
+		switch {
+		case n > 0 || err == nil:
+			// A client has nothing to send on an event stream: ignore it.
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return true
+		default:
+			return false
+		}
+	}
+}
+
+func (l *netLink) write(p []byte) bool {
+	if l.head != nil {
+		p = append(l.head, p...)
+		l.head = nil
+	}
+	if err := l.nc.SetWriteDeadline(time.Now().Add(l.h.opts.WriteTimeout)); err != nil {
+		return false
+	}
+	_, err := l.nc.Write(p)
+	return err == nil
 }
 
 // Healthz answers 200 while the process is alive.
