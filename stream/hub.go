@@ -28,9 +28,10 @@
 // errors, and its Server.Close/RemoveStream strand a goroutine per live
 // subscriber. What it adds over the twenty lines of appendFrame is only the
 // framing, so the hub writes the frames itself, in r3labs's byte layout
-// (`id:`, `data:`, `event:`, blank line), from the handler's own goroutine:
-// two goroutines per connection (net/http's), no extra channels beyond a
-// 1-slot wake-up.
+// (`id:`, `data:`, `event:`, blank line). An HTTP/1.x connection is then
+// hijacked and served by one goroutine of the hub's (see netLink): no
+// net/http buffers or background reader per idle client; HTTP/2 stays in
+// the handler's goroutine with a 1-slot wake-up channel.
 package stream
 
 import (
@@ -107,7 +108,7 @@ type Hub struct {
 	conns        map[*conn]struct{}
 	nextID       uint64
 
-	wg     sync.WaitGroup // ServeHTTP calls in flight
+	wg     sync.WaitGroup // connections being served (handlers and hijacked streams)
 	stop   chan struct{}
 	hbDone chan struct{}
 	close  sync.Once
