@@ -219,7 +219,9 @@ func (s *serverInfo) serverFindings(d DSN) []cdc.Finding {
 		}
 	}
 	if s.rowImage != "FULL" {
-		add(cdc.Warning, fmt.Sprintf("binlog_row_image is %s: columns outside the image become wildcards in tags", s.rowImage),
+		// The design makes this a startup error: with partial images every
+		// rule that reads an old or unchanged column over-invalidates.
+		add(cdc.Error, fmt.Sprintf("binlog_row_image is %s, but tagstream needs FULL row images", s.rowImage),
 			"SET GLOBAL binlog_row_image = 'FULL'; and in my.cnf [mysqld]: binlog_row_image = FULL")
 	}
 	return fs
@@ -311,12 +313,7 @@ func Check(ctx context.Context, cfg Config, reqs []cdc.Requirement) ([]cdc.Findi
 		return nil, err
 	}
 	var fs []cdc.Finding
-	for _, f := range s.serverFindings(d) {
-		if strings.HasPrefix(f.Message, "binlog_row_image") {
-			continue // reported per rule below, where it matters
-		}
-		fs = append(fs, f)
-	}
+	fs = append(fs, s.serverFindings(d)...)
 	if d.Database != "" {
 		r, err := c.Execute("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?", d.Database)
 		if err != nil {

@@ -202,7 +202,7 @@ func TestPrivileges(t *testing.T) {
 		"error: SET GLOBAL binlog_row_metadata = 'FULL'; and in my.cnf [mysqld]: binlog_row_metadata = FULL",
 		"error: GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO 'app'@'localhost';",
 		"warning: GRANT SELECT ON *.* TO 'app'@'localhost';",
-		"warning: SET GLOBAL binlog_row_image = 'FULL'; and in my.cnf [mysqld]: binlog_row_image = FULL",
+		"error: SET GLOBAL binlog_row_image = 'FULL'; and in my.cnf [mysqld]: binlog_row_image = FULL",
 	}
 	if !reflect.DeepEqual(got, wantFixes) {
 		t.Errorf("MariaDB findings:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(wantFixes, "\n"))

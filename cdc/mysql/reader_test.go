@@ -661,9 +661,21 @@ func TestCheck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(fs) != 1 || fs[0].Severity != cdc.Warning || fs[0].Rule != "ok" ||
-		fs[0].Fix != "SET GLOBAL binlog_row_image = 'FULL'; and in my.cnf [mysqld]: binlog_row_image = FULL" {
-		t.Fatalf("with MINIMAL row images: %+v", fs)
+	fix := "SET GLOBAL binlog_row_image = 'FULL'; and in my.cnf [mysqld]: binlog_row_image = FULL"
+	want = []cdc.Finding{
+		{Severity: cdc.Error, Message: "binlog_row_image is MINIMAL, but tagstream needs FULL row images", Fix: fix},
+		{Severity: cdc.Warning, Rule: "ok", Message: fs[len(fs)-1].Message, Fix: fix},
+	}
+	if !slices.Equal(fs, want) || !strings.Contains(fs[1].Message, "binlog_row_image is MINIMAL") {
+		t.Fatalf("with MINIMAL row images:\n%v\nwant:\n%v", fs, want)
+	}
+	// And the reader refuses to start, naming the fix.
+	r, err := mysql.New(e.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Run(ctx, newRecorder(e.schema)); !errors.Is(err, mysql.ErrConfig) || !strings.Contains(err.Error(), fix) {
+		t.Fatalf("Run with MINIMAL row images = %v, want ErrConfig naming %q", err, fix)
 	}
 }
 
