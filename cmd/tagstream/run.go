@@ -106,28 +106,22 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
 	logger.Info("tagstream started", "version", version, "listen", ln.Addr().String(), "db", redact(sf.db), "rules", df.rules, "rule_count", len(set.Rules))
 
+	// The reader runs until ctx is cancelled (SIGINT/SIGTERM) or fails; the
+	// HTTP server failing stops it too.
+	readCtx, stopRead := context.WithCancel(ctx)
+	defer stopRead()
 	var wg sync.WaitGroup
 	serveErr := make(chan error, 1)
 	wg.Go(func() {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			logger.Error("http server failed", "err", err)
 			serveErr <- err
+			stopRead()
 		}
 	})
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	wg.Go(func() { watchRules(watchCtx, df.rules, df.rulesPoll, ruleOpts, p, logger) })
 
-	// The reader runs until ctx is cancelled (SIGINT/SIGTERM) or fails; the
-	// HTTP server failing stops it too.
-	readCtx, stopRead := context.WithCancel(ctx)
-	go func() {
-		select {
-		case err := <-serveErr:
-			logger.Error("http server failed", "err", err)
-			serveErr <- err
-			stopRead()
-		case <-readCtx.Done():
-		}
-	}()
 	runErr := reader.Run(readCtx, p)
 	stopRead()
 
