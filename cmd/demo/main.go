@@ -84,6 +84,7 @@ func demo(ctx context.Context, log *slog.Logger, listen, bin, rulesPath string) 
 	if err != nil {
 		return err
 	}
+	defer pg.Close()
 	dsn, err := pg.CreateDatabase(ctx, "demo")
 	if err != nil {
 		return err

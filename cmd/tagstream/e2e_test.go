@@ -40,8 +40,10 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "build tagstream:", err)
 		os.Exit(1)
 	}
-	defer os.RemoveAll(dir)
-	testcontainers.Main(m)
+	code := m.Run()
+	testcontainers.Shutdown()
+	os.RemoveAll(dir)
+	os.Exit(code)
 }
 
 // lockedBuffer collects a process's stderr.
