@@ -469,6 +469,38 @@ func TestTypes(t *testing.T) {
 	}
 }
 
+// TestTemporalAndIntegerEdges covers the values decoded outside go-mysql's
+// defaults: datetimes arrive as time.Time (except zero dates and years
+// before 1970), integers as signed whatever the column's signedness.
+func TestTemporalAndIntegerEdges(t *testing.T) {
+	e := setup(t)
+	e.exec(`CREATE TABLE v (
+		id INT PRIMARY KEY,
+		dt3 DATETIME(3), dt1 DATETIME(1), ts TIMESTAMP NULL, ts6 TIMESTAMP(6) NULL, dt DATETIME,
+		ut TINYINT UNSIGNED, us SMALLINT UNSIGNED, um MEDIUMINT UNSIGNED, ui INT UNSIGNED, ub BIGINT UNSIGNED,
+		st TINYINT, sm MEDIUMINT, si INT
+	)`)
+	rec := newRecorder(e.schema)
+	e.start(rec)
+	e.exec(
+		"SET time_zone = '-03:30', sql_mode = ''",
+		`INSERT INTO v VALUES (1, '2024-02-29 23:59:58.123', '1969-12-31 23:59:59.9', '2001-02-03 04:05:06', '2038-01-18 23:44:07.000001', '0000-00-00 00:00:00',
+		255, 65535, 16777215, 4294967295, 18446744073709551615, -128, -8388608, -2147483648)`,
+		`INSERT INTO v VALUES (2, '0000-00-00 00:00:00.000', '1000-01-01 00:00:00.5', '0000-00-00 00:00:00', '1970-01-01 03:30:01.5', '9999-12-31 23:59:59',
+		0, 1, 2, 3, 4, 127, 8388607, 2147483647)`,
+	)
+	got := rec.lines(t, 2)
+	want := []string{
+		`insert v new=[id=1 dt3="2024-02-29 23:59:58.123" dt1="1969-12-31 23:59:59.9" ts="2001-02-03 07:35:06" ts6="2038-01-19 03:14:07.000001" dt="0000-00-00 00:00:00"` +
+			` ut=255 us=65535 um=16777215 ui=4294967295 ub=18446744073709551615 st=-128 sm=-8388608 si=-2147483648]`,
+		`insert v new=[id=2 dt3="0000-00-00 00:00:00.000" dt1="1000-01-01 00:00:00.5" ts="0000-00-00 00:00:00" ts6="1970-01-01 07:00:01.500000" dt="9999-12-31 23:59:59"` +
+			` ut=0 us=1 um=2 ui=3 ub=4 st=127 sm=8388607 si=2147483647]`,
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("got:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
 func TestRestartFromCheckpoint(t *testing.T) {
 	e := setup(t)
 	e.exec("CREATE TABLE t (id INT PRIMARY KEY)")

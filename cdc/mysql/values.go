@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"time"
 
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/replication"
@@ -26,6 +27,10 @@ const (
 type column struct {
 	kind   colKind
 	labels []string // ENUM / SET
+	// umask is the value mask of an UNSIGNED integer column, 0 otherwise:
+	// the rows arrive decoded as signed (see decodeRows).
+	umask uint64
+	dec   int // fractional digits of DATETIME/TIMESTAMP
 }
 
 // tableInfo is one layout of one table: a TABLE_MAP with the same schema,
@@ -84,8 +89,18 @@ func newTableInfo(key string, tm *replication.TableMapEvent) *tableInfo {
 		}
 	}
 	enums, sets := tm.EnumStrValueMap(), tm.SetStrValueMap()
+	unsigned := tm.UnsignedMap()
 	for i := range n {
 		c := &info.cols[i]
+		if unsigned[i] {
+			c.umask = intMask(tm.ColumnType[i])
+		}
+		switch tm.ColumnType[i] {
+		case gomysql.MYSQL_TYPE_DATETIME2, gomysql.MYSQL_TYPE_TIMESTAMP2:
+			if i < len(tm.ColumnMeta) && tm.ColumnMeta[i] <= 6 {
+				c.dec = int(tm.ColumnMeta[i])
+			}
+		}
 		switch {
 		case tm.IsEnumColumn(i):
 			c.kind, c.labels = colEnum, enums[i]
@@ -98,6 +113,23 @@ func newTableInfo(key string, tm *replication.TableMapEvent) *tableInfo {
 		}
 	}
 	return info
+}
+
+// intMask is the mask of an integer column type's values, 0 for other types.
+func intMask(t byte) uint64 {
+	switch t {
+	case gomysql.MYSQL_TYPE_TINY:
+		return 0xff
+	case gomysql.MYSQL_TYPE_SHORT:
+		return 0xffff
+	case gomysql.MYSQL_TYPE_INT24:
+		return 0xffffff
+	case gomysql.MYSQL_TYPE_LONG:
+		return 0xffffffff
+	case gomysql.MYSQL_TYPE_LONGLONG:
+		return math.MaxUint64
+	}
+	return 0
 }
 
 // appendValue appends v's canonical text to buf (see design Part B: integers
@@ -115,12 +147,17 @@ func appendValue(buf []byte, c *column, v any) ([]byte, cdc.Kind) {
 	case []byte:
 		return append(buf, x...), cdc.Text
 	case int8:
-		return strconv.AppendInt(buf, int64(x), 10), cdc.Text
+		return appendInt(buf, c, int64(x)), cdc.Text
 	case int16:
-		return strconv.AppendInt(buf, int64(x), 10), cdc.Text
+		return appendInt(buf, c, int64(x)), cdc.Text
 	case int32:
-		return strconv.AppendInt(buf, int64(x), 10), cdc.Text
+		return appendInt(buf, c, int64(x)), cdc.Text
+	case time.Time:
+		return appendDatetime(buf, x.UTC(), c.dec), cdc.Text
 	case int64:
+		if c.umask != 0 {
+			return appendInt(buf, c, x), cdc.Text
+		}
 		switch c.kind {
 		case colEnum:
 			// 0 is the empty string MySQL stores for an invalid value.
@@ -171,6 +208,53 @@ func appendValue(buf []byte, c *column, v any) ([]byte, cdc.Kind) {
 	default:
 		return fmt.Append(buf, x), cdc.Text
 	}
+}
+
+// appendInt appends an integer column's value, reading it as unsigned
+// where the column is.
+func appendInt(buf []byte, c *column, x int64) []byte {
+	if c.umask != 0 {
+		return strconv.AppendUint(buf, uint64(x)&c.umask, 10)
+	}
+	return strconv.AppendInt(buf, x, 10)
+}
+
+// appendDatetime appends t as YYYY-MM-DD HH:MM:SS with dec fractional
+// digits (truncated, as the column stores no more).
+func appendDatetime(buf []byte, t time.Time, dec int) []byte {
+	year, month, day := t.Date()
+	hour, minute, sec := t.Clock()
+	buf = appendDigits(buf, year, 4)
+	buf = append(buf, '-')
+	buf = appendDigits(buf, int(month), 2)
+	buf = append(buf, '-')
+	buf = appendDigits(buf, day, 2)
+	buf = append(buf, ' ')
+	buf = appendDigits(buf, hour, 2)
+	buf = append(buf, ':')
+	buf = appendDigits(buf, minute, 2)
+	buf = append(buf, ':')
+	buf = appendDigits(buf, sec, 2)
+	if dec > 0 {
+		buf = append(buf, '.')
+		buf = appendDigits(buf, t.Nanosecond()/pow10[9-dec], dec)
+	}
+	return buf
+}
+
+var pow10 = [...]int{1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000, 1000000000}
+
+// appendDigits appends v (≥ 0) zero-padded to width digits.
+func appendDigits(buf []byte, v, width int) []byte {
+	n := len(buf)
+	for range width {
+		buf = append(buf, 0)
+	}
+	for i := len(buf) - 1; i >= n; i-- {
+		buf[i] = byte('0' + v%10)
+		v /= 10
+	}
+	return buf
 }
 
 // appendFloat formats like MySQL: the shortest text that reads back to the
