@@ -153,6 +153,13 @@ func (r *Reader) session(ctx context.Context, h cdc.Handler) (streamed bool, err
 		if serr := s.sendStatus(fctx, false); serr != nil {
 			r.log.Warn("final status update failed", logErr, serr)
 		} else {
+			// End the copy and wait for the server's answer: it processes
+			// the status update first, so the slot has confirmed it before
+			// we exit (a plain close may race the walsender).
+			_ = repl.Conn().SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, derr := pglogrepl.SendStandbyCopyDone(fctx, repl); derr != nil {
+				r.log.Debug("ending replication", logErr, derr)
+			}
 			r.log.Info("stopped", logSlot, r.cfg.Slot, "flushed", pglogrepl.LSN(s.flushLSN()).String())
 		}
 	}
