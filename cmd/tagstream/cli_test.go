@@ -145,3 +145,18 @@ func TestComposeFile(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestDaemonLinksNoTestCode: the daemon binary must not link the test
+// databases' code (testcontainers-go, a Docker client); the demo has its own
+// main for that.
+func TestDaemonLinksNoTestCode(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pkg := range strings.Fields(string(out)) {
+		if strings.Contains(pkg, "testcontainers") || strings.Contains(pkg, "docker") || strings.Contains(pkg, "moby") {
+			t.Errorf("tagstream links %s", pkg)
+		}
+	}
+}
