@@ -43,7 +43,9 @@ func (l *pipeListener) dial() net.Conn {
 
 func TestHeartbeat(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := NewHub(Options{})
+		// net.Pipe has no buffer: a ping waits in the writer until the
+		// client reads it, so writes must not time out in this test.
+		h := NewHub(Options{WriteTimeout: time.Hour})
 		ln := newPipeListener()
 		srv := &http.Server{Handler: h}
 		served := make(chan struct{})
@@ -57,15 +59,17 @@ func TestHeartbeat(t *testing.T) {
 		conn := ln.dial()
 		defer conn.Close()
 		c := newClient(t, conn, "tags=a")
+		c.wait = time.Hour
+		start := time.Now()
 		c.expect(ready(0, false))
-
-		time.Sleep(DefaultHeartbeat)
 		c.expect(ping(0))
+		if d := time.Since(start); d <= 0 || d > DefaultHeartbeat {
+			t.Fatalf("first ping after %v, want within one period", d)
+		}
 
 		// The head moves without anything matching: the ping carries it.
 		publish(t, h, 7, "b")
 		publish(t, h, 9, "b")
-		time.Sleep(DefaultHeartbeat)
 		c.expect(ping(9))
 
 		// A client that resumed ahead of the head never sees a lower id.
@@ -73,24 +77,63 @@ func TestHeartbeat(t *testing.T) {
 		conn2 := ln.dial()
 		defer conn2.Close()
 		c2 := newClient(t, conn2, "tags=a", "Last-Event-ID: 15")
+		c2.wait = time.Hour
 		c2.expect(ready(15, true))
 		publish(t, h, 16, "a")
 		c.expect(inv(16, "a"))
 		c2.expect(inv(16, "a"))
 		publish(t, h, 17, "b")
-		time.Sleep(DefaultHeartbeat)
 		c.expect(ping(17))
 		c2.expect(ping(17))
 
-		// Exactly one ping per period. (net.Pipe has no buffer: the client
-		// reads each one as it comes, or the write deadline would end it.)
-		c.wait = time.Hour
-		start := time.Now()
+		// Exactly one ping per period, each connection on its own slice
+		// of the period so that pings to many clients are spread out.
+		c.expect(ping(17))
+		start = time.Now()
 		for range 3 {
 			c.expect(ping(17))
 		}
 		if d := time.Since(start); d != 3*DefaultHeartbeat {
 			t.Fatalf("3 pings in %v", d)
+		}
+	})
+}
+
+// TestPingsSpreadOverThePeriod: connections in different slices are pinged
+// at different instants, each once per period.
+func TestPingsSpreadOverThePeriod(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := NewHub(Options{Heartbeat: 16 * time.Second, WriteTimeout: time.Hour})
+		ln := newPipeListener()
+		srv := &http.Server{Handler: h}
+		served := make(chan struct{})
+		go func() { defer close(served); _ = srv.Serve(ln) }()
+		defer func() {
+			h.Close()
+			_ = srv.Shutdown(context.Background())
+			<-served
+		}()
+		start := time.Now()
+		var clients []*client
+		for range 3 { // ids 1, 2, 3: slices 1, 2, 3
+			conn := ln.dial()
+			defer conn.Close()
+			c := newClient(t, conn, "tags=a")
+			c.wait = time.Hour
+			c.expect(ready(0, false))
+			clients = append(clients, c)
+		}
+		for i, c := range clients {
+			c.expect(ping(0))
+			if got, want := time.Since(start), time.Duration(i+1)*time.Second; got != want {
+				t.Errorf("client %d: first ping at %v, want %v", i+1, got, want)
+			}
+		}
+		for i, c := range clients {
+			c.expect(ping(0))
+			if got, want := time.Since(start), time.Duration(i+17)*time.Second; got != want {
+				t.Errorf("client %d: second ping at %v, want %v", i+1, got, want)
+			}
 		}
 	})
 }

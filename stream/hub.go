@@ -317,22 +317,37 @@ func (h *Hub) Stats() Stats {
 	}
 }
 
+// pingSlices spreads the pings of one period over that many ticks: a
+// connection is pinged once per period, on the tick of its slice, so that
+// 10,000 subscribers do not all wake and write at the same instant (a wave
+// that delays every event published during it).
+const pingSlices = 16
+
 func (h *Hub) heartbeat() {
 	defer close(h.hbDone)
-	t := time.NewTicker(h.opts.Heartbeat)
+	t := time.NewTicker(h.opts.Heartbeat / pingSlices)
 	defer t.Stop()
+	var tick uint64
+	var wake []*conn
 	for {
 		select {
 		case <-t.C:
+			tick++
+			slice := tick % pingSlices
 			h.mu.Lock()
 			h.evictAged(h.now())
 			cur := h.current()
+			wake = wake[:0]
 			for c := range h.conns {
-				if h.push(c, item{kind: kindPing, id: cur}) {
-					c.signal()
+				if c.id%pingSlices == slice && h.push(c, item{kind: kindPing, id: cur}) {
+					wake = append(wake, c)
 				}
 			}
 			h.mu.Unlock()
+			for _, c := range wake {
+				c.signal()
+			}
+			clear(wake)
 		case <-h.stop:
 			return
 		}
