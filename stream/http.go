@@ -244,7 +244,7 @@ func (l *httpLink) wait() bool {
 // write writes and flushes p under a write deadline. A failed or timed-out
 // write means the client is gone or stuck: the connection ends now.
 func (l *httpLink) write(p []byte) bool {
-	err := l.rc.SetWriteDeadline(time.Now().Add(l.h.opts.WriteTimeout))
+	err := l.rc.SetWriteDeadline(l.h.writeDeadline())
 	if err != nil && !errors.Is(err, http.ErrNotSupported) {
 		return false
 	}
@@ -263,7 +263,13 @@ type netLink struct {
 	nc   net.Conn
 	head []byte // the response header, written with the first events
 	b    [1]byte
+	junk int // bytes the client sent after its request
 }
+
+// maxJunk is how much a client may send after its request (an event stream
+// expects nothing) before it is dropped: reading it byte by byte forever
+// would let one client keep a core busy.
+const maxJunk = 1 << 10
 
 // aLongTimeAgo is a read deadline that ends a read at once.
 var aLongTimeAgo = time.Unix(1, 0)
@@ -275,7 +281,11 @@ func (l *netLink) wait() bool {
 		n, err := l.nc.Read(l.b[:])
 		switch {
 		case n > 0 || err == nil:
-			// A client has nothing to send on an event stream: ignore it.
+			// A client has nothing to send on an event stream: ignore a
+			// little of it, drop a client that keeps sending.
+			if l.junk += n; l.junk > maxJunk {
+				return false
+			}
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			return true
 		default:
@@ -289,7 +299,7 @@ func (l *netLink) write(p []byte) bool {
 		p = append(l.head, p...)
 		l.head = nil
 	}
-	if err := l.nc.SetWriteDeadline(time.Now().Add(l.h.opts.WriteTimeout)); err != nil {
+	if err := l.nc.SetWriteDeadline(l.h.writeDeadline()); err != nil {
 		return false
 	}
 	_, err := l.nc.Write(p)

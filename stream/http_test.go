@@ -179,3 +179,21 @@ func TestHealth(t *testing.T) {
 		t.Errorf("ready: status %d", rec.Code)
 	}
 }
+
+// TestClientSendingBytesIsDropped: an event-stream client has nothing to
+// send after its request; one that keeps sending is dropped rather than
+// read byte by byte forever. A little is tolerated.
+func TestClientSendingBytesIsDropped(t *testing.T) {
+	h, b := setup(t, Options{})
+	c := b.dial(t, "tags=a")
+	c.expect(ready(0, false))
+	if _, err := c.conn.Write([]byte(strings.Repeat("x", 100))); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, h, 1, "a")
+	c.expect(inv(1, "a"))
+	if _, err := c.conn.Write([]byte(strings.Repeat("x", 2*maxJunk))); err != nil {
+		t.Fatal(err)
+	}
+	c.eof()
+}

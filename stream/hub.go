@@ -115,6 +115,11 @@ type Hub struct {
 
 	testHookLeave func() // called after a connection has left (tests)
 
+	// drainBy (UnixNano) bounds every write once Close has begun: a client
+	// reading just fast enough to beat each write's timeout cannot hold
+	// shutdown longer than one write timeout.
+	drainBy atomic.Int64
+
 	subscribers                                                   atomic.Int64
 	published, matched, delivered, dropped, overflows, resetCount atomic.Uint64
 }
@@ -325,7 +330,7 @@ const pingSlices = 16
 
 func (h *Hub) heartbeat() {
 	defer close(h.hbDone)
-	t := time.NewTicker(h.opts.Heartbeat / pingSlices)
+	t := time.NewTicker(max(h.opts.Heartbeat/pingSlices, time.Millisecond))
 	defer t.Stop()
 	var tick uint64
 	var wake []*conn
@@ -354,12 +359,22 @@ func (h *Hub) heartbeat() {
 	}
 }
 
+// writeDeadline is the deadline of a write starting now.
+func (h *Hub) writeDeadline() time.Time {
+	d := time.Now().Add(h.opts.WriteTimeout)
+	if by := h.drainBy.Load(); by != 0 && by < d.UnixNano() {
+		return time.Unix(0, by)
+	}
+	return d
+}
+
 // Close stops the heartbeat, lets every connection write what is already
 // queued (bounded by the write timeout), ends every connection cleanly and
 // waits for the handlers to return. Publish fails with ErrClosed afterwards
 // and new requests get 503.
 func (h *Hub) Close() {
 	h.close.Do(func() {
+		h.drainBy.Store(time.Now().Add(h.opts.WriteTimeout).UnixNano())
 		h.mu.Lock()
 		h.closed = true
 		for c := range h.conns {
