@@ -100,7 +100,10 @@ func (h *Hub) push(c *conn, it item) (wake bool) {
 	case len(c.queue)-c.initial >= h.opts.QueueSize:
 		c.mu.Unlock()
 		h.overflows.Add(1)
-		h.log.Warn("stream: client too slow, queue overflowed", logKeyConn, c.id)
+		// Debug, not Warn: this runs under the hub lock, and one stalled
+		// proxy can overflow thousands of clients at once; the count is in
+		// Stats.Overflows (/metrics).
+		h.log.Debug("stream: client too slow, queue overflowed", logKeyConn, c.id)
 		if it.kind == kindInvalidate {
 			h.dropped.Add(1) // the event that did not fit
 		}
