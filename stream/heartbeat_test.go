@@ -41,20 +41,27 @@ func (l *pipeListener) dial() net.Conn {
 	return client
 }
 
+// servePipe serves a new hub over net.Pipe connections inside a synctest
+// bubble; stop closes the hub, then the server.
+func servePipe(opts Options) (*Hub, *pipeListener, func()) {
+	h := NewHub(opts)
+	ln := newPipeListener()
+	srv := &http.Server{Handler: h}
+	served := make(chan struct{})
+	go func() { defer close(served); _ = srv.Serve(ln) }()
+	return h, ln, func() {
+		h.Close()
+		_ = srv.Shutdown(context.Background())
+		<-served
+	}
+}
+
 func TestHeartbeat(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		// net.Pipe has no buffer: a ping waits in the writer until the
 		// client reads it, so writes must not time out in this test.
-		h := NewHub(Options{WriteTimeout: time.Hour})
-		ln := newPipeListener()
-		srv := &http.Server{Handler: h}
-		served := make(chan struct{})
-		go func() { defer close(served); _ = srv.Serve(ln) }()
-		defer func() {
-			h.Close()
-			_ = srv.Shutdown(context.Background())
-			<-served
-		}()
+		h, ln, stop := servePipe(Options{WriteTimeout: time.Hour})
+		defer stop()
 
 		conn := ln.dial()
 		defer conn.Close()
@@ -103,16 +110,8 @@ func TestHeartbeat(t *testing.T) {
 // at different instants, each once per period.
 func TestPingsSpreadOverThePeriod(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := NewHub(Options{Heartbeat: 16 * time.Second, WriteTimeout: time.Hour})
-		ln := newPipeListener()
-		srv := &http.Server{Handler: h}
-		served := make(chan struct{})
-		go func() { defer close(served); _ = srv.Serve(ln) }()
-		defer func() {
-			h.Close()
-			_ = srv.Shutdown(context.Background())
-			<-served
-		}()
+		_, ln, stop := servePipe(Options{Heartbeat: 16 * time.Second, WriteTimeout: time.Hour})
+		defer stop()
 		start := time.Now()
 		var clients []*client
 		for range 3 { // ids 1, 2, 3: slices 1, 2, 3
@@ -140,16 +139,8 @@ func TestPingsSpreadOverThePeriod(t *testing.T) {
 
 func TestHeartbeatBeforeAnyPublish(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := NewHub(Options{Heartbeat: time.Second})
-		ln := newPipeListener()
-		srv := &http.Server{Handler: h}
-		served := make(chan struct{})
-		go func() { defer close(served); _ = srv.Serve(ln) }()
-		defer func() {
-			h.Close()
-			_ = srv.Shutdown(context.Background())
-			<-served
-		}()
+		h, ln, stop := servePipe(Options{Heartbeat: time.Second})
+		defer stop()
 		h.SetFloor(40) // a restart: the source resumed from 40
 		h.SetEnd(45)
 		conn := ln.dial()
