@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -271,6 +272,19 @@ func TestEndToEndPostgres(t *testing.T) {
 	execSQL(t, db, `INSERT INTO markers VALUES (3)`)
 	users.expect(t, "invalidate marker:3")
 
+	// /metrics counts what happened: 10 committed transactions, one of
+	// them (the filtered update) without tags; 3 subscribers.
+	resp, err := http.Get(d.base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"\ntagstream_transactions_total 10\n", "\ntagstream_transactions_without_tags_total 1\n", "\ntagstream_hub_subscribers 3\n", "\ntagstream_rules_long_tags 0\n"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q:\n%s", strings.TrimSpace(want), body)
+		}
+	}
 	d.stop(t)
 }
 
