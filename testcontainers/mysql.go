@@ -151,13 +151,6 @@ func MySQL(t testing.TB) string {
 	return dsn
 }
 
-// MySQLAdmin returns the shared server of MySQL, for tests that need admin
-// statements (KILL, PURGE BINARY LOGS, SET GLOBAL).
-func MySQLAdmin(t testing.TB) *MySQLServer {
-	t.Helper()
-	return sharedMySQLServer(t)
-}
-
 func sharedMySQLServer(t testing.TB) *MySQLServer {
 	t.Helper()
 	sharedMySQLMu.Lock()
