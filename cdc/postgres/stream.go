@@ -429,18 +429,30 @@ func (s *session) txFor(xid uint32) (cdc.Tx, error) {
 
 var errShort = errors.New("postgres: protocol: message too short")
 
-// truncate decodes a Truncate message (bounds-checked: pglogrepl trusts the
-// relation count) into one Truncate change per relation.
-func (s *session) truncate(p []byte) error {
+// changeXid splits off the (sub)transaction id that a change message carries
+// inside a streamed transaction (0 outside one), and checks that at least
+// the 5 bytes every change message has next (a relation id or count, then a
+// flag byte) are there.
+func (s *session) changeXid(p []byte) (uint32, []byte, error) {
 	var xid uint32
 	if s.inStream {
 		if len(p) < 4 {
-			return errShort
+			return 0, nil, errShort
 		}
 		xid, p = binary.BigEndian.Uint32(p), p[4:]
 	}
 	if len(p) < 5 {
-		return errShort
+		return 0, nil, errShort
+	}
+	return xid, p, nil
+}
+
+// truncate decodes a Truncate message (bounds-checked: pglogrepl trusts the
+// relation count) into one Truncate change per relation.
+func (s *session) truncate(p []byte) error {
+	xid, p, err := s.changeXid(p)
+	if err != nil {
+		return err
 	}
 	n := binary.BigEndian.Uint32(p)
 	p = p[5:] // count, options
@@ -467,15 +479,9 @@ func (s *session) truncate(p []byte) error {
 // values point into the wire buffer, valid until Add returns.
 func (s *session) row(data []byte) error {
 	op, p := data[0], data[1:]
-	var xid uint32
-	if s.inStream {
-		if len(p) < 4 {
-			return errShort
-		}
-		xid, p = binary.BigEndian.Uint32(p), p[4:]
-	}
-	if len(p) < 5 {
-		return errShort
+	xid, p, err := s.changeXid(p)
+	if err != nil {
+		return err
 	}
 	relID := binary.BigEndian.Uint32(p)
 	p = p[4:]
