@@ -182,10 +182,15 @@ var wakePool = sync.Pool{New: func() any { return new([]*conn) }}
 // every connection it concerns. It never waits for a client: once it
 // returns, pos may be acknowledged. A pos at or below the head is ignored
 // (a source re-delivering after a restart). A transaction without tags still
-// advances the head.
+// advances the head. The hub keeps tags: the caller must not modify them
+// afterwards. Tags that are already sorted and unique (rules.Tx.Tags) are
+// used as they are; others are sorted into a copy.
 func (h *Hub) Publish(ctx context.Context, pos cdc.Position, ts time.Time, tags []string) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if !sortedUnique(tags) {
+		tags = slices.Compact(slices.Sorted(slices.Values(tags)))
 	}
 	// The writers are signalled after Hub.mu is released: waking 10,000
 	// goroutines must not hold up every other publish and join.
@@ -202,6 +207,16 @@ func (h *Hub) Publish(ctx context.Context, pos cdc.Position, ts time.Time, tags 
 	return err
 }
 
+// sortedUnique reports whether tags are in strictly increasing order.
+func sortedUnique(tags []string) bool {
+	for i := 1; i < len(tags); i++ {
+		if tags[i-1] >= tags[i] {
+			return false
+		}
+	}
+	return true
+}
+
 func (h *Hub) publishLocked(pos cdc.Position, ts time.Time, tags []string, wake *[]*conn) error {
 	if h.closed {
 		return ErrClosed
@@ -216,9 +231,7 @@ func (h *Hub) publishLocked(pos cdc.Position, ts time.Time, tags []string, wake 
 	if len(tags) == 0 {
 		return nil
 	}
-	sorted := slices.Clone(tags)
-	slices.Sort(sorted)
-	ev := &event{pos: pos, ts: ts, tags: slices.Compact(sorted), added: now}
+	ev := &event{pos: pos, ts: ts, tags: tags, added: now}
 	ev.full.ev = ev
 	if h.win.len() >= h.opts.ReplaySize {
 		h.evictedFloor = h.win.popOldest().pos
