@@ -132,7 +132,13 @@ func startDaemonOn(t *testing.T, addr string, args ...string) *daemon {
 // stop sends SIGTERM and asserts a clean exit.
 func (d *daemon) stop(t *testing.T) {
 	t.Helper()
-	d.cmd.Process.Signal(syscall.SIGTERM)
+	d.stopWith(t, syscall.SIGTERM)
+}
+
+// stopWith sends sig and asserts exit status 0.
+func (d *daemon) stopWith(t *testing.T, sig os.Signal) {
+	t.Helper()
+	d.cmd.Process.Signal(sig)
 	select {
 	case <-d.done:
 	case <-time.After(20 * time.Second):
@@ -299,7 +305,7 @@ func TestResumeAfterStop(t *testing.T) {
 	execSQL(t, db, `INSERT INTO todos (id, user_id) VALUES (1, 1)`)
 	last := c.expect(t, "invalidate todo:1")[0].ID
 	c.close()
-	d.stop(t)
+	d.stopWith(t, os.Interrupt) // SIGINT drains like SIGTERM
 
 	// Written while tagstream is down: the slot keeps it.
 	execSQL(t, db, `INSERT INTO todos (id, user_id) VALUES (2, 1)`, `UPDATE todos SET done = true WHERE id = 1`)
