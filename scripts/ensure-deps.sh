@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the database server binaries the tests and the demo start privately
+# Installs the database and Redis server binaries the tests and the demo start privately
 # (testcontainers/ step 3) when they are missing. Never starts a service.
 set -euo pipefail
 
@@ -9,10 +9,14 @@ have_postgres() {
 have_mariadb() {
   command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ]
 }
+have_redis() {
+  command -v redis-server >/dev/null 2>&1
+}
 
 missing=()
 have_postgres || missing+=(postgresql postgresql-client)
 have_mariadb || missing+=(mariadb-server mariadb-client)
+have_redis || missing+=(redis-server)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -379,15 +379,19 @@ const (
 // reapOrphanedMariaDB stops the servers, and removes the directories, that
 // earlier processes left behind when they died before their cleanup (a
 // killed or crashed test binary): those whose owner process is gone.
-func reapOrphanedMariaDB() {
-	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), mariadbDirPrefix+"*"))
+func reapOrphanedMariaDB() { reapOrphaned(mariadbDirPrefix, "mysqld.pid") }
+
+// reapOrphaned stops the server whose pid is in pidFile of every temp dir
+// named prefix* whose owner process is gone, and removes the directory.
+func reapOrphaned(prefix, pidFile string) {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), prefix+"*"))
 	for _, dir := range dirs {
 		owner, err := readPid(filepath.Join(dir, ownerFile))
 		if err != nil || processAlive(owner) {
 			continue
 		}
-		if pid, err := readPid(filepath.Join(dir, "mysqld.pid")); err == nil && processAlive(pid) {
-			// Only the mariadbd of that directory, not a process that reused the pid.
+		if pid, err := readPid(filepath.Join(dir, pidFile)); err == nil && processAlive(pid) {
+			// Only the server of that directory, not a process that reused the pid.
 			cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 			if !strings.Contains(string(cmdline), dir) {
 				continue
