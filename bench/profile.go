@@ -50,6 +50,7 @@ func (p *profilePipeline) Commit(ctx context.Context, tx cdc.Tx, c cdc.Commit) e
 
 func (p *profilePipeline) Resumed(pos cdc.Position)  { p.hub.SetFloor(pos) }
 func (p *profilePipeline) Progress(end cdc.Position) { p.hub.SetEnd(end) }
+func (p *profilePipeline) Drain(context.Context)     {}
 func (p *profilePipeline) Lost(_ context.Context, reason string) error {
 	p.hub.Reset(reason)
 	return nil

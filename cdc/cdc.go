@@ -94,6 +94,9 @@ type Change struct {
 type Commit struct {
 	Position Position
 	Time     time.Time // commit time reported by the database
+	// Xid identifies the transaction to the source's visibility fence
+	// (Postgres: the xid of Begin / Stream Start); 0 when the source has none.
+	Xid uint64
 }
 
 // Tx accumulates the effects of one transaction's changes as they arrive.
@@ -105,6 +108,9 @@ type Tx interface {
 	// subtransaction of a streamed Postgres transaction). Merge(other) leaves
 	// other unusable.
 	Merge(other Tx)
+	// Tags returns the transaction's tags, sorted and de-duplicated; the
+	// caller may keep them.
+	Tags() []string
 }
 
 // Handler consumes what a Source reads. All methods are called from the
@@ -128,6 +134,11 @@ type Handler interface {
 	// purged): every client must get a `reset`. The source then restarts at
 	// the database's head and calls Resumed again.
 	Lost(ctx context.Context, reason string) error
+	// Drain waits until every transaction handed to Commit was accepted
+	// downstream (and acknowledged through Source.Ack), or ctx ends. A
+	// source calls it when it stops, before its last acknowledgement to
+	// the database.
+	Drain(ctx context.Context)
 }
 
 // Source is a change reader for one database. One source per process.
@@ -143,6 +154,26 @@ type Source interface {
 	// Ready reports whether the source is currently streaming (for /readyz).
 	Ready() bool
 }
+
+// Fence is an optional capability of a Source, found by type assertion:
+// proof that committed transactions are visible to new snapshots on the
+// source database. A database may stream a commit before a fresh read sees
+// it (Postgres sends it once its WAL is flushed, before the backend leaves
+// the proc array; MySQL/MariaDB write the binlog before the engine commit);
+// a cache that re-reads at once would keep the old value.
+type Fence interface {
+	// WaitVisible returns nil once a fresh snapshot sees every commit in cs
+	// (consecutive commits in position order), with one round trip for the
+	// whole batch plus retries while some are still in progress. It returns
+	// an error wrapping ErrNotVisible when that could not be proven within
+	// the fence's own timeout (the caller publishes anyway and counts it),
+	// and ctx.Err() when ctx ends.
+	WaitVisible(ctx context.Context, cs []Commit) error
+}
+
+// ErrNotVisible is wrapped by Fence errors that mean visibility could not be
+// proven in time.
+var ErrNotVisible = errors.New("commit visibility not proven")
 
 // ErrContinuityLost is wrapped by errors that mean changes may have been
 // lost (Postgres slot invalidated, MySQL binlog purged, error 1236).

@@ -138,8 +138,8 @@ func (t *Tx) addString(tag string) {
 
 func (t *Tx) mergeForeign(other cdc.Tx) {
 	tags := []string{"*"} // nothing known about it: invalidate everything
-	if o, ok := other.(interface{ Tags() []string }); ok {
-		tags = o.Tags()
+	if other != nil {
+		tags = other.Tags()
 	}
 	if len(tags) == 0 {
 		return

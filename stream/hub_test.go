@@ -26,7 +26,7 @@ func TestSubscribeExact(t *testing.T) {
 	publish(t, h, 1, "todos", "todo:1", "user:7:todos")
 	publish(t, h, 2, "todo:2")
 	publish(t, h, 3, "todo:1", "todos")
-	publish(t, h, 3, "todos") // re-delivery: ignored
+	publish(t, h, 3, "todos")            // re-delivery: ignored
 	publish(t, h, 4, "todo:1", "todo:1") // duplicates are merged
 	c.expect(inv(1, "todo:1", "todos"), inv(3, "todo:1", "todos"), inv(4, "todo:1"))
 }

@@ -33,6 +33,7 @@ func (t *countTx) Add(ch *cdc.Change) {
 	}
 }
 func (t *countTx) Merge(o cdc.Tx) { t.n += o.(*countTx).n }
+func (t *countTx) Tags() []string { return nil }
 func (c *counter) Commit(_ context.Context, tx cdc.Tx, _ cdc.Commit) error {
 	if n := tx.(*countTx).n; n > 0 {
 		c.rows.Add(n)
@@ -43,6 +44,7 @@ func (c *counter) Commit(_ context.Context, tx cdc.Tx, _ cdc.Commit) error {
 func (c *counter) Resumed(cdc.Position)               { c.once.Do(func() { close(c.resumed) }) }
 func (c *counter) Progress(cdc.Position)              {}
 func (c *counter) Lost(context.Context, string) error { return nil }
+func (c *counter) Drain(context.Context)              {}
 
 // BenchmarkLargeTransaction measures decoding throughput: one transaction
 // of 100,000 three-column rows per iteration, from commit to delivery.

@@ -52,6 +52,11 @@ const (
 	DefaultBackoffMax = 30 * time.Second
 )
 
+// drainTimeout bounds how long a stopping reader waits for its handler to
+// finish the transactions it was handed: what is not acknowledged by then is
+// re-read at the next start.
+const drainTimeout = 10 * time.Second
+
 // DSN is a parsed mysql:// or mariadb:// connection string.
 type DSN struct {
 	User     string

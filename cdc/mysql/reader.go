@@ -230,6 +230,11 @@ func (r *Reader) Run(ctx context.Context, h cdc.Handler) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { r.writeCheckpoints(wctx) })
 	defer func() {
+		// Let the handler finish what it was handed (bounded: what is not
+		// acknowledged by then is re-read at the next start).
+		dctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+		h.Drain(dctx)
+		cancel()
 		stopWriter()
 		wg.Wait()
 		// From here Ack writes by itself; this catches what came before.

@@ -65,6 +65,7 @@ func (t *recTx) Add(c *cdc.Change) {
 }
 
 func (t *recTx) Merge(o cdc.Tx) { t.lines = append(t.lines, o.(*recTx).lines...) }
+func (t *recTx) Tags() []string { return nil }
 
 func (r *recorder) Commit(_ context.Context, tx cdc.Tx, c cdc.Commit) error {
 	if c.Time.IsZero() || time.Since(c.Time) > time.Hour {
@@ -100,6 +101,8 @@ func (r *recorder) Progress(end cdc.Position) {
 	r.mu.Unlock()
 	r.signal()
 }
+
+func (r *recorder) Drain(context.Context) {}
 
 func (r *recorder) Lost(_ context.Context, reason string) error {
 	r.mu.Lock()

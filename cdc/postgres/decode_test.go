@@ -16,6 +16,7 @@ func (nopHandler) Begin() cdc.Tx                                    { return nop
 func (nopHandler) Commit(context.Context, cdc.Tx, cdc.Commit) error { return nil }
 func (nopHandler) Resumed(cdc.Position)                             {}
 func (nopHandler) Progress(cdc.Position)                            {}
+func (nopHandler) Drain(context.Context)                            {}
 func (nopHandler) Lost(context.Context, string) error               { return nil }
 func (nopTx) Add(c *cdc.Change) {
 	for _, img := range [][]cdc.Value{c.Old, c.New} {
@@ -24,7 +25,8 @@ func (nopTx) Add(c *cdc.Change) {
 		}
 	}
 }
-func (nopTx) Merge(cdc.Tx) {}
+func (nopTx) Merge(cdc.Tx)   {}
+func (nopTx) Tags() []string { return nil }
 
 func be32(b []byte, v uint32) []byte { return binary.BigEndian.AppendUint32(b, v) }
 
@@ -105,8 +107,10 @@ func (recordingHandler) Commit(context.Context, cdc.Tx, cdc.Commit) error { retu
 func (recordingHandler) Resumed(cdc.Position)                             {}
 func (recordingHandler) Progress(cdc.Position)                            {}
 func (recordingHandler) Lost(context.Context, string) error               { return nil }
+func (recordingHandler) Drain(context.Context)                            {}
 func (t recordingTx) Add(c *cdc.Change)                                   { *t.lines = append(*t.lines, renderChange(c)) }
 func (recordingTx) Merge(cdc.Tx)                                          {}
+func (recordingTx) Tags() []string                                        { return nil }
 
 // FuzzMessage feeds arbitrary pgoutput messages to a session that knows one
 // relation and has a transaction and a stream open: errors are fine,

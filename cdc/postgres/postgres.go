@@ -35,6 +35,12 @@ const (
 	DefaultBackoffMax     = 30 * time.Second
 )
 
+// drainTimeout bounds how long a stopping reader waits for its handler to
+// finish the transactions it was handed (a sink that cannot deliver must
+// not hold shutdown): what is not acknowledged by then is re-read at the
+// next start.
+const drainTimeout = 10 * time.Second
+
 var (
 	// ErrConfig is wrapped by errors that no retry can fix: the database or
 	// the configuration must change (wal_level, privileges, names). The CLI

@@ -90,6 +90,8 @@ func (t *recTx) Merge(other cdc.Tx) {
 	o.done = true
 }
 
+func (t *recTx) Tags() []string { return nil }
+
 func (t *recTx) lines() []string {
 	out := make([]string, 0, len(t.keys))
 	for _, k := range t.keys {
@@ -137,6 +139,8 @@ func (r *recorder) Progress(end cdc.Position) {
 	r.progress = end
 	r.mu.Unlock()
 }
+
+func (r *recorder) Drain(context.Context) {}
 
 func (r *recorder) Lost(_ context.Context, reason string) error {
 	r.mu.Lock()

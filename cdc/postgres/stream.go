@@ -147,7 +147,11 @@ func (r *Reader) session(ctx context.Context, h cdc.Handler) (streamed bool, err
 	}
 	err = s.run(ctx)
 	if ctx.Err() != nil {
-		// Tell the server what was acknowledged before leaving.
+		// Let the handler finish what it was handed, then tell the server
+		// what was acknowledged before leaving.
+		dctx, cancelDrain := context.WithTimeout(context.WithoutCancel(ctx), drainTimeout)
+		h.Drain(dctx)
+		cancelDrain()
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		if serr := s.sendStatus(fctx, false); serr != nil {

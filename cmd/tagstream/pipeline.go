@@ -52,7 +52,7 @@ func (p *pipeline) Begin() cdc.Tx { return p.engine.Load().NewTx() }
 // acknowledges the position to the reader. A transaction without tags still
 // advances the position.
 func (p *pipeline) Commit(ctx context.Context, tx cdc.Tx, c cdc.Commit) error {
-	tags := tx.(*rules.Tx).Tags()
+	tags := tx.Tags()
 	if err := p.hub.Publish(ctx, c.Position, c.Time, tags); err != nil {
 		return fmt.Errorf("publish %d: %w", c.Position, err)
 	}
@@ -87,6 +87,9 @@ func (p *pipeline) events() http.Handler {
 }
 
 func (p *pipeline) Progress(end cdc.Position) { p.hub.SetEnd(end) }
+
+// Drain has nothing to wait for: Commit returns once the hub accepted.
+func (p *pipeline) Drain(context.Context) {}
 
 // Lost tells every client to treat what it watches as invalidated.
 func (p *pipeline) Lost(ctx context.Context, reason string) error {
