@@ -24,37 +24,11 @@ import (
 	"github.com/tagstream/tagstream/cdc"
 	"github.com/tagstream/tagstream/cdc/mysql"
 	"github.com/tagstream/tagstream/cdc/postgres"
+	"github.com/tagstream/tagstream/pipeline"
 	"github.com/tagstream/tagstream/rules"
 	"github.com/tagstream/tagstream/stream"
 	"github.com/tagstream/tagstream/testcontainers"
 )
-
-// profilePipeline is the glue of `tagstream run` (cmd/tagstream/pipeline.go)
-// rebuilt here, so that the drain can run inside this process under pprof:
-// reader → rules.Engine → stream.Hub → Ack.
-type profilePipeline struct {
-	engine *rules.Engine
-	hub    *stream.Hub
-	src    cdc.Source
-}
-
-func (p *profilePipeline) Begin() cdc.Tx { return p.engine.NewTx() }
-
-func (p *profilePipeline) Commit(ctx context.Context, tx cdc.Tx, c cdc.Commit) error {
-	if err := p.hub.Publish(ctx, c.Position, c.Time, tx.(*rules.Tx).Tags()); err != nil {
-		return err
-	}
-	p.src.Ack(c.Position)
-	return nil
-}
-
-func (p *profilePipeline) Resumed(pos cdc.Position)  { p.hub.SetFloor(pos) }
-func (p *profilePipeline) Progress(end cdc.Position) { p.hub.SetEnd(end) }
-func (p *profilePipeline) Drain(context.Context)     {}
-func (p *profilePipeline) Lost(_ context.Context, reason string) error {
-	p.hub.Reset(reason)
-	return nil
-}
 
 // runProfile writes PostgreSQL workload (a) and drains it in-process under
 // the CPU profiler, then reports the hottest functions (CPU, allocations,
@@ -184,7 +158,8 @@ func (b *bench) profileDrain(ctx context.Context, label, name string, src cdc.So
 	}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	hub := stream.NewHub(stream.Options{Logger: logger})
-	p := &profilePipeline{engine: rules.Compile(set, rules.Options{DefaultSchema: defaultSchema, MaxTags: 4096}), hub: hub, src: src}
+	p := pipeline.New(src, rules.Compile(set, rules.Options{DefaultSchema: defaultSchema, MaxTags: 4096}),
+		[]pipeline.Target{{Name: "sse", Sink: hub}}, pipeline.Options{Logger: logger, Fence: true})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", err
@@ -194,6 +169,7 @@ func (b *bench) profileDrain(ctx context.Context, label, name string, src cdc.So
 	hsrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = hsrv.Serve(ln) }()
 	defer func() {
+		p.Close()
 		hub.Close()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -144,7 +144,7 @@ func TestResetBroadcast(t *testing.T) {
 	publish(t, h, 11, "a")
 	c := b.dial(t, "tags=a")
 	c.expect(ready(11, false))
-	h.Reset("replication slot invalidated")
+	_ = h.Reset(context.Background(), "replication slot invalidated", 0)
 	c.expect(reset(11, "replication slot invalidated"))
 	// Until the source resumes, no cursor can be trusted.
 	b.dial(t, "tags=a", "Last-Event-ID: 11").expect(reset(11, "replication slot invalidated"), ready(11, false))

@@ -44,6 +44,7 @@ import (
 	"time"
 
 	"github.com/tagstream/tagstream/cdc"
+	"github.com/tagstream/tagstream/sink"
 )
 
 // Defaults for Options' zero values.
@@ -73,6 +74,12 @@ type Options struct {
 	Logger       *slog.Logger  // nil discards
 	Now          func() time.Time
 }
+
+var (
+	_ sink.Sink       = (*Hub)(nil)
+	_ sink.Resumer    = (*Hub)(nil)
+	_ sink.Progresser = (*Hub)(nil)
+)
 
 // ErrClosed is returned by Publish after Close.
 var ErrClosed = errors.New("stream: hub closed")
@@ -295,10 +302,33 @@ func (h *Hub) SetEnd(pos cdc.Position) {
 	h.mu.Unlock()
 }
 
+// Deliver publishes a batch of consecutive committed transactions: the hub
+// as a sink of the pipeline. It never waits for a client.
+func (h *Hub) Deliver(ctx context.Context, batch []sink.Txn) error {
+	for i := range batch {
+		if err := h.Publish(ctx, batch[i].Position, batch[i].Time, batch[i].Tags); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Resumed sets the continuity floor (sink.Resumer).
+func (h *Hub) Resumed(pos cdc.Position) { h.SetFloor(pos) }
+
+// Progress records the source's end (sink.Progresser).
+func (h *Hub) Progress(end cdc.Position) { h.SetEnd(end) }
+
 // Reset reports that continuity was lost: every client gets `reset` (its
 // queued events dropped), the window is cleared, and no cursor resumes until
-// the next SetFloor.
-func (h *Hub) Reset(reason string) {
+// the next SetFloor. It implements sink.Sink; pos is not needed: every
+// client is reset.
+func (h *Hub) Reset(_ context.Context, reason string, _ cdc.Position) error {
+	h.resetAll(reason)
+	return nil
+}
+
+func (h *Hub) resetAll(reason string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.lost, h.lostReason = true, reason

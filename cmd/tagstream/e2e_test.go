@@ -286,7 +286,17 @@ func TestEndToEndPostgres(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{"\ntagstream_transactions_total 10\n", "\ntagstream_transactions_without_tags_total 1\n", "\ntagstream_hub_subscribers 3\n", "\ntagstream_rules_long_tags 0\n"} {
+	for _, want := range []string{
+		"\n# TYPE tagstream_transactions_total counter\ntagstream_transactions_total 10\n",
+		"\ntagstream_transactions_without_tags_total 1\n",
+		"\ntagstream_subscribers 3\n",
+		"\n# TYPE tagstream_rules_long_tags_total counter\ntagstream_rules_long_tags_total 0\n",
+		"\ntagstream_sink_delivered_total{sink=\"sse\"} 10\n",
+		"\n# TYPE tagstream_publish_delay_seconds histogram\n",
+		"\ntagstream_publish_delay_seconds_count{sink=\"sse\"} 10\n",
+		"\n# TYPE go_goroutines gauge\n",
+		"\n# TYPE process_resident_memory_bytes gauge\n",
+	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %q:\n%s", strings.TrimSpace(want), body)
 		}

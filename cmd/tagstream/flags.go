@@ -36,7 +36,47 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	if fs.NArg() > 0 {
 		return usageErrorf("%s: unexpected argument %q (see '%s -h')", fs.Name(), fs.Arg(0), fs.Name())
 	}
-	return nil
+	return applyEnv(fs)
+}
+
+// envNames maps the flags whose environment variable is not simply
+// TAGSTREAM_ + the flag's name in upper case with _ for -.
+var envNames = map[string]string{"webhook": "TAGSTREAM_WEBHOOKS"}
+
+// envName is the environment variable of a flag.
+func envName(flagName string) string {
+	if n, ok := envNames[flagName]; ok {
+		return n
+	}
+	return "TAGSTREAM_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// applyEnv gives every flag not set on the command line the value of its
+// environment variable, when that is set: flags override the environment.
+func applyEnv(fs *flag.FlagSet) error {
+	onCmdLine := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { onCmdLine[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if err != nil || onCmdLine[f.Name] {
+			return
+		}
+		name := envName(f.Name)
+		v, ok := os.LookupEnv(name)
+		if !ok {
+			return
+		}
+		var serr error
+		if l, isList := f.Value.(interface{ setFromEnv(string) error }); isList {
+			serr = l.setFromEnv(v)
+		} else {
+			serr = f.Value.Set(v)
+		}
+		if serr != nil {
+			err = usageErrorf("%s=%q: %v (it sets --%s)", name, v, serr, f.Name)
+		}
+	})
+	return err
 }
 
 var errHelp = errors.New("help shown")

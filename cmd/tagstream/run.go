@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,11 +15,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tagstream/tagstream/cdc"
+	"github.com/tagstream/tagstream/pipeline"
 	"github.com/tagstream/tagstream/rules"
 	"github.com/tagstream/tagstream/stream"
 )
 
-// daemonFlags are the flags of `tagstream run` beyond the source's.
+// daemonFlags are the flags of `tagstream run` beyond the source's and the
+// sinks'.
 type daemonFlags struct {
 	rules      string
 	listen     string
@@ -28,35 +32,26 @@ type daemonFlags struct {
 	queueSize  int
 	maxTxTags  int
 	rulesPoll  time.Duration
+	fence      bool
 	logFormat  string
 	logLevel   string
 }
 
-func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("run", stdout)
-	var sf sourceFlags
-	sf.register(fs)
-	var df daemonFlags
-	fs.StringVar(&df.rules, "rules", envOr("TAGSTREAM_RULES", ""), "rules `FILE` (env TAGSTREAM_RULES); reloaded on SIGHUP and when it changes")
-	fs.StringVar(&df.listen, "listen", envOr("TAGSTREAM_LISTEN", "127.0.0.1:8080"), "HTTP listen `ADDR` for /events, /healthz, /readyz (env TAGSTREAM_LISTEN)")
+func (df *daemonFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&df.rules, "rules", "", "rules `FILE` (env TAGSTREAM_RULES); reloaded on SIGHUP and when it changes")
+	fs.StringVar(&df.listen, "listen", "127.0.0.1:8080", "HTTP listen `ADDR` for /events, /healthz, /readyz, /metrics (env TAGSTREAM_LISTEN)")
 	fs.DurationVar(&df.heartbeat, "heartbeat", 15*time.Second, "interval of SSE `ping` events")
 	fs.IntVar(&df.replaySize, "replay-size", 10000, "replay window: most events kept for resuming clients")
 	fs.DurationVar(&df.replayAge, "replay-age", 10*time.Minute, "replay window: oldest event kept for resuming clients")
 	fs.IntVar(&df.queueSize, "queue-size", 0, "events queued per client before it gets a reset instead (0 = the hub's default)")
 	fs.IntVar(&df.maxTxTags, "max-tx-tags", 4096, "distinct tags per transaction before it collapses to its rules' wildcard forms")
 	fs.DurationVar(&df.rulesPoll, "rules-poll", 2*time.Second, "how often the rules file is checked for changes (0 = only on SIGHUP)")
-	fs.StringVar(&df.logFormat, "log-format", envOr("TAGSTREAM_LOG_FORMAT", "text"), "log format: text or json")
-	fs.StringVar(&df.logLevel, "log-level", envOr("TAGSTREAM_LOG_LEVEL", "info"), "log level: debug, info, warn or error")
-	if err := parseFlags(fs, args); err != nil {
-		if errors.Is(err, errHelp) {
-			return nil
-		}
-		return err
-	}
-	logger, err := newLogger(stderr, df.logFormat, df.logLevel)
-	if err != nil {
-		return err
-	}
+	fs.BoolVar(&df.fence, "visibility-fence", true, "hand a transaction's tags out only once a fresh read on the database sees its commit")
+	fs.StringVar(&df.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&df.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+}
+
+func (df *daemonFlags) validate() error {
 	switch {
 	case df.rules == "":
 		return usageErrorf("run: --rules is required (or TAGSTREAM_RULES)")
@@ -71,68 +66,155 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	case df.queueSize < 0:
 		return usageErrorf("run: --queue-size must not be negative")
 	}
-	set, err := rules.Load(df.rules)
+	return nil
+}
+
+// instance is `tagstream run` assembled: a reader, the pipeline with its
+// sinks (the hub first), and the HTTP server.
+type instance struct {
+	log      *slog.Logger
+	df       daemonFlags
+	sf       sourceFlags
+	reader   cdc.Source
+	hub      *stream.Hub
+	pipe     *pipeline.Pipeline
+	closers  []io.Closer
+	ruleOpts rules.Options
+	srv      *http.Server
+	ln       net.Listener
+	metrics  *metrics
+}
+
+func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("run", stdout)
+	var d instance
+	d.sf.register(fs)
+	d.df.register(fs)
+	var kf sinkFlags
+	kf.register(fs)
+	if err := parseFlags(fs, args); err != nil {
+		if errors.Is(err, errHelp) {
+			return nil
+		}
+		return err
+	}
+	logger, err := newLogger(stderr, d.df.logFormat, d.df.logLevel)
+	if err != nil {
+		return err
+	}
+	d.log = logger
+	if err := d.df.validate(); err != nil {
+		return err
+	}
+	if err := d.assemble(&kf); err != nil {
+		return err
+	}
+	return d.serve(ctx)
+}
+
+// assemble builds every part without starting anything but the pipeline's
+// and the hub's goroutines.
+func (d *instance) assemble(kf *sinkFlags) error {
+	set, err := rules.Load(d.df.rules)
 	if err != nil {
 		return usageErrorf("run: %s", oneLine(err))
 	}
-	src, err := sf.configure(set, logger)
+	src, err := d.sf.configure(set, d.log)
 	if err != nil {
 		return err
 	}
-	reader, err := src.open()
+	if d.reader, err = src.open(); err != nil {
+		return err
+	}
+	targets, closers, err := kf.build(d.log)
 	if err != nil {
 		return err
 	}
-	ruleOpts := rules.Options{DefaultSchema: src.defaultSchema, MaxTags: df.maxTxTags}
-	hub := stream.NewHub(stream.Options{
-		ReplaySize: df.replaySize,
-		ReplayAge:  df.replayAge,
-		Heartbeat:  df.heartbeat,
-		QueueSize:  df.queueSize,
-		Logger:     logger,
+	ln, err := net.Listen("tcp", d.df.listen)
+	if err != nil {
+		return usageErrorf("run: --listen %s: %v", d.df.listen, err)
+	}
+	d.ln, d.closers = ln, closers
+	d.ruleOpts = rules.Options{DefaultSchema: src.defaultSchema, MaxTags: d.df.maxTxTags}
+	d.hub = stream.NewHub(stream.Options{
+		ReplaySize: d.df.replaySize,
+		ReplayAge:  d.df.replayAge,
+		Heartbeat:  d.df.heartbeat,
+		QueueSize:  d.df.queueSize,
+		Logger:     d.log,
 	})
-	p := newPipeline(rules.Compile(set, ruleOpts), hub, reader, logger)
-
-	ln, err := net.Listen("tcp", df.listen)
-	if err != nil {
-		hub.Close()
-		return usageErrorf("run: --listen %s: %v", df.listen, err)
+	targets = append([]pipeline.Target{{Name: "sse", Sink: d.hub}}, targets...)
+	d.metrics = newMetrics()
+	for i := range targets {
+		targets[i].ObserveDelay = d.metrics.observer(targets[i].Name)
 	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /events", p.events())
-	mux.Handle("GET /healthz", stream.Healthz())
-	mux.Handle("GET /readyz", stream.Readyz(reader.Ready))
-	mux.Handle("GET /metrics", p.metricsHandler())
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
-	logger.Info("tagstream started", "version", version, "listen", ln.Addr().String(), "db", redact(sf.db), "rules", df.rules, "rule_count", len(set.Rules))
+	d.pipe = pipeline.New(d.reader, rules.Compile(set, d.ruleOpts), targets, pipeline.Options{Logger: d.log, Fence: d.df.fence})
+	d.metrics.reg.MustRegister(statsCollector{pipe: d.pipe, hub: d.hub})
+	d.srv = &http.Server{Handler: d.routes(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelWarn)}
+	sinks := make([]string, len(targets))
+	for i, t := range targets {
+		sinks[i] = t.Name
+	}
+	d.log.Info("tagstream started", "version", version, "listen", ln.Addr().String(), "db", redact(d.sf.db),
+		"rules", d.df.rules, "rule_count", len(set.Rules), "sinks", sinks, "visibility_fence", d.pipe.Fenced())
+	return nil
+}
 
-	// The reader runs until ctx is cancelled (SIGINT/SIGTERM) or fails; the
-	// HTTP server failing stops it too.
+func (d *instance) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /events", d.events())
+	mux.Handle("GET /healthz", stream.Healthz())
+	mux.Handle("GET /readyz", stream.Readyz(d.reader.Ready))
+	mux.Handle("GET /metrics", d.metrics.handler())
+	return mux
+}
+
+// events serves the hub's /events once every sink knows where the source
+// resumed from: a client reconnecting with its cursor right after a restart
+// would otherwise be judged against an unknown floor and get a needless
+// reset. It waits with the client (EventSource gives up on an error status)
+// until then.
+func (d *instance) events() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-d.pipe.Ready():
+			d.hub.ServeHTTP(w, r)
+		case <-r.Context().Done():
+		}
+	})
+}
+
+// serve runs the reader until ctx is cancelled (SIGINT/SIGTERM) or it
+// fails; the HTTP server failing stops it too. Then it drains: the reader
+// waits for the pipeline to deliver what it was handed and acknowledges it;
+// the sinks and the clients' streams end.
+func (d *instance) serve(ctx context.Context) error {
 	readCtx, stopRead := context.WithCancel(ctx)
 	defer stopRead()
 	var wg sync.WaitGroup
 	serveErr := make(chan error, 1)
 	wg.Go(func() {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			logger.Error("http server failed", "err", err)
+		if err := d.srv.Serve(d.ln); !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("http server failed", "err", err)
 			serveErr <- err
 			stopRead()
 		}
 	})
 	watchCtx, stopWatch := context.WithCancel(ctx)
-	wg.Go(func() { watchRules(watchCtx, df.rules, df.rulesPoll, ruleOpts, p, logger) })
+	wg.Go(func() { watchRules(watchCtx, d.df.rules, d.df.rulesPoll, d.ruleOpts, d.pipe, d.log) })
 
-	runErr := reader.Run(readCtx, p)
+	runErr := d.reader.Run(readCtx, d.pipe)
 	stopRead()
-
-	// Drain: every accepted transaction was published and acknowledged by
-	// the reader before Run returned; now end the clients' streams.
 	stopWatch()
-	hub.Close()
+	d.pipe.Close()
+	d.hub.Close()
+	for _, c := range d.closers {
+		_ = c.Close()
+	}
 	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(shutCtx); err != nil {
-		srv.Close()
+	if err := d.srv.Shutdown(shutCtx); err != nil {
+		d.srv.Close()
 	}
 	wg.Wait()
 	select {
@@ -145,11 +227,11 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if runErr = configError(runErr); runErr != nil {
 		var ue *usageError
 		if !errors.As(runErr, &ue) {
-			logger.Error("tagstream stopped", "err", runErr)
+			d.log.Error("tagstream stopped", "err", runErr)
 		}
 		return runErr
 	}
-	logger.Info("tagstream stopped")
+	d.log.Info("tagstream stopped")
 	return nil
 }
 
@@ -180,7 +262,7 @@ func oneLine(err error) string {
 
 // watchRules reloads the rules on SIGHUP and when the file changes. An
 // invalid file is rejected with its errors and the rules in force stay.
-func watchRules(ctx context.Context, path string, poll time.Duration, opts rules.Options, p *pipeline, logger *slog.Logger) {
+func watchRules(ctx context.Context, path string, poll time.Duration, opts rules.Options, p *pipeline.Pipeline, logger *slog.Logger) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -208,7 +290,7 @@ func watchRules(ctx context.Context, path string, poll time.Duration, opts rules
 			logger.Error("rules reload rejected; the rules in force stay", "rules", path, "err", err)
 			continue
 		}
-		p.setEngine(rules.Compile(set, opts))
+		p.SetEngine(rules.Compile(set, opts))
 		logger.Info("rules reloaded", "rules", path, "rule_count", len(set.Rules))
 	}
 }
