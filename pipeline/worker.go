@@ -230,7 +230,7 @@ func (w *worker) failed(err error, pos cdc.Position, what string) bool {
 	if w.t.GiveUp > 0 && down >= w.t.GiveUp {
 		w.resetPending = true
 		w.resetPos = pos
-		w.resetReason = fmt.Sprintf("%s failed for %s; deliveries up to %d were dropped", w.t.Name, down.Round(time.Second), uint64(pos))
+		w.resetReason = fmt.Sprintf("%s failed for longer than %s and was given up on; its deliveries until now were dropped", w.t.Name, w.t.GiveUp)
 		w.nextReset = now.Add(w.bo.Next())
 		w.givenUp.Store(true)
 		w.giveUps.Add(1)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -83,12 +84,14 @@ func StartRedis(ctx context.Context) (*RedisServer, error) {
 	return s, nil
 }
 
-func (s *RedisServer) start(ctx context.Context) error {
+func (s *RedisServer) start(ctx context.Context, extra ...string) error {
 	logPath := filepath.Join(s.dir, "redis.log")
-	cmd := exec.Command("redis-server",
+	args := append([]string{
 		"--bind", "127.0.0.1", "--port", strconv.Itoa(s.port), "--dir", s.dir,
 		"--save", "", "--appendonly", "no", "--daemonize", "no",
-		"--logfile", logPath, "--pidfile", filepath.Join(s.dir, redisPidFile), "--protected-mode", "no")
+		"--logfile", logPath, "--pidfile", filepath.Join(s.dir, redisPidFile), "--protected-mode", "no",
+	}, extra...)
+	cmd := exec.Command("redis-server", args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("redis-server: %w", err)
@@ -98,7 +101,7 @@ func (s *RedisServer) start(ctx context.Context) error {
 	s.mu.Lock()
 	s.cmd, s.exited = cmd, exited
 	s.mu.Unlock()
-	if err := waitRedis(ctx, s.Addr, exited); err != nil {
+	if err := waitRedis(ctx, s.Addr, exited, slices.Contains(extra, "--requirepass")); err != nil {
 		s.Kill()
 		log, _ := os.ReadFile(logPath)
 		return fmt.Errorf("redis-server did not start: %w\n%s", err, tail(log, 2000))
@@ -107,10 +110,11 @@ func (s *RedisServer) start(ctx context.Context) error {
 }
 
 // waitRedis waits until the server at addr answers PING with PONG (it
-// accepts connections while still loading).
-func waitRedis(ctx context.Context, addr string, exited <-chan struct{}) error {
+// accepts connections while still loading), or, with a password, with the
+// authentication error.
+func waitRedis(ctx context.Context, addr string, exited <-chan struct{}, password bool) error {
 	for {
-		if ok := pingRedis(addr); ok {
+		if ok := pingRedis(addr, password); ok {
 			return nil
 		}
 		select {
@@ -123,7 +127,7 @@ func waitRedis(ctx context.Context, addr string, exited <-chan struct{}) error {
 	}
 }
 
-func pingRedis(addr string) bool {
+func pingRedis(addr string, password bool) bool {
 	c, err := net.DialTimeout("tcp", addr, time.Second)
 	if err != nil {
 		return false
@@ -134,6 +138,9 @@ func pingRedis(addr string) bool {
 		return false
 	}
 	line, err := bufio.NewReader(c).ReadString('\n')
+	if password {
+		return err == nil && strings.HasPrefix(line, "-NOAUTH")
+	}
 	return err == nil && strings.HasPrefix(line, "+PONG")
 }
 
@@ -155,10 +162,12 @@ func (s *RedisServer) Kill() {
 	<-exited
 }
 
-// Restart kills the server and starts a new, empty one on the same port.
-func (s *RedisServer) Restart(ctx context.Context) error {
+// Restart kills the server and starts a new, empty one on the same port,
+// with extra redis-server arguments (e.g. "--requirepass", "pw" to keep
+// clients out until the test lets them in with CONFIG SET requirepass "").
+func (s *RedisServer) Restart(ctx context.Context, extra ...string) error {
 	s.Kill()
-	return s.start(ctx)
+	return s.start(ctx, extra...)
 }
 
 // Stop ends the server and removes its directory.

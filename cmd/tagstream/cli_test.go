@@ -58,6 +58,14 @@ func TestConfigErrors(t *testing.T) {
 		{"publication tables", nil, []string{"run", "--rules", good, "--db", "postgres://localhost/x", "--publication-tables", "some"}, `tagstream: --publication-tables: "some" is not all or rules`},
 		{"missing rules file", nil, []string{"run", "--rules", filepath.Join(dir, "none.yaml"), "--db", "postgres://localhost/x"}, "tagstream: run: rules: open " + filepath.Join(dir, "none.yaml") + ": no such file or directory"},
 		{"check without rules", nil, []string{"check"}, "tagstream: check: --rules is required (or TAGSTREAM_RULES)"},
+		{"webhook without secret", nil, []string{"run", "--rules", good, "--db", "postgres://localhost/x", "--webhook", "https://app.example/api/tagstream"}, "tagstream: --webhook-secret is required with --webhook (or TAGSTREAM_WEBHOOK_SECRET): the receiver verifies each request with it"},
+		{"webhook without scheme", nil, []string{"run", "--rules", good, "--db", "postgres://localhost/x", "--webhook", "app.example/api", "--webhook-secret", "s"}, `tagstream: --webhook: "app.example/api" is not an http:// or https:// URL`},
+		{"webhooks from env", []string{"TAGSTREAM_WEBHOOKS=https://a.example/x, ftp://b.example/y", "TAGSTREAM_WEBHOOK_SECRET=s"}, []string{"run", "--rules", good, "--db", "postgres://localhost/x"}, `tagstream: --webhook: "ftp://b.example/y" is not an http:// or https:// URL`},
+		{"bad env duration", []string{"TAGSTREAM_WEBHOOK_GIVE_UP=ten minutes"}, []string{"run", "--rules", good, "--db", "postgres://localhost/x"}, `tagstream: TAGSTREAM_WEBHOOK_GIVE_UP="ten minutes": parse error (it sets --webhook-give-up)`},
+		{"bad webhook timeout", nil, []string{"run", "--rules", good, "--db", "postgres://localhost/x", "--webhook-timeout", "0s"}, "tagstream: --webhook-timeout must be positive, not 0s"},
+		{"redis url", nil, []string{"run", "--rules", good, "--db", "postgres://localhost/x", "--redis-publish", "localhost:6379"}, "tagstream: --redis-publish: want redis://[user:pass@]host:port[/db]: redis: invalid URL scheme: localhost"},
+		{"reset keys without redis", nil, []string{"run", "--rules", good, "--db", "postgres://localhost/x", "--redis-reset-keys", "Query.auctions"}, "tagstream: --redis-reset-keys needs --redis-publish"},
+		{"env int", []string{"TAGSTREAM_REPLAY_SIZE=lots"}, []string{"run", "--rules", good}, `tagstream: TAGSTREAM_REPLAY_SIZE="lots": parse error (it sets --replay-size)`},
 		{"stray argument", nil, []string{"check", "--rules", good, "extra"}, `tagstream: tagstream check: unexpected argument "extra" (see 'tagstream check -h')`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

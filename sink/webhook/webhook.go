@@ -24,6 +24,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/tagstream/tagstream/cdc"
@@ -161,6 +162,42 @@ func Sign(secret string, t time.Time, body []byte) string {
 	mac.Write([]byte{'.'})
 	mac.Write(body)
 	return "t=" + ts + ",v1=" + hex.EncodeToString(mac.Sum(nil))
+}
+
+// Errors of Verify.
+var (
+	ErrNoSignature  = errors.New("webhook: missing or malformed " + SignatureHeader)
+	ErrBadSignature = errors.New("webhook: signature does not match")
+	ErrStale        = errors.New("webhook: signature timestamp outside the tolerance")
+)
+
+// Verify checks a Tagstream-Signature header for body, as a receiver
+// written in Go does: the HMAC must match, compared in constant time, and
+// its timestamp must lie within tolerance of now (a replayed request is
+// refused).
+func Verify(secret, header string, body []byte, now time.Time, tolerance time.Duration) error {
+	var ts, v1 string
+	for _, part := range strings.Split(header, ",") {
+		k, v, _ := strings.Cut(strings.TrimSpace(part), "=")
+		switch k {
+		case "t":
+			ts = v
+		case "v1":
+			v1 = v
+		}
+	}
+	sec, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil || v1 == "" {
+		return ErrNoSignature
+	}
+	want := Sign(secret, time.Unix(sec, 0), body)
+	if !hmac.Equal([]byte(want[strings.LastIndexByte(want, '=')+1:]), []byte(v1)) {
+		return ErrBadSignature
+	}
+	if d := now.Sub(time.Unix(sec, 0)); d > tolerance || d < -tolerance {
+		return ErrStale
+	}
+	return nil
 }
 
 func (s *Sink) post(ctx context.Context, body []byte) error {

@@ -190,6 +190,31 @@ func TestConfigErrors(t *testing.T) {
 	}
 }
 
+func TestVerify(t *testing.T) {
+	body := []byte(`{"tags":["a"]}`)
+	at := time.Unix(1700000000, 0)
+	good := Sign(secret, at, body)
+	for _, c := range []struct {
+		header string
+		body   []byte
+		now    time.Time
+		want   error
+	}{
+		{good, body, at.Add(4 * time.Minute), nil},
+		{good, body, at.Add(-4 * time.Minute), nil},
+		{good, []byte(`{"tags":["b"]}`), at, ErrBadSignature},
+		{Sign("other", at, body), body, at, ErrBadSignature},
+		{good, body, at.Add(6 * time.Minute), ErrStale},
+		{"", body, at, ErrNoSignature},
+		{"v1=abc", body, at, ErrNoSignature},
+		{"t=1700000000", body, at, ErrNoSignature},
+	} {
+		if err := Verify(secret, c.header, c.body, c.now, 5*time.Minute); err != c.want {
+			t.Errorf("Verify(%q, %s, %v) = %v, want %v", c.header, c.body, c.now.Sub(at), err, c.want)
+		}
+	}
+}
+
 func TestSignIsTheDocumentedHMAC(t *testing.T) {
 	// echo -n '1700000000.{"tags":["a"]}' | openssl dgst -sha256 -hmac s3cret
 	got := Sign(secret, time.Unix(1700000000, 0), []byte(`{"tags":["a"]}`))

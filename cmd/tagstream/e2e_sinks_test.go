@@ -1,0 +1,388 @@
+package main
+
+// End-to-end tests of the sinks through the binary: a signed webhook and
+// Redis PUBLISH, and the rule that the database is acknowledged only once
+// every sink has the transaction.
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tagstream/tagstream/sink/webhook"
+	"github.com/tagstream/tagstream/testcontainers"
+)
+
+const hookSecret = "e2e-secret"
+
+// hookBody is what a webhook request carries.
+type hookBody struct {
+	Tags     []string `json:"tags"`
+	Position string   `json:"position"`
+	TS       string   `json:"ts"`
+	Reset    bool     `json:"reset"`
+	Reason   string   `json:"reason"`
+}
+
+// receiver is a webhook endpoint that verifies every request's signature,
+// answers with the current status, and hands the accepted bodies out in
+// order.
+type receiver struct {
+	t      *testing.T
+	srv    *httptest.Server
+	mu     sync.Mutex
+	status int
+	failed int // requests answered with a non-2xx status
+	bodies chan hookBody
+}
+
+func newReceiver(t *testing.T, status int) *receiver {
+	r := &receiver{t: t, status: status, bodies: make(chan hookBody, 1000)}
+	r.srv = httptest.NewServer(http.HandlerFunc(r.serve))
+	t.Cleanup(r.srv.Close)
+	return r
+}
+
+func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
+	raw, _ := io.ReadAll(req.Body)
+	if err := webhook.Verify(hookSecret, req.Header.Get(webhook.SignatureHeader), raw, time.Now(), time.Minute); err != nil {
+		r.t.Errorf("webhook request %s: %v", raw, err)
+		http.Error(w, err.Error(), http.StatusUnauthorized)
+		return
+	}
+	r.mu.Lock()
+	status := r.status
+	if status/100 != 2 {
+		r.failed++
+	}
+	r.mu.Unlock()
+	if status/100 != 2 {
+		http.Error(w, "down for maintenance", status)
+		return
+	}
+	var b hookBody
+	if err := json.Unmarshal(raw, &b); err != nil {
+		r.t.Errorf("webhook body %s: %v", raw, err)
+	}
+	r.bodies <- b
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (r *receiver) setStatus(code int) {
+	r.mu.Lock()
+	r.status = code
+	r.mu.Unlock()
+}
+
+func (r *receiver) failures() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.failed
+}
+
+func (r *receiver) next(t *testing.T) hookBody {
+	t.Helper()
+	select {
+	case b := <-r.bodies:
+		return b
+	case <-time.After(20 * time.Second):
+		t.Fatal("no webhook request within 20s")
+		return hookBody{}
+	}
+}
+
+// tagsUntil collects the tags of accepted bodies until want are all seen.
+func (r *receiver) tagsUntil(t *testing.T, want ...string) {
+	t.Helper()
+	missing := map[string]bool{}
+	for _, w := range want {
+		missing[w] = true
+	}
+	for len(missing) > 0 {
+		b := r.next(t)
+		if b.Reset {
+			t.Fatalf("reset %+v while waiting for %v", b, want)
+		}
+		for _, tag := range b.Tags {
+			delete(missing, tag)
+		}
+	}
+}
+
+// slotLSN returns the slot's confirmed flush position as a position.
+func slotLSN(t *testing.T, db *pgx.Conn, slot string) uint64 {
+	t.Helper()
+	var s string
+	if err := db.QueryRow(context.Background(), `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&s); err != nil {
+		t.Fatal(err)
+	}
+	lsn, err := pglogrepl.ParseLSN(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return uint64(lsn)
+}
+
+// metric returns the value of one sample of the daemon's /metrics.
+func (d *daemon) metric(t *testing.T, sample string) float64 {
+	t.Helper()
+	resp, err := http.Get(d.base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), sample+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("/metrics has no sample %s", sample)
+	return 0
+}
+
+// waitMetric waits until cond holds for the sample's value.
+func (d *daemon) waitMetric(t *testing.T, sample string, cond func(float64) bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond(d.metric(t, sample)) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s = %v: condition not met within 30s", sample, d.metric(t, sample))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func position(t *testing.T, b hookBody) uint64 {
+	t.Helper()
+	p, err := strconv.ParseUint(b.Position, 10, 64)
+	if err != nil {
+		t.Fatalf("position %q: %v", b.Position, err)
+	}
+	return p
+}
+
+// TestWebhookRetriedInOrderThenAcknowledged: a target that answers 503
+// three times gets every transaction in order afterwards, and the slot
+// confirms the last position only once it has.
+func TestWebhookRetriedInOrderThenAcknowledged(t *testing.T) {
+	dsn, db, rulesFile := setupPG(t)
+	rcv := newReceiver(t, http.StatusServiceUnavailable)
+	d := startDaemon(t, "--db", dsn, "--rules", rulesFile, "--slot", "hook", "--publication", "hook",
+		"--webhook", rcv.srv.URL, "--webhook-secret", hookSecret)
+	execSQL(t, db, `INSERT INTO todos (id, user_id) VALUES (1, 7)`)
+	execSQL(t, db, `INSERT INTO todos (id, user_id) VALUES (2, 9)`)
+	execSQL(t, db, `UPDATE todos SET user_id = 9 WHERE id = 1`)
+	for rcv.failures() < 3 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Still failing: nothing acknowledged beyond where the slot started.
+	sink := `{sink="webhook ` + rcv.srv.URL + `"}`
+	if v := d.metric(t, "tagstream_sink_delivered_total"+sink); v != 0 {
+		t.Fatalf("delivered %v while the target fails", v)
+	}
+	if v := d.metric(t, "tagstream_acknowledged_position"); v != 0 {
+		t.Fatalf("acknowledged position %v while the webhook has accepted nothing", v)
+	}
+	rcv.setStatus(http.StatusOK)
+	var tags []string
+	var last hookBody
+	for len(tags) < 5 {
+		last = rcv.next(t)
+		if last.Reset {
+			t.Fatalf("unexpected reset %+v", last)
+		}
+		tags = append(tags, last.Tags...)
+	}
+	slices.Sort(tags)
+	tags = slices.Compact(tags)
+	if want := []string{"todo:1", "todo:2", "todos", "user:7:todos", "user:9:todos"}; !slices.Equal(tags, want) {
+		t.Fatalf("webhook tags %q, want %q", tags, want)
+	}
+	if _, err := time.Parse(time.RFC3339Nano, last.TS); err != nil {
+		t.Fatalf("ts %q: %v", last.TS, err)
+	}
+	d.waitMetric(t, "tagstream_sink_delivered_total"+sink, func(v float64) bool { return v == 3 })
+	if v := d.metric(t, "tagstream_sink_failures_total"+sink); v < 3 {
+		t.Fatalf("failures %v, want at least 3", v)
+	}
+	d.stop(t)
+	if got, want := slotLSN(t, db, "hook"), position(t, last); got != want {
+		t.Fatalf("slot confirmed %s after a clean stop, want the last delivered %s", pglogrepl.LSN(got), pglogrepl.LSN(want))
+	}
+}
+
+// TestWebhookGivenUpIsResetWhenBack: a target down longer than
+// --webhook-give-up stops holding the slot back, and the first request it
+// answers is a reset covering what it missed.
+func TestWebhookGivenUpIsResetWhenBack(t *testing.T) {
+	dsn, db, rulesFile := setupPG(t)
+	rcv := newReceiver(t, http.StatusBadGateway)
+	d := startDaemon(t, "--db", dsn, "--rules", rulesFile, "--slot", "giveup", "--publication", "giveup",
+		"--webhook", rcv.srv.URL, "--webhook-secret", hookSecret, "--webhook-give-up", "1s")
+	sink := `{sink="webhook ` + rcv.srv.URL + `"}`
+	execSQL(t, db, `INSERT INTO todos (id, user_id) VALUES (1, 7)`)
+	d.waitMetric(t, "tagstream_sink_given_up"+sink, func(v float64) bool { return v == 1 })
+	first := d.metric(t, "tagstream_position")
+	execSQL(t, db, `INSERT INTO todos (id, user_id) VALUES (2, 7)`)
+	// Given up: the position advances without the webhook.
+	d.waitMetric(t, "tagstream_position", func(v float64) bool { return v > first })
+	missed := uint64(d.metric(t, "tagstream_position"))
+	d.waitMetric(t, "tagstream_acknowledged_position", func(v float64) bool { return uint64(v) == missed })
+	rcv.setStatus(http.StatusOK)
+	b := rcv.next(t)
+	if !b.Reset || position(t, b) != missed || !strings.Contains(b.Reason, "failed for longer than 1s and was given up on") {
+		t.Fatalf("first request after the outage: %+v, want a reset at %d", b, missed)
+	}
+	d.waitMetric(t, "tagstream_sink_given_up"+sink, func(v float64) bool { return v == 0 })
+	execSQL(t, db, `INSERT INTO todos (id, user_id) VALUES (3, 7)`)
+	b = rcv.next(t)
+	if want := []string{"todo:3", "todos", "user:7:todos"}; b.Reset || !slices.Equal(b.Tags, want) {
+		t.Fatalf("request after the reset: %+v, want tags %q", b, want)
+	}
+	d.stop(t)
+	if got := slotLSN(t, db, "giveup"); got != position(t, b) {
+		t.Fatalf("slot confirmed %s, want %s", pglogrepl.LSN(got), pglogrepl.LSN(position(t, b)))
+	}
+}
+
+// TestKill9WhileWebhookDown: transactions the webhook never accepted are
+// read again after a crash: nothing is lost.
+func TestKill9WhileWebhookDown(t *testing.T) {
+	dsn, db, rulesFile := setupPG(t)
+	rcv := newReceiver(t, http.StatusInternalServerError)
+	args := []string{"--db", dsn, "--rules", rulesFile, "--slot", "hookkill", "--publication", "hookkill",
+		"--webhook", rcv.srv.URL, "--webhook-secret", hookSecret}
+	d := startDaemon(t, args...)
+	var want []string
+	for i := 1; i <= 20; i++ {
+		execSQL(t, db, fmt.Sprintf(`INSERT INTO todos (id, user_id) VALUES (%d, %d)`, i, 100+i))
+		want = append(want, fmt.Sprintf("todo:%d", i), fmt.Sprintf("user:%d:todos", 100+i))
+	}
+	d.waitMetric(t, "tagstream_position", func(v float64) bool { return v > 0 && rcv.failures() > 0 })
+	d.kill()
+	rcv.setStatus(http.StatusOK)
+	d = startDaemon(t, args...)
+	rcv.tagsUntil(t, want...)
+	d.stop(t)
+}
+
+var auctionRules = `rules:
+  - name: auction
+    table: auctions
+    tags: ["Auction:{id}", "Query.auctions"]
+`
+
+// TestRedisPublishAndRestart: an insert is PUBLISHed as Redwood expects;
+// with Redis restarted mid-stream the acknowledgement is held and nothing
+// is lost.
+func TestRedisPublishAndRestart(t *testing.T) {
+	dsn := testcontainers.Postgres(t)
+	ctx := context.Background()
+	db, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(ctx)
+	execSQL(t, db, `CREATE TABLE auctions (id int PRIMARY KEY, title text)`)
+	rulesFile := writeFile(t, "rules.yaml", auctionRules)
+	rs := testcontainers.Redis(t)
+	msgs := redisSubscribe(t, rs.URL(0), "")
+
+	d := startDaemon(t, "--db", dsn, "--rules", rulesFile, "--slot", "redis", "--publication", "redis",
+		"--redis-publish", rs.URL(0), "--redis-reset-keys", "Query.auctions")
+	execSQL(t, db, `INSERT INTO auctions VALUES (42, 'a')`)
+	if got := msgs.next(t, 2); !slices.Equal(got, []string{"Auction:42", "Query.auctions"}) {
+		t.Fatalf("published %q", got)
+	}
+	d.waitMetric(t, "tagstream_acknowledged_position", func(v float64) bool { return v > 0 })
+	acked := d.metric(t, "tagstream_acknowledged_position")
+
+	// Redis restarts empty and keeps tagstream out until this test has
+	// subscribed again.
+	if err := rs.Restart(ctx, "--requirepass", "pw"); err != nil {
+		t.Fatal(err)
+	}
+	execSQL(t, db, `INSERT INTO auctions VALUES (43, 'b')`)
+	sink := `{sink="redis ` + rs.Addr + `"}`
+	d.waitMetric(t, "tagstream_sink_failures_total"+sink, func(v float64) bool { return v >= 2 })
+	if v := d.metric(t, "tagstream_acknowledged_position"); v != acked {
+		t.Fatalf("acknowledged %v while Redis refuses the publish, want %v", v, acked)
+	}
+	msgs = redisSubscribe(t, rs.URL(0), "pw")
+	admin := redis.NewClient(&redis.Options{Addr: rs.Addr, Password: "pw"})
+	defer admin.Close()
+	if err := admin.ConfigSet(ctx, "requirepass", "").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got := msgs.next(t, 2); !slices.Equal(got, []string{"Auction:43", "Query.auctions"}) {
+		t.Fatalf("published after the restart %q", got)
+	}
+	d.waitMetric(t, "tagstream_acknowledged_position", func(v float64) bool { return v > acked })
+	d.stop(t)
+}
+
+type redisMessages struct{ ch <-chan *redis.Message }
+
+func redisSubscribe(t *testing.T, url, password string) redisMessages {
+	t.Helper()
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Password = password
+	c := redis.NewClient(opts)
+	t.Cleanup(func() { c.Close() })
+	ps := c.Subscribe(context.Background(), "live-query-invalidations")
+	t.Cleanup(func() { ps.Close() })
+	if _, err := ps.Receive(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return redisMessages{ps.Channel()}
+}
+
+func (m redisMessages) next(t *testing.T, n int) []string {
+	t.Helper()
+	var got []string
+	for len(got) < n {
+		select {
+		case msg := <-m.ch:
+			got = append(got, msg.Payload)
+		case <-time.After(20 * time.Second):
+			t.Fatalf("got %q, waiting for %d messages", got, n)
+		}
+	}
+	slices.Sort(got)
+	return got
+}
+
+
+// writeFile writes content to name in a temp dir of t and returns its path.
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
