@@ -376,7 +376,6 @@ func (m redisMessages) next(t *testing.T, n int) []string {
 	return got
 }
 
-
 // writeFile writes content to name in a temp dir of t and returns its path.
 func writeFile(t *testing.T, name, content string) string {
 	t.Helper()
