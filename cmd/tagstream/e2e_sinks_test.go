@@ -385,3 +385,48 @@ func writeFile(t *testing.T, name, content string) string {
 	}
 	return path
 }
+
+// TestWebhookHoldsTheMySQLCheckpoint: on MariaDB the checkpoint file is the
+// acknowledgement: it does not pass a transaction the webhook has not
+// accepted, and reaches it once it has.
+func TestWebhookHoldsTheMySQLCheckpoint(t *testing.T) {
+	dsn := testcontainers.MySQL(t)
+	db := mysqlConn(t, dsn)
+	execMySQL(t, db, `CREATE TABLE todos (id int PRIMARY KEY, user_id int, title varchar(200) NOT NULL DEFAULT '', done tinyint(1) NOT NULL DEFAULT 0)`,
+		`CREATE TABLE markers (id int PRIMARY KEY)`)
+	rulesFile := writeFile(t, "rules.yaml", todoRules)
+	state := t.TempDir()
+	rcv := newReceiver(t, http.StatusServiceUnavailable)
+	d := startDaemon(t, "--db", dsn, "--rules", rulesFile, "--state-dir", state, "--server-id", "4243",
+		"--webhook", rcv.srv.URL, "--webhook-secret", hookSecret)
+	checkpoint := func() uint64 {
+		files, _ := filepath.Glob(filepath.Join(state, "*.json"))
+		if len(files) != 1 {
+			return 0
+		}
+		b, err := os.ReadFile(files[0])
+		if err != nil {
+			return 0
+		}
+		var cp struct{ Position uint64 }
+		if err := json.Unmarshal(b, &cp); err != nil {
+			t.Fatalf("checkpoint %s: %v", b, err)
+		}
+		return cp.Position
+	}
+	execMySQL(t, db, `INSERT INTO todos (id, user_id) VALUES (1, 7)`)
+	d.waitMetric(t, "tagstream_position", func(v float64) bool { return v > 0 && rcv.failures() >= 2 })
+	pos := uint64(d.metric(t, "tagstream_position"))
+	if cp := checkpoint(); cp >= pos {
+		t.Fatalf("checkpoint %d reached %d while the webhook refuses it", cp, pos)
+	}
+	rcv.setStatus(http.StatusOK)
+	b := rcv.next(t)
+	if want := []string{"todo:1", "todos", "user:7:todos"}; b.Reset || !slices.Equal(b.Tags, want) || position(t, b) != pos {
+		t.Fatalf("webhook got %+v, want tags %q at %d", b, want, pos)
+	}
+	d.stop(t)
+	if cp := checkpoint(); cp != pos {
+		t.Fatalf("checkpoint %d after a clean stop, want %d", cp, pos)
+	}
+}
