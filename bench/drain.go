@@ -36,6 +36,9 @@ func (r drainResult) describe() string {
 type drainClient struct {
 	label string // for the report
 	tags  string // its subscription; it must match markerTag
+	// sinks: the daemon also delivers to a webhook and Redis, and the drain
+	// ends when all three have the marker.
+	sinks bool
 }
 
 // drainClients: every event (a worst case: each transaction is written to
@@ -43,6 +46,7 @@ type drainClient struct {
 var drainClients = []drainClient{
 	{label: "tagstream run + 1 SSE client `*` (every event)", tags: "*"},
 	{label: "tagstream run + 1 SSE client of 3 tags", tags: "user:1:todos,post:1:comments," + markerTag},
+	{label: "tagstream run + 1 SSE client of 3 tags + webhook + Redis publish", tags: "user:1:todos,post:1:comments," + markerTag, sinks: true},
 }
 
 // drainDaemon starts `tagstream run args…`, connects one SSE client with
@@ -53,6 +57,15 @@ func (b *bench) drainDaemon(ctx context.Context, name string, dc drainClient, cu
 	var res drainResult
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.drainLimit)
 	defer cancel()
+	var targets *sinkTargets
+	if dc.sinks {
+		var err error
+		if targets, err = b.sinks(ctx); err != nil {
+			return res, err
+		}
+		targets.resetMarkers()
+		args = append(args, targets.args()...)
+	}
 	t0 := time.Now()
 	d, err := b.startDaemon(ctx, name, args...)
 	if err != nil {
@@ -103,6 +116,13 @@ func (b *bench) drainDaemon(ctx context.Context, name string, dc drainClient, cu
 			}
 			if slices.Contains(inv.Tags, markerTag) {
 				res.drain = ev.At.Sub(t0)
+				if targets != nil {
+					at, err := targets.waitMarkers(ctx)
+					if err != nil {
+						return res, fmt.Errorf("tagstream %s: %w\n%s", name, err, d.logTail())
+					}
+					res.drain = max(res.drain, at.Sub(t0))
+				}
 				res.cpu = d.cpu()
 				res.peakRSS, _ = procStatusKiB(d.cmd.Process.Pid, "VmHWM")
 				res.markerID = ev.ID

@@ -196,7 +196,16 @@ func (b *bench) runFanout(ctx context.Context, doLatency, doMemory bool, subs []
 
 func (b *bench) fanoutRun(ctx context.Context, srv *testcontainers.PostgresServer, dsn, slot string, n int, latency, memory bool) error {
 	b.logf("fan-out: %d subscribers (latency %v, memory %v)", n, latency, memory)
-	d, err := b.startDaemon(ctx, slot, "--db", dsn, "--rules", b.rulesPath, "--slot", slot, "--publication", "bench_fanout")
+	args := []string{"--db", dsn, "--rules", b.rulesPath, "--slot", slot, "--publication", "bench_fanout"}
+	var targets *sinkTargets
+	if latency && b.cfg.latSinks {
+		var err error
+		if targets, err = b.sinks(ctx); err != nil {
+			return err
+		}
+		args = append(args, targets.args()...)
+	}
+	d, err := b.startDaemon(ctx, slot, args...)
 	if err != nil {
 		return err
 	}
@@ -219,6 +228,10 @@ func (b *bench) fanoutRun(ctx context.Context, srv *testcontainers.PostgresServe
 	}
 	rec := newRecorder()
 	rec.start(time.Now().Add(time.Hour)) // nothing counts until a run starts
+	if targets != nil {
+		targets.record(rec)
+		defer targets.record(nil)
+	}
 	t0 := time.Now()
 	subs, err := connectSubscribers(ctx, d.addr, n, rec)
 	if err != nil {
@@ -250,6 +263,9 @@ func (b *bench) fanoutRun(ctx context.Context, srv *testcontainers.PostgresServe
 		return err
 	}
 	b.latency = append(b.latency, row)
+	if targets != nil {
+		b.latency = append(b.latency, webhookRow(rec, row))
+	}
 	if b.cfg.bcastRate > 0 {
 		// Broadcast: each transaction changes the auctions list that every
 		// subscriber watches.
@@ -353,6 +369,18 @@ func (b *bench) loadRun(ctx context.Context, d *daemon, dsn string, rec *recorde
 	}
 	b.record("# load generator:", fmt.Sprintf("%d tx/s for %s, %d connections, %s", rate, dur, writers, strings.TrimSpace(sql)))
 	return row, nil
+}
+
+// webhookRow is the webhook's side of a targeted run: commit → receipt of
+// the request, measured from the commit time of the last transaction it
+// covers (at 1,000 tx/s most requests carry one).
+func webhookRow(rec *recorder, sse latencyRow) latencyRow {
+	row := latencyRow{Mode: "targeted → webhook", Subscribers: sse.Subscribers, Rate: sse.Rate, Sent: sse.Sent,
+		Expected: sse.Sent, Received: rec.count("webhook"), DaemonCPU: sse.DaemonCPU, HarnessCPU: sse.HarnessCPU}
+	if s := rec.take("webhook"); len(s) > 0 {
+		row.P50, row.P90, row.P99, row.Max = pct(s, 0.50), pct(s, 0.90), pct(s, 0.99), s[len(s)-1]
+	}
+	return row
 }
 
 // pct is the q-quantile of sorted samples (nearest rank).

@@ -61,6 +61,7 @@ type config struct {
 	latRate     int
 	latDuration time.Duration
 	latSubs     string
+	latSinks    bool
 	bcastRate   int
 	bcastDur    time.Duration
 	memSubs     int
@@ -84,6 +85,8 @@ type bench struct {
 	memory     []memoryRow
 	notes      []string
 	profile    string
+
+	sinkTargets *sinkTargets // started on first use
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -104,6 +107,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&c.latRate, "latency-rate", 1000, "latency: transactions per second")
 	fs.DurationVar(&c.latDuration, "latency-duration", 10*time.Second, "latency: how long each targeted run writes (the first second is warm-up)")
 	fs.StringVar(&c.latSubs, "latency-subscribers", "1000,10000", "latency: subscriber counts, comma-separated")
+	fs.BoolVar(&c.latSinks, "latency-sinks", true, "latency: the daemon also delivers to a webhook and Redis (and the webhook's latency is reported)")
 	fs.IntVar(&c.bcastRate, "broadcast-rate", 10, "latency: broadcast transactions per second (to every subscriber; 0 = skip)")
 	fs.DurationVar(&c.bcastDur, "broadcast-duration", 10*time.Second, "latency: how long the broadcast run writes")
 	fs.IntVar(&c.memSubs, "memory-subscribers", 10000, "fan-out memory: idle subscribers")
@@ -138,6 +142,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer os.RemoveAll(tmp)
 	b := &bench{cfg: c, tmp: tmp, log: stderr}
+	defer func() {
+		if b.sinkTargets != nil {
+			b.sinkTargets.close()
+		}
+	}()
 	if err := raiseFDLimit(max(c.memSubs, maxInt(subs)) + 4096); err != nil {
 		b.note("could not raise the open-files limit: %v", err)
 	}
