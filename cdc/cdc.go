@@ -70,19 +70,36 @@ type Value struct {
 }
 
 // Table describes a relation as the reader currently knows it. Readers reuse
-// one *Table for as long as the relation's columns are unchanged and create a
-// new one when they change (Postgres Relation message, MySQL TABLE_MAP with a
-// different layout), so consumers may cache per-*Table work keyed by pointer.
+// one *Table for as long as nothing in it changes and create a new one when
+// something does (Postgres Relation message, MySQL TABLE_MAP with a different
+// layout, a partition attached), so consumers may cache per-*Table work keyed
+// by pointer. A Table is never modified once handed out.
 type Table struct {
 	Schema  string   // Postgres schema or MySQL database
 	Name    string   // table name
 	Columns []string // column names, in the order of row images
+	// Key marks, per column, the columns an update without an old image
+	// leaves unchanged: the replica identity key (Postgres logs the old row
+	// whenever one of them changes). nil when the reader does not say.
+	Key []bool
+	// Ancestors are the partitioned tables this table is a partition of,
+	// nearest first (Postgres). Rules naming one of them match its changes.
+	Ancestors []TableName
+	// Partitions are the partitions (at every level) whose changes the
+	// source reports under this partitioned table's name (Postgres
+	// publish_via_partition_root): the row's own partition is not known, so
+	// rules naming any of them match every change of this table.
+	Partitions []TableName
 }
+
+// TableName is a schema-qualified table name.
+type TableName struct{ Schema, Name string }
 
 // Change is one row change. Old and New are indexed like Table.Columns; a nil
 // image means the reader has none (insert has no Old; delete no New; truncate
 // neither; an update under REPLICA IDENTITY DEFAULT whose key did not change
-// has no Old). A Change and its Values are only valid during the call.
+// has no Old: its Table.Key columns equal New's, the others are unknown).
+// A Change and its Values are only valid during the call.
 type Change struct {
 	Table *Table
 	Op    Op
@@ -213,4 +230,19 @@ type Finding struct {
 	Rule     string // the rule concerned, "" for database-wide findings
 	Message  string // what is wrong, in one sentence
 	Fix      string // the SQL (or configuration line) that fixes it, "" when none
+	// Apply: Fix is one SQL statement that changes only a table or the
+	// publication (never the server's configuration or roles), which
+	// `tagstream check --db --apply` may run.
+	Apply bool
+}
+
+// Retention is an optional capability of a Source, found by type assertion:
+// how much change log the database keeps because of this reader, for a
+// gauge that warns before the database's disk fills up.
+type Retention interface {
+	// RetainedBytes returns the bytes between the position a restart would
+	// resume from and the database's current end (Postgres: WAL the slot
+	// holds back, pg_current_wal_lsn() - restart_lsn; MySQL/MariaDB: binlog
+	// after the checkpoint), and false while it is not known.
+	RetainedBytes() (int64, bool)
 }

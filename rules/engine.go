@@ -2,6 +2,10 @@ package rules
 
 import (
 	"bytes"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -16,6 +20,46 @@ type Options struct {
 	DefaultSchema string
 	// MaxTags is the per-transaction cap of distinct tags (default 4096).
 	MaxTags int
+	// OldImages says how an update without an old image expands (default
+	// OldImagesWildcard).
+	OldImages OldImages
+	// Logger receives one warning per rule and table layout that lacks a
+	// column the rule reads (default: discarded).
+	Logger *slog.Logger
+}
+
+// OldImages is what an update that arrives without an old image (Postgres
+// REPLICA IDENTITY DEFAULT or USING INDEX, key unchanged) expands to on its
+// old side. Either way the old row's key columns (cdc.Table.Key) equal the
+// new row's.
+type OldImages uint8
+
+const (
+	// OldImagesWildcard: the old row's other columns are unknown, so
+	// placeholders reading them become `*`. Never under-invalidates.
+	OldImagesWildcard OldImages = iota
+	// OldImagesNewOnly: the old side is skipped: {col} expands against the
+	// new row only, and {old.col} of a non-key column yields no tag. The
+	// explicit opt-out for users who accept missing the old row's tags.
+	OldImagesNewOnly
+)
+
+func (o OldImages) String() string {
+	if o == OldImagesNewOnly {
+		return "new-only"
+	}
+	return "wildcard"
+}
+
+// ParseOldImages parses "wildcard" or "new-only".
+func ParseOldImages(s string) (OldImages, error) {
+	switch s {
+	case "wildcard", "":
+		return OldImagesWildcard, nil
+	case "new-only":
+		return OldImagesNewOnly, nil
+	}
+	return 0, fmt.Errorf("rules: old images %q: want wildcard or new-only", s)
 }
 
 // Stats are counters for metrics, totals since Compile.
@@ -23,6 +67,9 @@ type Stats struct {
 	LongTags  uint64 // expansions over MaxTagLen bytes, replaced by their template's wildcard form
 	Collapses uint64 // transactions collapsed to wildcard forms at the MaxTags cap
 	Tables    uint64 // relations resolved into the candidate cache (one per *cdc.Table seen)
+	// MissingColumns counts rules bound to a table layout that lacks a
+	// column they read (logged once each; the placeholder expands to `*`).
+	MissingColumns uint64
 }
 
 // Engine evaluates changes against a compiled Set.
@@ -32,14 +79,16 @@ type Stats struct {
 // A Tx is not: it belongs to one goroutine at a time (the source's).
 // Swapping Engines on reload is safe; a Tx keeps the Engine that made it.
 type Engine struct {
-	set     *Set
-	rules   []*crule
-	maxTags int
+	set       *Set
+	rules     []*crule
+	maxTags   int
+	oldImages OldImages
+	log       *slog.Logger
 
 	cache    sync.Map // *cdc.Table → *tableRules
 	cacheLen atomic.Int64
 
-	longTags, collapses, tables atomic.Uint64
+	longTags, collapses, tables, missing atomic.Uint64
 }
 
 // crule is a compiled rule.
@@ -61,8 +110,14 @@ type tableRules struct {
 
 type boundRule struct {
 	c      *crule
-	filter []int // column indexes of the columns filter (-1: the table lacks it); nil: no filter
+	filter []bcol // the columns filter; nil: no filter
 	tmpls  []boundTemplate
+}
+
+// bcol is a column resolved against a table layout.
+type bcol struct {
+	i   int  // index into the row images; -1 when the table has no such column
+	key bool // part of the table's replica identity key (cdc.Table.Key)
 }
 
 type boundTemplate struct {
@@ -74,7 +129,7 @@ type bpart struct {
 	lit string
 	ph  bool
 	img image
-	col int // index into the row images; -1 when the table has no such column
+	col bcol
 }
 
 // maxCachedTables bounds the candidate cache; it is emptied when full (each
@@ -85,9 +140,12 @@ const maxCachedTables = 4096
 // equally valid); a hand-built template that does not parse compiles to the
 // tag `*`.
 func Compile(s *Set, opts Options) *Engine {
-	e := &Engine{set: s, maxTags: opts.MaxTags}
+	e := &Engine{set: s, maxTags: opts.MaxTags, oldImages: opts.OldImages, log: opts.Logger}
 	if e.maxTags <= 0 {
 		e.maxTags = DefaultMaxTags
+	}
+	if e.log == nil {
+		e.log = slog.New(slog.DiscardHandler)
 	}
 	for i, r := range s.Rules {
 		c := &crule{r: r, idx: i, schema: r.Schema, table: r.Table, ops: opMask(r.On), tmpls: r.templates()}
@@ -113,7 +171,7 @@ func (e *Engine) Set() *Set { return e.set }
 
 // Stats returns the counters; safe from any goroutine.
 func (e *Engine) Stats() Stats {
-	return Stats{LongTags: e.longTags.Load(), Collapses: e.collapses.Load(), Tables: e.tables.Load()}
+	return Stats{LongTags: e.longTags.Load(), Collapses: e.collapses.Load(), Tables: e.tables.Load(), MissingColumns: e.missing.Load()}
 }
 
 // candidates returns t's candidate rules, resolving them on first sight.
@@ -133,38 +191,66 @@ func (e *Engine) candidates(t *cdc.Table) *tableRules {
 
 func (e *Engine) bind(t *cdc.Table) *tableRules {
 	tr := &tableRules{}
-	colIndex := func(name string) int {
+	var missing []string
+	col := func(name string) bcol {
 		for i, c := range t.Columns {
 			if c == name {
-				return i
+				return bcol{i: i, key: i < len(t.Key) && t.Key[i]}
 			}
 		}
-		return -1
+		if !slices.Contains(missing, name) {
+			missing = append(missing, name)
+		}
+		return bcol{i: -1}
 	}
 	for _, c := range e.rules {
-		if !glob(c.schema, t.Schema) || !glob(c.table, t.Name) {
+		if !c.matches(t) {
 			continue
 		}
+		missing = missing[:0]
 		br := boundRule{c: c}
 		if c.r.Columns != nil {
-			br.filter = make([]int, len(c.r.Columns))
+			br.filter = make([]bcol, len(c.r.Columns))
 			for i, name := range c.r.Columns {
-				br.filter[i] = colIndex(name)
+				br.filter[i] = col(name)
 			}
 		}
 		for _, tm := range c.tmpls {
 			bt := boundTemplate{t: tm, parts: make([]bpart, len(tm.parts))}
 			for i, p := range tm.parts {
-				bt.parts[i] = bpart{lit: p.lit, ph: p.ph, img: p.img, col: -1}
+				bt.parts[i] = bpart{lit: p.lit, ph: p.ph, img: p.img, col: bcol{i: -1}}
 				if p.ph {
-					bt.parts[i].col = colIndex(p.name)
+					bt.parts[i].col = col(p.name)
 				}
 			}
 			br.tmpls = append(br.tmpls, bt)
 		}
 		tr.rules = append(tr.rules, br)
+		// A table known without columns (a MySQL statement naming a table
+		// never seen in a row event) only ever truncates: nothing to warn.
+		if len(missing) > 0 && len(t.Columns) > 0 {
+			e.missing.Add(1)
+			e.log.Warn("rules: the table has no column the rule reads; its placeholders expand to `*` and a columns filter counts it as changed",
+				"rule", c.r.Label(), "table", t.Schema+"."+t.Name, "columns", strings.Join(missing, ","))
+		}
 	}
 	return tr
+}
+
+// matches reports whether the rule names t, one of the partitioned tables
+// it is a partition of, or one of the partitions reported under its name.
+func (c *crule) matches(t *cdc.Table) bool {
+	if glob(c.schema, t.Schema) && glob(c.table, t.Name) {
+		return true
+	}
+	for _, names := range [2][]cdc.TableName{t.Ancestors, t.Partitions} {
+		for _, n := range names {
+			if glob(c.schema, n.Schema) && glob(c.table, n.Name) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // glob matches s against pattern, where `*` matches any run of characters.
@@ -212,24 +298,30 @@ func (br *boundRule) fires(c *cdc.Change) bool {
 	if c.Op != cdc.Update || br.filter == nil {
 		return true
 	}
-	for _, i := range br.filter {
-		if changed(c, i) {
+	for _, f := range br.filter {
+		if changed(c, f) {
 			return true
 		}
 	}
 	return false
 }
 
-// changed reports whether column i differs between c's old and new image.
+// changed reports whether column f differs between c's old and new image.
 // A column the old image lacks counts as changed, unless the new image
-// marks it as an unchanged TOAST value; so does one the table lacks.
-func changed(c *cdc.Change, i int) bool {
+// marks it as an unchanged TOAST value; so does one the table lacks. Without
+// any old image, the key columns are unchanged (the database sends the old
+// key when it changes) and every other column counts as changed.
+func changed(c *cdc.Change, f bcol) bool {
+	i := f.i
 	if i < 0 || i >= len(c.New) {
 		return true
 	}
 	nv := c.New[i]
 	if nv.Kind == cdc.Unchanged {
 		return false
+	}
+	if c.Old == nil {
+		return !f.key
 	}
 	if i >= len(c.Old) {
 		return true
@@ -280,7 +372,9 @@ func (e *Engine) expand(dst [][]byte, c *cdc.Change, bt *boundTemplate) [][]byte
 	case cdc.Update:
 		n := len(dst)
 		dst = e.expandOne(dst, c, bt, imgNew, -1)
-		if bt.t.unpinned && c.Old != nil {
+		// Without an old image the old side reads the key from the new
+		// row and `*` for the rest, unless the user opted out of it.
+		if bt.t.unpinned && (c.Old != nil || e.oldImages == OldImagesWildcard) {
 			first := -1
 			if len(dst) > n {
 				first = n
@@ -335,8 +429,17 @@ func (e *Engine) expandOne(dst [][]byte, c *cdc.Change, bt *boundTemplate, unp i
 				break
 			}
 			row, other = c.Old, c.New
+			if c.Old == nil && c.Op == cdc.Update {
+				// No old image: the key did not change; the rest is unknown.
+				if p.col.key {
+					row, other = c.New, nil
+				} else if e.oldImages == OldImagesNewOnly {
+					drop = true
+					break
+				}
+			}
 		}
-		v, known := value(row, other, p.col)
+		v, known := value(row, other, p.col.i)
 		if !known {
 			b = append(b, '*')
 			continue

@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -19,8 +20,12 @@ var (
 
 func row(vs ...cdc.Value) []cdc.Value { return vs }
 
-// todos is public.todos(id, user_id, title, done).
-var todos = &cdc.Table{Schema: "public", Name: "todos", Columns: []string{"id", "user_id", "title", "done"}}
+// todos is public.todos(id, user_id, title, done); todosKeyed is the same
+// table as a Postgres reader describes it: id is the replica identity key.
+var (
+	todos      = &cdc.Table{Schema: "public", Name: "todos", Columns: []string{"id", "user_id", "title", "done"}}
+	todosKeyed = &cdc.Table{Schema: "public", Name: "todos", Columns: todos.Columns, Key: []bool{true, false, false, false}}
+)
 
 // mustCompile parses the rules (the text after "rules:") and compiles them.
 func mustCompile(t testing.TB, rulesYAML string, opts Options) *Engine {
@@ -89,11 +94,51 @@ func TestEval(t *testing.T) {
 				New: row(txt("1"), txt("7"), txt("oat milk"), txt("f"))},
 			want: []string{"todo:1", "todos", "user:7:todos"},
 		},
-		// "where it is known": no old image, only the new row.
+		// No old image (REPLICA IDENTITY DEFAULT, key unchanged): the old
+		// row's key columns are the new row's, the others unknown.
 		{
-			name: "update without old image expands the new row only", rules: todoRule,
+			name: "update without old image: old key from the new row, other old columns unknown", rules: todoRule,
+			c:    cdc.Change{Table: todosKeyed, Op: cdc.Update, New: row(txt("1"), txt("9"), txt("milk"), txt("t"))},
+			want: []string{"todo:1", "todos", "user:*:todos", "user:9:todos"},
+		},
+		{
+			name: "update without old image and no key known: every old column unknown", rules: todoRule,
 			c:    cdc.Change{Table: todos, Op: cdc.Update, New: row(txt("1"), txt("9"), txt("milk"), txt("t"))},
+			want: []string{"todo:*", "todo:1", "todos", "user:*:todos", "user:9:todos"},
+		},
+		{
+			name: "update without old image, new-only: the old side is skipped", rules: todoRule,
+			opts: Options{OldImages: OldImagesNewOnly},
+			c:    cdc.Change{Table: todosKeyed, Op: cdc.Update, New: row(txt("1"), txt("9"), txt("milk"), txt("t"))},
 			want: []string{"todo:1", "todos", "user:9:todos"},
+		},
+		{
+			name:  "update without old image: {old.key} is the new key, {old.col} unknown",
+			rules: "  - table: todos\n    tags: [\"was:{old.user_id}:{old.id}\", \"id:{old.id}\"]\n",
+			c:     cdc.Change{Table: todosKeyed, Op: cdc.Update, New: row(txt("1"), txt("9"), txt("a"), txt("f"))},
+			want:  []string{"id:1", "was:*:1"},
+		},
+		{
+			name:  "update without old image, new-only: {old.col} of a non-key column yields no tag",
+			rules: "  - table: todos\n    tags: [\"was:{old.user_id}:{old.id}\", \"id:{old.id}\"]\n",
+			opts:  Options{OldImages: OldImagesNewOnly},
+			c:     cdc.Change{Table: todosKeyed, Op: cdc.Update, New: row(txt("1"), txt("9"), txt("a"), txt("f"))},
+			want:  []string{"id:1"},
+		},
+		{
+			name:  "update without old image: an unchanged TOAST key column is unknown",
+			rules: "  - table: todos\n    tags: [\"t:{title}\"]\n",
+			c: cdc.Change{Table: &cdc.Table{Schema: "public", Name: "todos", Columns: todos.Columns, Key: []bool{false, false, true, false}},
+				Op: cdc.Update, New: row(txt("1"), txt("9"), toast, txt("f"))},
+			want: []string{"t:*"},
+		},
+		{
+			name: "an old image that was sent is expanded in new-only mode too", rules: todoRule,
+			opts: Options{OldImages: OldImagesNewOnly},
+			c: cdc.Change{Table: todosKeyed, Op: cdc.Update,
+				Old: row(txt("1"), absent, absent, absent),
+				New: row(txt("2"), txt("9"), txt("milk"), txt("t"))},
+			want: []string{"todo:1", "todo:2", "todos", "user:*:todos", "user:9:todos"},
 		},
 		// An old image lacking a column (REPLICA IDENTITY DEFAULT with a key change): unknown → `*`.
 		{
@@ -303,6 +348,25 @@ func TestColumnsFilter(t *testing.T) {
 		})
 	}
 
+	t.Run("no old image: key columns are unchanged, other columns changed", func(t *testing.T) {
+		for _, tc := range []struct {
+			columns string
+			new     []cdc.Value
+			fires   bool
+		}{
+			{"[id]", base, false},
+			{"[id, title]", with(2, toast), false},
+			{"[id, title]", base, true},
+			{"[user_id]", base, true},
+		} {
+			e := mustCompile(t, "  - table: todos\n    columns: "+tc.columns+"\n    tags: [x]\n", Options{DefaultSchema: "public"})
+			got := evalSorted(t, e, &cdc.Change{Table: todosKeyed, Op: cdc.Update, New: tc.new})
+			if fired := len(got) > 0; fired != tc.fires {
+				t.Errorf("columns %s: fired = %v, want %v", tc.columns, fired, tc.fires)
+			}
+		}
+	})
+
 	t.Run("a filter column the table lacks counts as changed", func(t *testing.T) {
 		e := mustCompile(t, "  - table: todos\n    columns: [nope]\n    tags: [x]\n", Options{DefaultSchema: "public"})
 		got := evalSorted(t, e, &cdc.Change{Table: todos, Op: cdc.Update, Old: base, New: base})
@@ -462,5 +526,97 @@ func TestEvalReusesBuffers(t *testing.T) {
 	}
 	if len(dst) != 4 {
 		t.Errorf("got %q", dst)
+	}
+}
+
+// An update without an old image and a partition's change evaluate without
+// allocating too.
+func TestEvalNoAllocsWithoutOldImage(t *testing.T) {
+	e := mustCompile(t, "  - table: m\n    tags: [\"todo:{id}\", \"user:{user_id}:todos\", \"was:{old.title}\"]\n", Options{DefaultSchema: "public"})
+	part := &cdc.Table{Schema: "public", Name: "m_2024", Columns: todos.Columns, Key: todosKeyed.Key,
+		Ancestors: []cdc.TableName{{Schema: "public", Name: "m"}}}
+	c := &cdc.Change{Table: part, Op: cdc.Update, New: row(txt("1"), txt("9"), txt("a"), txt("f"))}
+	dst := e.Eval(nil, c)
+	if allocs := testing.AllocsPerRun(100, func() { dst = e.Eval(dst[:0], c) }); allocs != 0 {
+		t.Errorf("Eval allocates %v times per change, want 0", allocs)
+	}
+	got := make([]string, len(dst))
+	for i, b := range dst {
+		got[i] = string(b)
+	}
+	slices.Sort(got)
+	if want := []string{"todo:1", "user:*:todos", "user:9:todos", "was:*"}; !slices.Equal(got, want) {
+		t.Errorf("tags = %q, want %q", got, want)
+	}
+}
+
+// A rule matches a table by its own name, by a partitioned table it is a
+// partition of, or (for a partitioned table reported under its own name) by
+// one of its partitions.
+func TestPartitionNames(t *testing.T) {
+	e := mustCompile(t, `
+  - name: root
+    table: m
+    tags: ["root:{id}"]
+  - name: mid
+    table: m_2
+    tags: ["mid:{id}"]
+  - name: leaf
+    table: m_2a
+    tags: ["leaf:{id}"]
+  - name: other-schema
+    table: other.m
+    tags: ["other:{id}"]
+`, Options{DefaultSchema: "public"})
+	name := func(s string) cdc.TableName { return cdc.TableName{Schema: "public", Name: s} }
+	cols := []string{"id"}
+	for _, tc := range []struct {
+		name  string
+		table *cdc.Table
+		want  []string
+	}{
+		{"the partitioned table itself", &cdc.Table{Schema: "public", Name: "m", Columns: cols}, []string{"root:1"}},
+		{"a leaf partition names its ancestors", &cdc.Table{Schema: "public", Name: "m_2a", Columns: cols,
+			Ancestors: []cdc.TableName{name("m_2"), name("m")}}, []string{"leaf:1", "mid:1", "root:1"}},
+		{"a first-level partition", &cdc.Table{Schema: "public", Name: "m_1", Columns: cols,
+			Ancestors: []cdc.TableName{name("m")}}, []string{"root:1"}},
+		{"published through the root: every partition's rule", &cdc.Table{Schema: "public", Name: "m", Columns: cols,
+			Partitions: []cdc.TableName{name("m_1"), name("m_2"), name("m_2a"), name("m_2b")}}, []string{"leaf:1", "mid:1", "root:1"}},
+		{"an unrelated table", &cdc.Table{Schema: "public", Name: "m_3", Columns: cols}, nil},
+	} {
+		got := evalSorted(t, e, &cdc.Change{Table: tc.table, Op: cdc.Insert, New: row(txt("1"))})
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%s: tags = %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+// A column that disappears (DROP/RENAME COLUMN) makes its placeholders `*`
+// with one warning per rule and table layout, not one per row; a column that
+// appears starts producing values.
+func TestMissingColumnWarnsOnce(t *testing.T) {
+	var logs strings.Builder
+	e := mustCompile(t, "  - name: todo\n    table: todos\n    columns: [title]\n    tags: [\"user:{user_id}\", \"todo:{id}\"]\n",
+		Options{DefaultSchema: "public", Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	dropped := &cdc.Table{Schema: "public", Name: "todos", Columns: []string{"id", "title"}}
+	for range 3 {
+		got := evalSorted(t, e, &cdc.Change{Table: dropped, Op: cdc.Insert, New: row(txt("1"), txt("a"))})
+		if want := []string{"todo:1", "user:*"}; !slices.Equal(got, want) {
+			t.Fatalf("after the drop: tags = %q, want %q", got, want)
+		}
+	}
+	if n := strings.Count(logs.String(), "level=WARN"); n != 1 || !strings.Contains(logs.String(), `rule="\"todo\"" table=public.todos columns=user_id`) {
+		t.Fatalf("want one warning naming the rule, table and column, got:\n%s", logs.String())
+	}
+	if s := e.Stats(); s.MissingColumns != 1 {
+		t.Errorf("Stats.MissingColumns = %d, want 1", s.MissingColumns)
+	}
+	added := &cdc.Table{Schema: "public", Name: "todos", Columns: []string{"id", "title", "user_id"}}
+	got := evalSorted(t, e, &cdc.Change{Table: added, Op: cdc.Insert, New: row(txt("1"), txt("a"), txt("7"))})
+	if want := []string{"todo:1", "user:7"}; !slices.Equal(got, want) {
+		t.Fatalf("after the column came back: tags = %q, want %q", got, want)
+	}
+	if n := strings.Count(logs.String(), "level=WARN"); n != 1 {
+		t.Errorf("a layout with every column warned again:\n%s", logs.String())
 	}
 }

@@ -12,8 +12,20 @@
 // sentence. Where the contract is silent this package decides:
 //
 //   - Update without an old image (Postgres REPLICA IDENTITY DEFAULT, key
-//     unchanged): {col} expands against the new row only ("where it is
-//     known"); {old.col} is unknown and becomes `*`.
+//     unchanged): the old row's key columns (cdc.Table.Key) are the new
+//     row's, its other columns are unknown: `*` wherever the old side reads
+//     them ({col} and {old.col}); a columns filter counts a key column as
+//     unchanged and any other as changed (a 'u' TOAST value: unchanged).
+//     With Options.OldImages = OldImagesNewOnly the old side is skipped
+//     instead: {col} expands against the new row only, {old.col} of a
+//     non-key column yields no tag. An old image that was sent (a changed
+//     key) is expanded in both modes.
+//   - A rule matches a change when it names the change's table, one of the
+//     partitioned tables that table is a partition of (cdc.Table.Ancestors),
+//     or one of the partitions reported under the table's name
+//     (cdc.Table.Partitions, Postgres publish_via_partition_root).
+//   - A placeholder naming a column the table layout lacks (dropped,
+//     renamed) is logged once per rule and layout, not once per row.
 //   - {old.col} on an insert and {new.col} on a delete yield no tag: that row
 //     does not exist, as with NULL.
 //   - A placeholder naming a column the table lacks is unknown (`*`); a
