@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"encoding/binary"
+	"slices"
 	"testing"
 
 	"github.com/tagstream/tagstream/cdc"
@@ -65,8 +66,10 @@ func tuple(vals ...string) []byte {
 
 func newTestSession() *session {
 	r, _ := New(Config{DSN: "postgres://localhost/db"})
-	return &session{r: r, h: nopHandler{}, streams: map[uint32]*streamedTx{}}
+	return &session{r: r, h: nopHandler{}, streams: map[uint32]*streamedTx{}, partitionInfo: notPartitioned}
 }
+
+func notPartitioned(context.Context, uint32, uint32) (treeInfo, error) { return treeInfo{}, nil }
 
 func TestDecodeRowImages(t *testing.T) {
 	s := newTestSession()
@@ -134,3 +137,112 @@ func FuzzMessage(f *testing.F) {
 		_ = s.message(context.Background(), data)
 	})
 }
+
+// relationFor builds a Relation message for public.<name>(id, v) with the
+// given replica identity flags.
+func relationFor(id uint32, name string, idKey, vKey bool) []byte {
+	b := be32([]byte{'R'}, id)
+	b = append(b, "public\x00"+name+"\x00"...)
+	b = append(b, 'd', 0, 2)
+	for _, c := range []struct {
+		name string
+		key  bool
+	}{{"id", idKey}, {"v", vKey}} {
+		flag := byte(0)
+		if c.key {
+			flag = 1
+		}
+		b = append(b, flag)
+		b = append(b, c.name+"\x00"...)
+		b = be32(b, 25)
+		b = be32(b, 0xffffffff)
+	}
+	return b
+}
+
+// TestPartitionsPublishedViaRoot follows pgoutput with
+// publish_via_partition_root: a partitioned table's Relation message, then
+// the Relation message of the partition a change comes from, then the change
+// under the root's relation id.
+func TestPartitionsPublishedViaRoot(t *testing.T) {
+	s := newTestSession()
+	var got []string
+	var tables []*cdc.Table
+	s.h = tableRecorder{&got, &tables}
+	// m (10) ⊃ m1 (11), m2 (12) ⊃ m2a (13)
+	tree := map[uint32]struct {
+		partitioned bool
+		up          []uint32
+	}{10: {true, nil}, 11: {false, []uint32{10}}, 12: {true, []uint32{10}}, 13: {false, []uint32{12, 10}}}
+	names := map[uint32]string{10: "m", 11: "m1", 12: "m2", 13: "m2a"}
+	s.partitionInfo = func(_ context.Context, oid, _ uint32) (treeInfo, error) {
+		n := tree[oid]
+		ti := treeInfo{partitioned: n.partitioned, ancestors: n.up}
+		for _, a := range n.up {
+			ti.names = append(ti.names, cdc.TableName{Schema: "public", Name: names[a]})
+		}
+		return ti, nil
+	}
+	begin := []byte{'B', 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5}
+	update := append(be32([]byte{'U'}, 10), append([]byte{'N'}, tuple("1", "x")...)...)
+	keyUpdate := append(append(be32([]byte{'U'}, 10), append([]byte{'K'}, tuple("1", "\x00n")...)...), append([]byte{'N'}, tuple("2", "y")...)...)
+	for _, m := range [][]byte{
+		begin,
+		relationFor(10, "m", true, true), // the root is REPLICA IDENTITY FULL
+		relationFor(11, "m1", true, false),
+		update,
+		relationFor(10, "m", true, true),
+		relationFor(13, "m2a", true, false),
+		update,
+		keyUpdate,
+	} {
+		if err := s.message(context.Background(), m); err != nil {
+			t.Fatalf("%q: %v", m, err)
+		}
+	}
+	want := []string{
+		"update public.m new=[id=1 v=x]",
+		"update public.m new=[id=1 v=x]",
+		// The leaves log old rows by their own identity (id): v is not in them.
+		"update public.m old=[id=1 v=<absent>] new=[id=2 v=y]",
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("got %q\nwant %q", got, want)
+	}
+	first, second := tables[0], tables[1]
+	if !slices.Equal(first.Key, []bool{true, false}) {
+		t.Errorf("key = %v, want the leaves' identity (id) only, not the root's FULL", first.Key)
+	}
+	n := func(s string) cdc.TableName { return cdc.TableName{Schema: "public", Name: s} }
+	if !slices.Equal(first.Partitions, []cdc.TableName{n("m1")}) {
+		t.Errorf("partitions after m1 = %v", first.Partitions)
+	}
+	if second == first || !slices.Equal(second.Partitions, []cdc.TableName{n("m1"), n("m2"), n("m2a")}) {
+		t.Errorf("partitions after m2a = %v (same table: %v)", second.Partitions, second == first)
+	}
+	if tables[2] != second {
+		t.Error("an unchanged relation got a new *cdc.Table")
+	}
+	leaf := s.r.relations[13].table
+	if !slices.Equal(leaf.Ancestors, []cdc.TableName{n("m2"), n("m")}) {
+		t.Errorf("m2a ancestors = %v", leaf.Ancestors)
+	}
+}
+
+type tableRecorder struct {
+	lines  *[]string
+	tables *[]*cdc.Table
+}
+
+func (h tableRecorder) Begin() cdc.Tx                                  { return h }
+func (tableRecorder) Commit(context.Context, cdc.Tx, cdc.Commit) error { return nil }
+func (tableRecorder) Resumed(cdc.Position)                             {}
+func (tableRecorder) Progress(cdc.Position)                            {}
+func (tableRecorder) Lost(context.Context, string) error               { return nil }
+func (tableRecorder) Drain(context.Context)                            {}
+func (h tableRecorder) Add(c *cdc.Change) {
+	*h.lines = append(*h.lines, renderChange(c))
+	*h.tables = append(*h.tables, c.Table)
+}
+func (tableRecorder) Merge(cdc.Tx)   {}
+func (tableRecorder) Tags() []string { return nil }

@@ -85,6 +85,9 @@ type Config struct {
 	// this long, the connection is presumed dead and re-established
 	// (default max(3×StatusInterval, 30s)).
 	IdleTimeout time.Duration
+	// RetentionInterval is how often the WAL the slot retains is read for
+	// RetainedBytes (default 15s).
+	RetentionInterval time.Duration
 	// Logger receives operational logs (default: discarded).
 	Logger *slog.Logger
 }
@@ -98,19 +101,25 @@ type Reader struct {
 	acked atomic.Uint64
 	ready atomic.Bool
 
+	retained      atomic.Int64 // WAL bytes the slot holds back, last read
+	retainedKnown atomic.Bool
+
 	// heartbeatOff is set once the role turned out to lack permission for
 	// pg_logical_emit_message: warned once, never retried.
 	heartbeatOff atomic.Bool
 
 	// tables by relation OID, kept across connections so that *cdc.Table
-	// pointers stay stable while a relation's columns do not change.
+	// pointers stay stable while a relation does not change.
 	relations map[uint32]*relation
 	// haveSlot: this Run has seen the slot; finding it missing afterwards
 	// means it was dropped under us (continuity lost).
 	haveSlot bool
 }
 
-var _ cdc.Source = (*Reader)(nil)
+var (
+	_ cdc.Source    = (*Reader)(nil)
+	_ cdc.Retention = (*Reader)(nil)
+)
 
 // New validates cfg and returns a Reader. It does no I/O.
 func New(cfg Config) (*Reader, error) {
@@ -145,11 +154,14 @@ func New(cfg Config) (*Reader, error) {
 			tables = append(tables, q)
 		}
 	}
-	if cfg.HeartbeatInterval < 0 || cfg.StatusInterval < 0 || cfg.BackoffMin < 0 || cfg.BackoffMax < 0 || cfg.IdleTimeout < 0 {
+	if cfg.HeartbeatInterval < 0 || cfg.StatusInterval < 0 || cfg.BackoffMin < 0 || cfg.BackoffMax < 0 || cfg.IdleTimeout < 0 || cfg.RetentionInterval < 0 {
 		return nil, fmt.Errorf("postgres: %w: negative interval", ErrConfig)
 	}
 	if cfg.StatusInterval == 0 {
 		cfg.StatusInterval = DefaultStatusInterval
+	}
+	if cfg.RetentionInterval == 0 {
+		cfg.RetentionInterval = DefaultRetentionInterval
 	}
 	if cfg.BackoffMin == 0 {
 		cfg.BackoffMin = DefaultBackoffMin

@@ -946,6 +946,6 @@ func TestCheck(t *testing.T) {
 		{Severity: cdc.Warning, Rule: "nomatch", Message: `no table matches other.*`, Fix: ""},
 	}
 	if !slices.Equal(got, want) {
-		t.Errorf("findings:\n got %q\nwant %q", got, want)
+		t.Errorf("findings:\n got %+v\nwant %+v", got, want)
 	}
 }

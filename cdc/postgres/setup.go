@@ -124,7 +124,10 @@ func checkServer(si serverInfo) error {
 
 // ensurePublication creates the publication when it is missing and, when
 // the reader was given its tables, adds those the publication lacks.
-func (r *Reader) ensurePublication(ctx context.Context, conn *pgx.Conn) error {
+// PostgreSQL 13+ publishes a partitioned table's changes under its own name
+// (publish_via_partition_root), resolved by the server with the catalog as
+// it was when the row changed.
+func (r *Reader) ensurePublication(ctx context.Context, conn *pgx.Conn, version int) error {
 	pub := r.cfg.Publication
 	var allTables bool
 	err := conn.QueryRow(ctx, `SELECT puballtables FROM pg_publication WHERE pubname = $1`, pub).Scan(&allTables)
@@ -136,6 +139,9 @@ func (r *Reader) ensurePublication(ctx context.Context, conn *pgx.Conn) error {
 				names[i] = t.sql()
 			}
 			stmt = "CREATE PUBLICATION " + quoteIdent(pub) + " FOR TABLE " + strings.Join(names, ", ")
+		}
+		if version >= 130000 {
+			stmt += " WITH (publish_via_partition_root = true)"
 		}
 		if _, err := conn.Exec(ctx, stmt); err != nil {
 			switch pgCode(err) {
@@ -174,30 +180,71 @@ func (r *Reader) ensurePublication(ctx context.Context, conn *pgx.Conn) error {
 	return nil
 }
 
+// missingFromPublication returns the tables that the publication does not
+// publish (a partitioned table: when one of its partitions is not), and
+// those that do not exist (adding them fails with a clear error).
 func missingFromPublication(ctx context.Context, conn *pgx.Conn, pub string, tables []qualifiedName) ([]qualifiedName, error) {
-	rows, err := conn.Query(ctx, `SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1`, pub)
+	var missing []qualifiedName
+	for _, t := range tables {
+		var oid uint32
+		err := conn.QueryRow(ctx, `SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			WHERE n.nspname = $1 AND c.relname = $2`, t.Schema, t.Name).Scan(&oid)
+		if errors.Is(err, pgx.ErrNoRows) {
+			missing = append(missing, t)
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("postgres: read publication tables: %w", err)
+		}
+		leaves, err := unpublishedLeaves(ctx, conn, pub, oid)
+		if err != nil {
+			return nil, err
+		}
+		if len(leaves) > 0 {
+			missing = append(missing, t)
+		}
+	}
+	return missing, nil
+}
+
+// unpublishedLeaves returns the tables holding rows of relation oid (the
+// table itself, or a partitioned table's leaf partitions) that publication
+// pub does not publish. A leaf is published when it or a partitioned table
+// above it is in pg_publication_tables, which lists a partitioned table's
+// leaves, or with publish_via_partition_root the partitioned table itself.
+func unpublishedLeaves(ctx context.Context, conn *pgx.Conn, pub string, oid uint32) ([]qualifiedName, error) {
+	rows, err := conn.Query(ctx, `WITH RECURSIVE down(oid) AS (
+			SELECT $2::oid
+			UNION ALL
+			SELECT i.inhrelid FROM down d JOIN pg_class c ON c.oid = d.oid
+			JOIN pg_inherits i ON i.inhparent = d.oid WHERE c.relkind = 'p'),
+		up(leaf, oid) AS (
+			SELECT d.oid, d.oid FROM down d JOIN pg_class c ON c.oid = d.oid WHERE c.relkind <> 'p'
+			UNION ALL
+			SELECT u.leaf, i.inhparent FROM up u JOIN pg_class c ON c.oid = u.oid
+			JOIN pg_inherits i ON i.inhrelid = u.oid WHERE c.relispartition)
+		SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE c.oid IN (SELECT leaf FROM up) AND NOT EXISTS (
+			SELECT 1 FROM up u JOIN pg_class a ON a.oid = u.oid JOIN pg_namespace an ON an.oid = a.relnamespace
+			JOIN pg_publication_tables pt ON pt.pubname = $1 AND pt.schemaname = an.nspname AND pt.tablename = a.relname
+			WHERE u.leaf = c.oid)
+		ORDER BY 1, 2`, pub, oid)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: read publication tables: %w", err)
 	}
-	have := map[qualifiedName]bool{}
+	var out []qualifiedName
 	for rows.Next() {
 		var q qualifiedName
 		if err := rows.Scan(&q.Schema, &q.Name); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("postgres: read publication tables: %w", err)
 		}
-		have[q] = true
+		out = append(out, q)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("postgres: read publication tables: %w", err)
 	}
-	var missing []qualifiedName
-	for _, t := range tables {
-		if !have[t] {
-			missing = append(missing, t)
-		}
-	}
-	return missing, nil
+	return out, nil
 }
 
 // slotInfo is the slot as pg_replication_slots shows it.
@@ -304,7 +351,7 @@ func (r *Reader) ensureSlot(ctx context.Context, sqlConn *pgx.Conn, repl *pgconn
 
 // heartbeat writes a transactional logical message every interval so that
 // the slot of a quiet database keeps advancing. It stops when ctx ends.
-func (r *Reader) heartbeat(ctx context.Context, conn *pgx.Conn, wg *sync.WaitGroup) {
+func (r *Reader) heartbeat(ctx context.Context, cat *catalog, wg *sync.WaitGroup) {
 	defer wg.Done()
 	t := time.NewTicker(r.cfg.HeartbeatInterval)
 	defer t.Stop()
@@ -319,7 +366,7 @@ func (r *Reader) heartbeat(ctx context.Context, conn *pgx.Conn, wg *sync.WaitGro
 			return
 		}
 		qctx, cancel := context.WithTimeout(ctx, r.cfg.HeartbeatInterval+5*time.Second)
-		_, err := conn.Exec(qctx, `SELECT pg_logical_emit_message(true, 'tagstream', '')`)
+		err := cat.exec(qctx, `SELECT pg_logical_emit_message(true, 'tagstream', '')`)
 		cancel()
 		switch {
 		case err == nil:
@@ -335,7 +382,7 @@ func (r *Reader) heartbeat(ctx context.Context, conn *pgx.Conn, wg *sync.WaitGro
 				r.log.Warn("heartbeat failed", logErr, err)
 			}
 			failing = true
-			if conn.IsClosed() {
+			if cat.closed() {
 				return // the streaming connection will fail too and start a new session
 			}
 		}

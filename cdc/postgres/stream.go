@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"slices"
 	"sync"
 	"time"
 
@@ -15,12 +14,6 @@ import (
 
 	"github.com/tagstream/tagstream/cdc"
 )
-
-// relation is a table as the last Relation message described it.
-type relation struct {
-	table *cdc.Table
-	key   []bool // per column: part of the replica identity
-}
 
 // streamedTx is an in-progress transaction that the server streams before
 // it commits: the top-level Tx and one Tx per subtransaction that changed
@@ -35,6 +28,11 @@ type session struct {
 	r    *Reader
 	h    cdc.Handler
 	conn *pgconn.PgConn
+	// partitionInfo reads a relation's place in its partition tree
+	// (catalog.partitionInfo; a stub in tests without a database).
+	partitionInfo func(ctx context.Context, oid, xid uint32) (treeInfo, error)
+	curXid        uint32 // xid of the open non-streamed transaction
+	lastRelation  uint32 // the previous message was this relation's Relation message (0: it was not one)
 
 	cur       cdc.Tx // open non-streamed transaction, nil when none
 	streams   map[uint32]*streamedTx
@@ -70,7 +68,7 @@ func (r *Reader) session(ctx context.Context, h cdc.Handler) (streamed bool, err
 	if err := checkServer(si); err != nil {
 		return false, err
 	}
-	if err := r.ensurePublication(ctx, sqlConn); err != nil {
+	if err := r.ensurePublication(ctx, sqlConn, si.version); err != nil {
 		return false, err
 	}
 	repl, err := r.connectReplication(ctx)
@@ -129,18 +127,20 @@ func (r *Reader) session(ctx context.Context, h cdc.Handler) (streamed bool, err
 	r.log.Info("streaming", logSlot, r.cfg.Slot, logLSN, start.String(), "server_version", si.version)
 	h.Resumed(cdc.Position(start))
 
+	cat := &catalog{conn: sqlConn}
 	hbCtx, stopHB := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	if r.cfg.HeartbeatInterval > 0 && !r.heartbeatOff.Load() {
 		wg.Add(1)
-		go r.heartbeat(hbCtx, sqlConn, &wg)
+		go r.heartbeat(hbCtx, cat, &wg)
 	}
+	wg.Go(func() { r.watchRetention(hbCtx, cat) })
 	defer func() {
 		stopHB()
 		wg.Wait()
 	}()
 
-	s := &session{r: r, h: h, conn: repl, streams: map[uint32]*streamedTx{}, start: uint64(start)}
+	s := &session{r: r, h: h, conn: repl, partitionInfo: cat.partitionInfo, streams: map[uint32]*streamedTx{}, start: uint64(start)}
 	if end := uint64(sys.XLogPos); end > uint64(start) {
 		s.progress = end
 		h.Progress(cdc.Position(end))
@@ -307,6 +307,9 @@ func (s *session) message(ctx context.Context, data []byte) error {
 	if len(data) == 0 {
 		return nil
 	}
+	if data[0] != 'R' && data[0] != 'Y' {
+		s.lastRelation = 0 // a root's Relation message is followed by its partition's, types aside
+	}
 	switch data[0] {
 	case 'I', 'U', 'D':
 		return s.row(data)
@@ -315,6 +318,9 @@ func (s *session) message(ctx context.Context, data []byte) error {
 			return errors.New("postgres: protocol: begin inside a transaction")
 		}
 		s.cur = s.h.Begin()
+		if len(data) >= 21 {
+			s.curXid = binary.BigEndian.Uint32(data[17:])
+		}
 		return nil
 	case 'T':
 		return s.truncate(data[1:])
@@ -334,7 +340,7 @@ func (s *session) message(ctx context.Context, data []byte) error {
 		s.cur = nil
 		return s.commit(ctx, tx, uint64(m.TransactionEndLSN), m.CommitTime)
 	case *pglogrepl.RelationMessageV2:
-		s.relationMsg(&m.RelationMessage)
+		return s.relationMsg(ctx, &m.RelationMessage)
 	case *pglogrepl.StreamStartMessageV2:
 		if s.inStream {
 			return errors.New("postgres: protocol: stream start inside a stream")
@@ -384,27 +390,6 @@ func parseV2(data []byte, inStream bool) (m pglogrepl.Message, err error) {
 		}
 	}()
 	return pglogrepl.ParseV2(data, inStream)
-}
-
-// relationMsg updates the relation cache. The *cdc.Table is kept while the
-// relation's name and columns are unchanged, so consumers' per-table caches
-// stay valid.
-func (s *session) relationMsg(m *pglogrepl.RelationMessage) {
-	names := make([]string, len(m.Columns))
-	key := make([]bool, len(m.Columns))
-	for i, c := range m.Columns {
-		names[i] = c.Name
-		key[i] = c.Flags&1 != 0
-	}
-	if old := s.r.relations[m.RelationID]; old != nil && old.table.Schema == m.Namespace &&
-		old.table.Name == m.RelationName && slices.Equal(old.table.Columns, names) {
-		old.key = key
-		return
-	}
-	s.r.relations[m.RelationID] = &relation{
-		table: &cdc.Table{Schema: m.Namespace, Name: m.RelationName, Columns: names},
-		key:   key,
-	}
 }
 
 // txFor returns the Tx a change belongs to: the open transaction, or inside
@@ -550,8 +535,9 @@ func decodeTuple(p []byte, buf []cdc.Value, rel *relation, keyOnly bool) ([]cdc.
 	}
 	n := int(binary.BigEndian.Uint16(p))
 	p = p[2:]
-	if n != len(rel.table.Columns) {
-		return buf, p, fmt.Errorf("postgres: protocol: %s.%s: row has %d columns, relation has %d", rel.table.Schema, rel.table.Name, n, len(rel.table.Columns))
+	t := rel.table
+	if n != len(t.Columns) {
+		return buf, p, fmt.Errorf("postgres: protocol: %s.%s: row has %d columns, relation has %d", t.Schema, t.Name, n, len(t.Columns))
 	}
 	for i := 0; i < n; i++ {
 		if len(p) < 1 {
@@ -579,7 +565,7 @@ func decodeTuple(p []byte, buf []cdc.Value, rel *relation, keyOnly bool) ([]cdc.
 		default:
 			return buf, p, fmt.Errorf("postgres: protocol: column kind %q", kind)
 		}
-		if keyOnly && !rel.key[i] {
+		if keyOnly && !t.Key[i] {
 			v = cdc.Value{Kind: cdc.Absent}
 		}
 		buf = append(buf, v)
