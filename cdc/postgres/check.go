@@ -14,20 +14,24 @@ import (
 
 // checkedTable is a table in the database that a requirement matched.
 type checkedTable struct {
-	oid       uint32
-	name      qualifiedName
-	replIdent byte // 'd' default, 'f' full, 'i' index, 'n' nothing
-	hasPK     bool
-	columns   map[string]bool
-	keyCols   map[string]bool // the columns old rows carry under REPLICA IDENTITY DEFAULT / USING INDEX
+	oid         uint32
+	name        qualifiedName
+	partitioned bool // relkind 'p': its rows live in its leaf partitions
+	replIdent   byte // 'd' default, 'f' full, 'i' index, 'n' nothing
+	hasPK       bool
+	columns     map[string]bool
+	generated   map[string]bool // generated columns: pgoutput does not publish them
+	keyCols     map[string]bool // the columns old rows carry under REPLICA IDENTITY DEFAULT / USING INDEX
 }
 
 // Check verifies the rules' requirements against the live database for
-// `tagstream check --db`: wal_level and the role's privileges, that every
-// table and column exists, that the replica identity gives rules that read
-// old values what they need, and that an existing publication covers the
-// tables. Every finding carries the SQL that fixes it where there is one.
-// The error is for failures to check at all (connection, queries).
+// `tagstream check --db` (and `run` at startup): wal_level and the role's
+// privileges, max_slot_wal_keep_size, that every table and column exists
+// and is published, and that the replica identity gives rules that read old
+// values what they need. A partitioned table is checked through its leaf
+// partitions, which hold its rows and log their old rows by their own
+// replica identity. Every finding carries the SQL that fixes it where there
+// is one. The error is for failures to check at all (connection, queries).
 func Check(ctx context.Context, cfg Config, reqs []cdc.Requirement) ([]cdc.Finding, error) {
 	r, err := New(cfg)
 	if err != nil {
@@ -66,6 +70,16 @@ func Check(ctx context.Context, cfg Config, reqs []cdc.Requirement) ([]cdc.Findi
 	if maxSenders == 0 {
 		add(cdc.Error, "", "max_wal_senders is 0", "ALTER SYSTEM SET max_wal_senders = 10; -- then restart PostgreSQL")
 	}
+	if si.version >= 130000 {
+		var keep string
+		if err := conn.QueryRow(ctx, `SELECT current_setting('max_slot_wal_keep_size')`).Scan(&keep); err != nil {
+			return nil, fmt.Errorf("postgres: check: %w", err)
+		}
+		if keep == "-1" {
+			add(cdc.Warning, "", "max_slot_wal_keep_size is -1 (unlimited): while tagstream is stopped or stuck, its slot keeps WAL until the disk is full",
+				"ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'; SELECT pg_reload_conf(); -- size it to what the disk can spare; if the slot loses WAL, tagstream resets its clients and continues")
+		}
+	}
 	slot, err := querySlot(ctx, conn, r.cfg.Slot)
 	if err != nil {
 		return nil, err
@@ -80,7 +94,6 @@ func Check(ctx context.Context, cfg Config, reqs []cdc.Requirement) ([]cdc.Findi
 
 	// The publication, when it exists: does it cover the tables?
 	var pubExists, pubAll bool
-	pubTables := map[qualifiedName]bool{}
 	err = conn.QueryRow(ctx, `SELECT puballtables FROM pg_publication WHERE pubname = $1`, r.cfg.Publication).Scan(&pubAll)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
@@ -88,27 +101,12 @@ func Check(ctx context.Context, cfg Config, reqs []cdc.Requirement) ([]cdc.Findi
 		return nil, fmt.Errorf("postgres: check: read publication: %w", err)
 	default:
 		pubExists = true
-		if !pubAll {
-			rows, err := conn.Query(ctx, `SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1`, r.cfg.Publication)
-			if err != nil {
-				return nil, fmt.Errorf("postgres: check: read publication tables: %w", err)
-			}
-			for rows.Next() {
-				var q qualifiedName
-				if err := rows.Scan(&q.Schema, &q.Name); err != nil {
-					rows.Close()
-					return nil, fmt.Errorf("postgres: check: %w", err)
-				}
-				pubTables[q] = true
-			}
-			if err := rows.Err(); err != nil {
-				return nil, fmt.Errorf("postgres: check: %w", err)
-			}
-		}
 	}
 
 	for _, req := range reqs {
-		tables, err := matchTables(ctx, conn, req.Schema, req.Table)
+		tables, err := queryTables(ctx, conn, `n.nspname LIKE $1 AND c.relname LIKE $2
+			AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_toast%'`,
+			likePattern(defaultSchema(req.Schema)), likePattern(req.Table))
 		if err != nil {
 			return nil, err
 		}
@@ -122,38 +120,96 @@ func Check(ctx context.Context, cfg Config, reqs []cdc.Requirement) ([]cdc.Findi
 			continue
 		}
 		for _, t := range tables {
-			for _, col := range req.Columns {
-				if !t.columns[col] {
-					sev := cdc.Error
-					if pattern {
-						sev = cdc.Warning // the rule still applies to the tables that have it
-					}
-					add(sev, req.Rule, fmt.Sprintf("column %q does not exist in table %s", col, t.name), "")
+			checkColumns(add, req, t, pattern)
+			leaves := []*checkedTable{t}
+			if t.partitioned {
+				if leaves, err = queryTables(ctx, conn, partitionLeavesSQL, t.oid); err != nil {
+					return nil, err
 				}
 			}
-			fullFix := fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL;", t.name.sql())
-			switch {
-			case t.replIdent == 'n' || (t.replIdent == 'd' && !t.hasPK):
-				add(cdc.Error, req.Rule, fmt.Sprintf("table %s has no replica identity: once published, UPDATE and DELETE on it fail", t.name), fullFix)
-			case req.NeedsOld && t.replIdent != 'f':
-				// Old rows carry the key: precise when the rule reads nothing else.
-				var nonKey []string
-				for _, col := range req.Columns {
-					if t.columns[col] && !t.keyCols[col] {
-						nonKey = append(nonKey, col)
-					}
-				}
-				if len(nonKey) > 0 {
-					add(cdc.Warning, req.Rule, fmt.Sprintf("the rule reads old values of %s but table %s sends only its key in old rows (REPLICA IDENTITY %s): unknown old values become wildcards", strings.Join(nonKey, ", "), t.name, replIdentName(t.replIdent)), fullFix)
-				}
+			for _, l := range leaves {
+				findings = append(findings, identityFindings(req, l)...)
 			}
-			if pubExists && !pubAll && !pubTables[t.name] {
-				add(cdc.Error, req.Rule, fmt.Sprintf("publication %q does not include table %s", r.cfg.Publication, t.name),
-					fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE %s;", quoteIdent(r.cfg.Publication), t.name.sql()))
+			if pubExists && !pubAll {
+				f, err := publicationFinding(ctx, conn, r.cfg.Publication, req.Rule, t)
+				if err != nil {
+					return nil, err
+				}
+				if f != nil {
+					findings = append(findings, *f)
+				}
 			}
 		}
 	}
 	return dedupFindings(findings), nil
+}
+
+func defaultSchema(s string) string {
+	if s == "" {
+		return "public"
+	}
+	return s
+}
+
+// checkColumns reports the columns a rule reads that t lacks, and those it
+// has but does not publish (generated columns).
+func checkColumns(add func(sev cdc.Severity, rule, msg, fix string), req cdc.Requirement, t *checkedTable, pattern bool) {
+	for _, col := range req.Columns {
+		switch {
+		case !t.columns[col]:
+			sev := cdc.Error
+			if pattern {
+				sev = cdc.Warning // the rule still applies to the tables that have it
+			}
+			add(sev, req.Rule, fmt.Sprintf("column %q does not exist in table %s", col, t.name), "")
+		case t.generated[col]:
+			add(cdc.Warning, req.Rule, fmt.Sprintf("column %q of table %s is generated: logical replication does not publish generated columns, so the rule reads it as unknown (`*`)", col, t.name), "")
+		}
+	}
+}
+
+// identityFindings checks that table t (a leaf: it holds rows) has a
+// replica identity, and one that gives a rule reading old values what it
+// reads.
+func identityFindings(req cdc.Requirement, t *checkedTable) []cdc.Finding {
+	fix := fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL;", t.name.sql())
+	switch {
+	case t.replIdent == 'n' || (t.replIdent == 'd' && !t.hasPK):
+		return []cdc.Finding{{Severity: cdc.Error, Rule: req.Rule, Fix: fix, Apply: true,
+			Message: fmt.Sprintf("table %s has no replica identity: once published, UPDATE and DELETE on it fail", t.name)}}
+	case req.NeedsOld && t.replIdent != 'f':
+		// Old rows carry the key: precise when the rule reads nothing else.
+		var nonKey []string
+		for _, col := range req.Columns {
+			if t.columns[col] && !t.keyCols[col] {
+				nonKey = append(nonKey, col)
+			}
+		}
+		if len(nonKey) > 0 {
+			return []cdc.Finding{{Severity: cdc.Warning, Rule: req.Rule, Fix: fix, Apply: true,
+				Message: fmt.Sprintf("the rule reads old values of %s but table %s sends only its key in old rows (REPLICA IDENTITY %s): unknown old values become wildcards", strings.Join(nonKey, ", "), t.name, replIdentName(t.replIdent))}}
+		}
+	}
+	return nil
+}
+
+// publicationFinding reports the rows of t that the publication does not
+// publish: t itself, or some of its partitions.
+func publicationFinding(ctx context.Context, conn *pgx.Conn, pub, rule string, t *checkedTable) (*cdc.Finding, error) {
+	missing, err := unpublishedLeaves(ctx, conn, pub, t.oid)
+	if err != nil || len(missing) == 0 {
+		return nil, err
+	}
+	msg := fmt.Sprintf("publication %q does not include table %s", pub, t.name)
+	if t.partitioned {
+		names := make([]string, len(missing))
+		for i, m := range missing {
+			names[i] = m.String()
+		}
+		msg = fmt.Sprintf("publication %q does not include partitions %s of table %s", pub, strings.Join(names, ", "), t.name)
+	}
+	return &cdc.Finding{Severity: cdc.Error, Rule: rule, Message: msg, Apply: true,
+		Fix: fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE %s;", quoteIdent(pub), t.name.sql())}, nil
 }
 
 func replIdentName(b byte) string {
@@ -177,35 +233,42 @@ func likePattern(p string) string {
 	return r.Replace(p)
 }
 
-// matchTables returns the ordinary and partitioned tables that match the
-// schema and table patterns, with their columns and replica identity.
-func matchTables(ctx context.Context, conn *pgx.Conn, schema, table string) ([]*checkedTable, error) {
-	if schema == "" {
-		schema = "public"
-	}
-	rows, err := conn.Query(ctx, `SELECT c.oid, n.nspname, c.relname, c.relreplident::text,
+// partitionLeavesSQL selects the leaf partitions (at every level) of the
+// partitioned table $1.
+const partitionLeavesSQL = `c.relkind = 'r' AND c.oid IN (WITH RECURSIVE down(oid) AS (
+		SELECT i.inhrelid FROM pg_inherits i WHERE i.inhparent = $1::oid
+		UNION ALL
+		SELECT i.inhrelid FROM down d JOIN pg_inherits i ON i.inhparent = d.oid)
+	SELECT oid FROM down)`
+
+// queryTables returns the ordinary and partitioned tables that where
+// selects (on pg_class c and pg_namespace n), with their columns and
+// replica identity.
+func queryTables(ctx context.Context, conn *pgx.Conn, where string, args ...any) ([]*checkedTable, error) {
+	rows, err := conn.Query(ctx, `SELECT c.oid, n.nspname, c.relname, c.relkind = 'p', c.relreplident::text,
 			EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
 			coalesce((SELECT array_agg(ka.attname::text) FROM pg_index i
 				JOIN pg_attribute ka ON ka.attrelid = i.indrelid AND ka.attnum = ANY(i.indkey)
 				WHERE i.indrelid = c.oid AND CASE c.relreplident WHEN 'd' THEN i.indisprimary WHEN 'i' THEN i.indisreplident ELSE false END), '{}'),
-			coalesce(array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped), '{}')
+			coalesce(array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped), '{}'),
+			coalesce(array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped
+				AND coalesce(to_jsonb(a)->>'attgenerated', '') <> ''), '{}')
 		FROM pg_class c
 		JOIN pg_namespace n ON n.oid = c.relnamespace
 		LEFT JOIN pg_attribute a ON a.attrelid = c.oid
-		WHERE c.relkind IN ('r', 'p') AND n.nspname LIKE $1 AND c.relname LIKE $2
-		  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_toast%'
-		GROUP BY c.oid, n.nspname, c.relname, c.relreplident
-		ORDER BY n.nspname, c.relname`, likePattern(schema), likePattern(table))
+		WHERE c.relkind IN ('r', 'p') AND `+where+`
+		GROUP BY c.oid, n.nspname, c.relname, c.relkind, c.relreplident
+		ORDER BY n.nspname, c.relname`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: check: list tables: %w", err)
 	}
 	defer rows.Close()
 	var out []*checkedTable
 	for rows.Next() {
-		t := &checkedTable{columns: map[string]bool{}, keyCols: map[string]bool{}}
+		t := &checkedTable{columns: map[string]bool{}, keyCols: map[string]bool{}, generated: map[string]bool{}}
 		var ident string
-		var cols, keys []string
-		if err := rows.Scan(&t.oid, &t.name.Schema, &t.name.Name, &ident, &t.hasPK, &keys, &cols); err != nil {
+		var cols, keys, gen []string
+		if err := rows.Scan(&t.oid, &t.name.Schema, &t.name.Name, &t.partitioned, &ident, &t.hasPK, &keys, &cols, &gen); err != nil {
 			return nil, fmt.Errorf("postgres: check: list tables: %w", err)
 		}
 		if ident != "" {
@@ -217,12 +280,33 @@ func matchTables(ctx context.Context, conn *pgx.Conn, schema, table string) ([]*
 		for _, c := range keys {
 			t.keyCols[c] = true
 		}
+		for _, c := range gen {
+			t.generated[c] = true
+		}
 		out = append(out, t)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("postgres: check: list tables: %w", err)
 	}
 	return out, nil
+}
+
+// ApplyFix runs one finding's fix (a Finding with Apply set) for
+// `tagstream check --db --apply`.
+func ApplyFix(ctx context.Context, cfg Config, stmt string) error {
+	r, err := New(cfg)
+	if err != nil {
+		return err
+	}
+	conn, err := r.connectSQL(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
+	if _, err := conn.Exec(ctx, stmt); err != nil {
+		return fmt.Errorf("postgres: %s: %w", stmt, err)
+	}
+	return nil
 }
 
 // dedupFindings drops repeated findings (two rules on one table yield one

@@ -917,18 +917,25 @@ func TestCheck(t *testing.T) {
 	f := setup(t)
 	f.exec(`CREATE TABLE todos (id int PRIMARY KEY, title text, user_id int)`,
 		`CREATE TABLE audit (at timestamptz, what text)`, // no key at all
-		`CREATE TABLE users (id int PRIMARY KEY, name text)`,
+		`CREATE TABLE users (id int PRIMARY KEY, name text, shout text GENERATED ALWAYS AS (upper(name)) STORED)`,
 		`ALTER TABLE users REPLICA IDENTITY FULL`,
 		`CREATE TABLE user_roles (id int PRIMARY KEY)`,
-		`CREATE PUBLICATION tagstream FOR TABLE todos, audit`)
+		// A partitioned table: m1 default identity, m2 full; only m1 published.
+		`CREATE TABLE m (id int PRIMARY KEY, user_id int) PARTITION BY RANGE (id)`,
+		`CREATE TABLE m1 PARTITION OF m FOR VALUES FROM (0) TO (100)`,
+		`CREATE TABLE m2 PARTITION OF m FOR VALUES FROM (100) TO (200)`,
+		`ALTER TABLE m2 REPLICA IDENTITY FULL`,
+		`CREATE PUBLICATION tagstream FOR TABLE todos, audit, m1`)
 	reqs := []cdc.Requirement{
 		{Rule: "todo", Schema: "public", Table: "todos", Columns: []string{"id", "user_id"}, NeedsOld: true},
 		{Rule: "todo-key", Schema: "public", Table: "todos", Columns: []string{"id"}, NeedsOld: true}, // the key is in old rows: precise
-		{Rule: "users", Schema: "public", Table: "users", Columns: []string{"id", "email"}, NeedsOld: true},
+		{Rule: "users", Schema: "public", Table: "users", Columns: []string{"id", "email", "shout"}, NeedsOld: true},
 		{Rule: "audit", Schema: "public", Table: "audit", Columns: []string{"what"}},
 		{Rule: "ghost", Schema: "public", Table: "ghosts", Columns: []string{"id"}},
 		{Rule: "pattern", Schema: "public", Table: "user_*", Columns: []string{"id"}},
 		{Rule: "nomatch", Schema: "other", Table: "*", Columns: []string{"id"}},
+		{Rule: "m", Schema: "public", Table: "m", Columns: []string{"id", "user_id"}, NeedsOld: true},
+		{Rule: "m1", Schema: "public", Table: "m1", Columns: []string{"id"}},
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
@@ -936,16 +943,46 @@ func TestCheck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []cdc.Finding{
+	keep := cdc.Finding{Severity: cdc.Warning, Message: `max_slot_wal_keep_size is -1 (unlimited): while tagstream is stopped or stuck, its slot keeps WAL until the disk is full`,
+		Fix: `ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'; SELECT pg_reload_conf(); -- size it to what the disk can spare; if the slot loses WAL, tagstream resets its clients and continues`}
+	unfixable := []cdc.Finding{
 		{Severity: cdc.Error, Rule: "users", Message: `column "email" does not exist in table public.users`, Fix: ""},
-		{Severity: cdc.Error, Rule: "users", Message: `publication "tagstream" does not include table public.users`, Fix: `ALTER PUBLICATION "tagstream" ADD TABLE "public"."users";`},
-		{Severity: cdc.Error, Rule: "audit", Message: `table public.audit has no replica identity: once published, UPDATE and DELETE on it fail`, Fix: `ALTER TABLE "public"."audit" REPLICA IDENTITY FULL;`},
 		{Severity: cdc.Error, Rule: "ghost", Message: `table public.ghosts does not exist`, Fix: ""},
-		{Severity: cdc.Error, Rule: "pattern", Message: `publication "tagstream" does not include table public.user_roles`, Fix: `ALTER PUBLICATION "tagstream" ADD TABLE "public"."user_roles";`},
-		{Severity: cdc.Warning, Rule: "todo", Message: `the rule reads old values of user_id but table public.todos sends only its key in old rows (REPLICA IDENTITY DEFAULT): unknown old values become wildcards`, Fix: `ALTER TABLE "public"."todos" REPLICA IDENTITY FULL;`},
+		keep,
+		{Severity: cdc.Warning, Rule: "users", Message: "column \"shout\" of table public.users is generated: logical replication does not publish generated columns, so the rule reads it as unknown (`*`)"},
 		{Severity: cdc.Warning, Rule: "nomatch", Message: `no table matches other.*`, Fix: ""},
 	}
+	want := []cdc.Finding{
+		unfixable[0],
+		{Severity: cdc.Error, Rule: "users", Message: `publication "tagstream" does not include table public.users`, Fix: `ALTER PUBLICATION "tagstream" ADD TABLE "public"."users";`, Apply: true},
+		{Severity: cdc.Error, Rule: "audit", Message: `table public.audit has no replica identity: once published, UPDATE and DELETE on it fail`, Fix: `ALTER TABLE "public"."audit" REPLICA IDENTITY FULL;`, Apply: true},
+		unfixable[1],
+		{Severity: cdc.Error, Rule: "pattern", Message: `publication "tagstream" does not include table public.user_roles`, Fix: `ALTER PUBLICATION "tagstream" ADD TABLE "public"."user_roles";`, Apply: true},
+		{Severity: cdc.Error, Rule: "m", Message: `publication "tagstream" does not include partitions public.m2 of table public.m`, Fix: `ALTER PUBLICATION "tagstream" ADD TABLE "public"."m";`, Apply: true},
+		keep,
+		{Severity: cdc.Warning, Rule: "todo", Message: `the rule reads old values of user_id but table public.todos sends only its key in old rows (REPLICA IDENTITY DEFAULT): unknown old values become wildcards`, Fix: `ALTER TABLE "public"."todos" REPLICA IDENTITY FULL;`, Apply: true},
+		unfixable[3],
+		unfixable[4],
+		// The partitioned table is judged by its leaves: m2 is FULL, m1 not.
+		{Severity: cdc.Warning, Rule: "m", Message: `the rule reads old values of user_id but table public.m1 sends only its key in old rows (REPLICA IDENTITY DEFAULT): unknown old values become wildcards`, Fix: `ALTER TABLE "public"."m1" REPLICA IDENTITY FULL;`, Apply: true},
+	}
 	if !slices.Equal(got, want) {
-		t.Errorf("findings:\n got %+v\nwant %+v", got, want)
+		t.Fatalf("findings:\n got %+v\nwant %+v", got, want)
+	}
+
+	// Applying every fix that may be applied leaves the others.
+	for _, fd := range got {
+		if fd.Apply {
+			if err := ApplyFix(ctx, f.config(), fd.Fix); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	got, err = Check(ctx, f.config(), reqs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, []cdc.Finding{unfixable[0], unfixable[1], keep, unfixable[3], unfixable[4]}) {
+		t.Errorf("after applying the fixes:\n got %+v", got)
 	}
 }
