@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 
+	"github.com/tagstream/tagstream/cdc"
 	"github.com/tagstream/tagstream/rules"
 )
 
@@ -15,6 +16,7 @@ import (
 func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("check", stdout)
 	rulesPath := fs.String("rules", envOr("TAGSTREAM_RULES", ""), "rules `FILE` (env TAGSTREAM_RULES)")
+	apply := fs.Bool("apply", false, "with --db: run the fixes that change only a table or the publication (REPLICA IDENTITY FULL, ADD TABLE), printing each statement first")
 	var sf sourceFlags
 	sf.register(fs)
 	// check only reads the database when --db is given on the command line
@@ -41,6 +43,9 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return errInvalid
 	}
 	if sf.db == "" {
+		if *apply {
+			return usageErrorf("check: --apply needs --db")
+		}
 		fmt.Fprintf(stdout, "%s: %d rule(s) OK\n", *rulesPath, len(set.Rules))
 		return nil
 	}
@@ -53,10 +58,44 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	errs := printFindings(stdout, findings)
+	if *apply {
+		applied, failed := applyFixes(ctx, src, findings, stdout)
+		if failed > 0 {
+			fmt.Fprintf(stdout, "%s: %d fix(es) failed\n", *rulesPath, failed)
+			return errInvalid
+		}
+		if applied > 0 {
+			if findings, err = src.check(ctx, set.Requirements(src.defaultSchema)); err != nil {
+				return err
+			}
+			fmt.Fprintln(stdout, "after applying:")
+			errs = printFindings(stdout, findings)
+		}
+	}
 	if errs > 0 {
 		fmt.Fprintf(stdout, "%s: %d rule(s), %d error(s), %d warning(s) against %s\n", *rulesPath, len(set.Rules), errs, len(findings)-errs, redact(sf.db))
 		return errInvalid
 	}
 	fmt.Fprintf(stdout, "%s: %d rule(s) OK against %s (%d warning(s))\n", *rulesPath, len(set.Rules), redact(sf.db), len(findings))
 	return nil
+}
+
+// applyFixes runs the fixes that may be applied, each printed before it
+// runs, and counts them.
+func applyFixes(ctx context.Context, src *source, findings []cdc.Finding, stdout io.Writer) (applied, failed int) {
+	seen := map[string]bool{}
+	for _, f := range findings {
+		if !f.Apply || seen[f.Fix] {
+			continue
+		}
+		seen[f.Fix] = true
+		fmt.Fprintf(stdout, "apply: %s\n", f.Fix)
+		if err := src.applyFix(ctx, f.Fix); err != nil {
+			fmt.Fprintf(stdout, "  failed: %v\n", err)
+			failed++
+			continue
+		}
+		applied++
+	}
+	return applied, failed
 }

@@ -471,9 +471,11 @@ func TestCheckAgainstDatabase(t *testing.T) {
 	dsn, db, rulesFile := setupPG(t)
 	execSQL(t, db, `ALTER TABLE todos REPLICA IDENTITY DEFAULT`)
 	code, stdout, stderr := runBinary(t, nil, "check", "--rules", rulesFile, "--db", dsn)
-	want := `warning: rule todo: the rule reads old values of user_id, title, done but table public.todos sends only its key in old rows (REPLICA IDENTITY DEFAULT): unknown old values become wildcards
+	want := `warning: max_slot_wal_keep_size is -1 (unlimited): while tagstream is stopped or stuck, its slot keeps WAL until the disk is full
+  fix: ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'; SELECT pg_reload_conf(); -- size it to what the disk can spare; if the slot loses WAL, tagstream resets its clients and continues
+warning: rule todo: the rule reads old values of user_id, title, done but table public.todos sends only its key in old rows (REPLICA IDENTITY DEFAULT): unknown old values become wildcards
   fix: ALTER TABLE "public"."todos" REPLICA IDENTITY FULL;
-` + rulesFile + `: 2 rule(s) OK against ` + dsn + ` (1 warning(s))
+` + rulesFile + `: 2 rule(s) OK against ` + dsn + ` (2 warning(s))
 `
 	if code != 0 || stdout != want {
 		t.Fatalf("exit %d\nstdout:\n%s\nwant:\n%s\nstderr: %s", code, stdout, want, stderr)
@@ -484,7 +486,9 @@ func TestCheckAgainstDatabase(t *testing.T) {
 	code, stdout, _ = runBinary(t, nil, "check", "--rules", bad, "--db", dsn)
 	want = `error: rule ghost: table public.ghosts does not exist
 error: rule todo: column "uuid" does not exist in table public.todos
-` + bad + `: 2 rule(s), 2 error(s), 0 warning(s) against ` + dsn + `
+warning: max_slot_wal_keep_size is -1 (unlimited): while tagstream is stopped or stuck, its slot keeps WAL until the disk is full
+  fix: ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'; SELECT pg_reload_conf(); -- size it to what the disk can spare; if the slot loses WAL, tagstream resets its clients and continues
+` + bad + `: 2 rule(s), 2 error(s), 1 warning(s) against ` + dsn + `
 `
 	if code != 1 || stdout != want {
 		t.Fatalf("exit %d\nstdout:\n%s\nwant:\n%s", code, stdout, want)

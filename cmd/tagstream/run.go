@@ -35,6 +35,8 @@ type daemonFlags struct {
 	fence      bool
 	logFormat  string
 	logLevel   string
+	oldImages  string
+	oldMode    rules.OldImages // oldImages parsed
 }
 
 func (df *daemonFlags) register(fs *flag.FlagSet) {
@@ -49,6 +51,7 @@ func (df *daemonFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&df.fence, "visibility-fence", true, "hand a transaction's tags out only once a fresh read on the database sees its commit")
 	fs.StringVar(&df.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&df.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&df.oldImages, "old-images", "wildcard", "an update the database sends without its old row (Postgres REPLICA IDENTITY DEFAULT): `wildcard` (the old row's unknown values become *) or new-only (the old side is skipped)")
 }
 
 func (df *daemonFlags) validate() error {
@@ -66,6 +69,11 @@ func (df *daemonFlags) validate() error {
 	case df.queueSize < 0:
 		return usageErrorf("run: --queue-size must not be negative")
 	}
+	mode, err := rules.ParseOldImages(df.oldImages)
+	if err != nil {
+		return usageErrorf("run: --old-images: %q is not wildcard or new-only", df.oldImages)
+	}
+	df.oldMode = mode
 	return nil
 }
 
@@ -83,6 +91,9 @@ type instance struct {
 	srv      *http.Server
 	ln       net.Listener
 	metrics  *metrics
+	src      *source
+	set      *rules.Set
+	health   *sourceHealth
 }
 
 func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -126,6 +137,7 @@ func (d *instance) assemble(kf *sinkFlags) error {
 	if d.reader, err = src.open(); err != nil {
 		return err
 	}
+	d.src, d.set, d.health = src, set, newSourceHealth(d.reader)
 	targets, closers, err := kf.build(d.log)
 	if err != nil {
 		return err
@@ -135,7 +147,7 @@ func (d *instance) assemble(kf *sinkFlags) error {
 		return usageErrorf("run: --listen %s: %v", d.df.listen, err)
 	}
 	d.ln, d.closers = ln, closers
-	d.ruleOpts = rules.Options{DefaultSchema: src.defaultSchema, MaxTags: d.df.maxTxTags}
+	d.ruleOpts = rules.Options{DefaultSchema: src.defaultSchema, MaxTags: d.df.maxTxTags, OldImages: d.df.oldMode, Logger: d.log}
 	d.hub = stream.NewHub(stream.Options{
 		ReplaySize: d.df.replaySize,
 		ReplayAge:  d.df.replayAge,
@@ -149,14 +161,14 @@ func (d *instance) assemble(kf *sinkFlags) error {
 		targets[i].ObserveDelay = d.metrics.observer(targets[i].Name)
 	}
 	d.pipe = pipeline.New(d.reader, rules.Compile(set, d.ruleOpts), targets, pipeline.Options{Logger: d.log, Fence: d.df.fence})
-	d.metrics.reg.MustRegister(statsCollector{pipe: d.pipe, hub: d.hub})
+	d.metrics.reg.MustRegister(statsCollector{pipe: d.pipe, hub: d.hub}, healthCollector{d.health})
 	d.srv = &http.Server{Handler: d.routes(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelWarn)}
 	sinks := make([]string, len(targets))
 	for i, t := range targets {
 		sinks[i] = t.Name
 	}
 	d.log.Info("tagstream started", "version", version, "listen", ln.Addr().String(), "db", redact(d.sf.db),
-		"rules", d.df.rules, "rule_count", len(set.Rules), "sinks", sinks, "visibility_fence", d.pipe.Fenced())
+		"rules", d.df.rules, "rule_count", len(set.Rules), "sinks", sinks, "visibility_fence", d.pipe.Fenced(), "old_images", d.df.oldMode.String())
 	return nil
 }
 
@@ -202,6 +214,7 @@ func (d *instance) serve(ctx context.Context) error {
 	})
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	wg.Go(func() { watchRules(watchCtx, d.df.rules, d.df.rulesPoll, d.ruleOpts, d.pipe, d.log) })
+	wg.Go(func() { d.health.checkAtStartup(watchCtx, d.src, d.set, d.log) })
 
 	runErr := d.reader.Run(readCtx, d.pipe)
 	stopRead()

@@ -158,6 +158,14 @@ func (s *source) check(ctx context.Context, reqs []cdc.Requirement) ([]cdc.Findi
 	return findings, configError(err)
 }
 
+// applyFix runs one finding's fix (a Finding with Apply set).
+func (s *source) applyFix(ctx context.Context, stmt string) error {
+	if s.kind != dbPostgres {
+		return fmt.Errorf("no fix is applied to MySQL/MariaDB: %s", stmt)
+	}
+	return configError(postgres.ApplyFix(ctx, s.pg, stmt))
+}
+
 // configError turns a reader's configuration error into a usage error
 // (exit 2); other errors pass through.
 func configError(err error) error {
