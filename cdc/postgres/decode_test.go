@@ -66,10 +66,23 @@ func tuple(vals ...string) []byte {
 
 func newTestSession() *session {
 	r, _ := New(Config{DSN: "postgres://localhost/db"})
-	return &session{r: r, h: nopHandler{}, streams: map[uint32]*streamedTx{}, partitionInfo: notPartitioned}
+	return &session{r: r, h: nopHandler{}, streams: map[uint32]*streamedTx{}, cat: stubCatalog{}}
 }
 
-func notPartitioned(context.Context, uint32, uint32) (treeInfo, error) { return treeInfo{}, nil }
+// stubCatalog answers partition lookups from a map (nothing partitioned
+// when nil) and knows no domains.
+type stubCatalog struct {
+	tree func(oid uint32) treeInfo
+}
+
+func (c stubCatalog) partitionInfo(_ context.Context, oid, _ uint32) (treeInfo, error) {
+	if c.tree == nil {
+		return treeInfo{}, nil
+	}
+	return c.tree(oid), nil
+}
+
+func (stubCatalog) baseType(_ context.Context, oid uint32) (uint32, error) { return oid, nil }
 
 func TestDecodeRowImages(t *testing.T) {
 	s := newTestSession()
@@ -175,14 +188,14 @@ func TestPartitionsPublishedViaRoot(t *testing.T) {
 		up          []uint32
 	}{10: {true, nil}, 11: {false, []uint32{10}}, 12: {true, []uint32{10}}, 13: {false, []uint32{12, 10}}}
 	names := map[uint32]string{10: "m", 11: "m1", 12: "m2", 13: "m2a"}
-	s.partitionInfo = func(_ context.Context, oid, _ uint32) (treeInfo, error) {
+	s.cat = stubCatalog{tree: func(oid uint32) treeInfo {
 		n := tree[oid]
 		ti := treeInfo{partitioned: n.partitioned, ancestors: n.up}
 		for _, a := range n.up {
 			ti.names = append(ti.names, cdc.TableName{Schema: "public", Name: names[a]})
 		}
-		return ti, nil
-	}
+		return ti
+	}}
 	begin := []byte{'B', 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5}
 	update := append(be32([]byte{'U'}, 10), append([]byte{'N'}, tuple("1", "x")...)...)
 	keyUpdate := append(append(be32([]byte{'U'}, 10), append([]byte{'K'}, tuple("1", "\x00n")...)...), append([]byte{'N'}, tuple("2", "y")...)...)

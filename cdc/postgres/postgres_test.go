@@ -412,8 +412,8 @@ func TestTypesAndOperations(t *testing.T) {
 
 	got := rec.waitCommits(t, 6)
 	assertLines(t, got,
-		[]string{`insert public.items new=[id=1 big=9007199254740993 u=a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11 name=héllo, "w" ok price=12345.678900 ok=t at=2024-01-02 01:04:05.123456+00 doc={"a": [1, 2], "b": 2} nums={1,2,3} tags={a,"b c"} m=happy empty=NULL]`},
-		[]string{`update public.items new=[id=1 big=9007199254740993 u=a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11 name=x price=12345.678900 ok=f at=2024-01-02 01:04:05.123456+00 doc={"a": [1, 2], "b": 2} nums={1,2,3} tags={a,"b c"} m=happy empty=NULL]`},
+		[]string{`insert public.items new=[id=1 big=9007199254740993 u=a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11 name=héllo, "w" ok price=12345.678900 ok=true at=2024-01-02 01:04:05.123456+00 doc={"a": [1, 2], "b": 2} nums={1,2,3} tags={a,"b c"} m=happy empty=NULL]`},
+		[]string{`update public.items new=[id=1 big=9007199254740993 u=a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11 name=x price=12345.678900 ok=false at=2024-01-02 01:04:05.123456+00 doc={"a": [1, 2], "b": 2} nums={1,2,3} tags={a,"b c"} m=happy empty=NULL]`},
 		[]string{`insert public.other new=[id=7]`, `delete public.items old=[id=1 big=<absent> u=<absent> name=<absent> price=<absent> ok=<absent> at=<absent> doc=<absent> nums=<absent> tags=<absent> m=<absent> empty=<absent>]`},
 		[]string{`insert public.items new=[id=2 big=NULL u=NULL name=NULL price=NULL ok=NULL at=NULL doc=NULL nums=NULL tags=NULL m=NULL empty=NULL]`},
 		[]string{`insert public.other new=[id=8]`},

@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"slices"
@@ -93,13 +94,120 @@ func (c *catalog) partitionInfo(ctx context.Context, oid, xid uint32) (treeInfo,
 	return ti, nil
 }
 
+// baseTypeSQL resolves a type to the type at the bottom of its domains.
+const baseTypeSQL = `WITH RECURSIVE d(oid, depth) AS (
+		SELECT $1::oid, 0
+		UNION ALL
+		SELECT t.typbasetype, d.depth + 1 FROM d JOIN pg_type t ON t.oid = d.oid WHERE t.typtype = 'd')
+	SELECT oid FROM d ORDER BY depth DESC LIMIT 1`
+
+// baseType returns the base type of a domain (of domains), or oid itself.
+func (c *catalog) baseType(ctx context.Context, oid uint32) (uint32, error) {
+	ctx, cancel := context.WithTimeout(ctx, catalogTimeout)
+	defer cancel()
+	var base uint32
+	err := c.queryRow(ctx, baseTypeSQL, []any{oid}, &base)
+	return base, err
+}
+
+// catalogReader is what the stream reads from the catalog (a stub in tests
+// without a database).
+type catalogReader interface {
+	partitionInfo(ctx context.Context, oid, xid uint32) (treeInfo, error)
+	baseType(ctx context.Context, oid uint32) (uint32, error)
+}
+
+// Type OIDs whose output text differs from their cast to text; pgoutput
+// sends the output text, a value is `col::text`.
+const (
+	oidBool   = 16   // boolout t/f, text true/false
+	oidBpchar = 1042 // char(n): output padded, text without trailing spaces
+	oidInet   = 869  // output omits a host's /32 or /128, text keeps it
+	// firstUserOID: types below are built in (never domains).
+	firstUserOID = 16384
+)
+
+// textConv is how a column's output text becomes its text cast.
+type textConv uint8
+
+const (
+	convNone textConv = iota
+	convBool
+	convBpchar
+	convInet
+)
+
+// convFor returns the conversion of a column of type oid, resolving
+// domains through the catalog (once per type and session).
+func (s *session) convFor(ctx context.Context, oid uint32) (textConv, error) {
+	if oid >= firstUserOID {
+		base, ok := s.baseTypes[oid]
+		if !ok {
+			b, err := s.cat.baseType(ctx, oid)
+			if err != nil {
+				return convNone, err
+			}
+			if s.baseTypes == nil {
+				s.baseTypes = map[uint32]uint32{}
+			}
+			s.baseTypes[oid], base = b, b
+		}
+		oid = base
+	}
+	switch oid {
+	case oidBool:
+		return convBool, nil
+	case oidBpchar:
+		return convBpchar, nil
+	case oidInet:
+		return convInet, nil
+	}
+	return convNone, nil
+}
+
+var (
+	textTrue  = []byte("true")
+	textFalse = []byte("false")
+)
+
+// castText turns a column's output text into its text cast. It returns a
+// sub-slice, a shared constant or a slice of *scratch (valid until the next
+// row).
+func castText(conv textConv, v []byte, scratch *[]byte) []byte {
+	switch conv {
+	case convBool:
+		if len(v) == 1 && v[0] == 't' {
+			return textTrue
+		}
+		if len(v) == 1 && v[0] == 'f' {
+			return textFalse
+		}
+	case convBpchar:
+		return bytes.TrimRight(v, " ")
+	case convInet:
+		if bytes.IndexByte(v, '/') < 0 {
+			start := len(*scratch)
+			*scratch = append(*scratch, v...)
+			if bytes.IndexByte(v, ':') >= 0 {
+				*scratch = append(*scratch, "/128"...)
+			} else {
+				*scratch = append(*scratch, "/32"...)
+			}
+			return (*scratch)[start:len(*scratch):len(*scratch)]
+		}
+	}
+	return v
+}
+
 // relation is a table as its last Relation message and the catalog describe
 // it.
 type relation struct {
 	table   *cdc.Table // what its changes carry; replaced when anything changes, never modified
 	name    cdc.TableName
 	columns []string
-	flags   []bool // per column: replica identity, as the Relation message says
+	flags   []bool     // per column: replica identity, as the Relation message says
+	conv    []textConv // per column: how its output text becomes its text cast
+	hasConv bool       // some column needs a conversion
 
 	ancestors []cdc.TableName // partitioned tables its changes may belong to
 
@@ -130,7 +238,7 @@ func (s *session) relationMsg(ctx context.Context, m *pglogrepl.RelationMessage)
 	if s.inStream {
 		xid = s.streamXid
 	}
-	ti, err := s.partitionInfo(ctx, m.RelationID, xid)
+	ti, err := s.cat.partitionInfo(ctx, m.RelationID, xid)
 	if err != nil {
 		return fmt.Errorf("postgres: relation %s.%s: read its partition tree: %w", m.Namespace, m.RelationName, err)
 	}
@@ -143,9 +251,15 @@ func (s *session) relationMsg(ctx context.Context, m *pglogrepl.RelationMessage)
 	rel.name = cdc.TableName{Schema: m.Namespace, Name: m.RelationName}
 	rel.columns = make([]string, len(m.Columns))
 	rel.flags = make([]bool, len(m.Columns))
+	rel.conv = make([]textConv, len(m.Columns))
+	rel.hasConv = false
 	for i, c := range m.Columns {
 		rel.columns[i] = c.Name
 		rel.flags[i] = c.Flags&1 != 0
+		if rel.conv[i], err = s.convFor(ctx, c.DataType); err != nil {
+			return fmt.Errorf("postgres: relation %s.%s: read the type of %s: %w", m.Namespace, m.RelationName, c.Name, err)
+		}
+		rel.hasConv = rel.hasConv || rel.conv[i] != convNone
 	}
 	rel.partitioned = ti.partitioned
 	rel.ancestors = ti.names

@@ -25,14 +25,13 @@ type streamedTx struct {
 
 // session is the state of one replication connection.
 type session struct {
-	r    *Reader
-	h    cdc.Handler
-	conn *pgconn.PgConn
-	// partitionInfo reads a relation's place in its partition tree
-	// (catalog.partitionInfo; a stub in tests without a database).
-	partitionInfo func(ctx context.Context, oid, xid uint32) (treeInfo, error)
-	curXid        uint32 // xid of the open non-streamed transaction
-	lastRelation  uint32 // the previous message was this relation's Relation message (0: it was not one)
+	r            *Reader
+	h            cdc.Handler
+	conn         *pgconn.PgConn
+	cat          catalogReader     // partition trees and domain types
+	baseTypes    map[uint32]uint32 // domain type → base type, this session
+	curXid       uint32            // xid of the open non-streamed transaction
+	lastRelation uint32            // the previous message was this relation's Relation message (0: it was not one)
 
 	cur       cdc.Tx // open non-streamed transaction, nil when none
 	streams   map[uint32]*streamedTx
@@ -51,6 +50,7 @@ type session struct {
 	// Reused per change: a Change and its Values are only valid during Add.
 	change         cdc.Change
 	oldBuf, newBuf []cdc.Value
+	textBuf        []byte // values rewritten to their text cast
 }
 
 // session runs one connection: setup, START_REPLICATION, stream. streamed
@@ -140,7 +140,7 @@ func (r *Reader) session(ctx context.Context, h cdc.Handler) (streamed bool, err
 		wg.Wait()
 	}()
 
-	s := &session{r: r, h: h, conn: repl, partitionInfo: cat.partitionInfo, streams: map[uint32]*streamedTx{}, start: uint64(start)}
+	s := &session{r: r, h: h, conn: repl, cat: cat, streams: map[uint32]*streamedTx{}, start: uint64(start)}
 	if end := uint64(sys.XLogPos); end > uint64(start) {
 		s.progress = end
 		h.Progress(cdc.Position(end))
@@ -523,8 +523,23 @@ func (s *session) row(data []byte) error {
 		}
 		c.Old = s.oldBuf
 	}
+	if rel.hasConv {
+		s.textBuf = s.textBuf[:0]
+		castImage(rel, c.Old, &s.textBuf)
+		castImage(rel, c.New, &s.textBuf)
+	}
 	tx.Add(c)
 	return nil
+}
+
+// castImage rewrites the values whose output text differs from their text
+// cast.
+func castImage(rel *relation, img []cdc.Value, scratch *[]byte) {
+	for i := range img {
+		if img[i].Kind == cdc.Text && rel.conv[i] != convNone {
+			img[i].Text = castText(rel.conv[i], img[i].Text, scratch)
+		}
+	}
 }
 
 // decodeTuple appends one TupleData's columns to buf. keyOnly marks an old
