@@ -26,6 +26,7 @@ type serverInfo struct {
 	rowMetadata string // binlog_row_metadata; "" when the server has none
 	gtidMode    bool   // GTIDs usable for resuming (always on MariaDB)
 	grants      []string
+	collations  map[uint64]string // collation id → character set name
 }
 
 func (s *serverInfo) mariadb() bool { return s.flavor == gomysql.MariaDBFlavor }
@@ -92,6 +93,9 @@ func inspect(c *client.Conn) (*serverInfo, error) {
 			s.gtidMode = strings.EqualFold(m[0], "ON")
 		}
 	}
+	if s.collations, err = readCollations(c); err != nil {
+		return nil, err
+	}
 	r, err := c.Execute("SHOW GRANTS")
 	if err != nil {
 		return nil, fmt.Errorf("mysql: show grants: %w", err)
@@ -102,6 +106,23 @@ func inspect(c *client.Conn) (*serverInfo, error) {
 	}
 	r.Close()
 	return s, nil
+}
+
+// readCollations maps the server's collation ids to their character sets:
+// a TABLE_MAP names a column's collation by id.
+func readCollations(c *client.Conn) (map[uint64]string, error) {
+	r, err := c.Execute("SELECT ID, CHARACTER_SET_NAME FROM information_schema.COLLATIONS WHERE ID IS NOT NULL")
+	if err != nil {
+		return nil, fmt.Errorf("mysql: read collations: %w", err)
+	}
+	defer r.Close()
+	m := make(map[uint64]string, r.RowNumber())
+	for i := range r.RowNumber() {
+		id, _ := r.GetUint(i, 0)
+		name, _ := r.GetString(i, 1)
+		m[id] = strings.Clone(name)
+	}
+	return m, nil
 }
 
 // grantee renders CURRENT_USER() as 'user'@'host' for a GRANT statement.

@@ -39,6 +39,8 @@ type streamState struct {
 	txGset  gomysql.GTIDSet // gset including the open transaction
 	txTime  time.Time
 
+	collations map[uint64]string // collation id → character set name
+
 	byID     map[uint64]*tableInfo
 	byLayout map[string]*tableInfo
 	byName   map[tableRef]*tableInfo
@@ -53,6 +55,7 @@ type streamState struct {
 // startAt sets the resume point.
 func (st *streamState) startAt(info *serverInfo, gtid, file string, pos uint32) error {
 	st.flavor = info.flavor
+	st.collations = info.collations
 	st.gset = nil
 	switch {
 	case info.mariadb():
@@ -291,7 +294,7 @@ func (st *streamState) tableMap(tm *replication.TableMapEvent) *tableInfo {
 		info = st.byLayout[string(st.keyBuf)]
 		if info == nil {
 			key := string(st.keyBuf)
-			info = newTableInfo(key, tm)
+			info = newTableInfo(key, tm, st.collations)
 			st.byLayout[key] = info
 		}
 		st.byID[tm.TableID] = info

@@ -162,7 +162,12 @@ func TestAppendValue(t *testing.T) {
 		{&column{kind: colYear}, 0, "0000", cdc.Text},
 		{&column{}, float32(1.1), "1.1", cdc.Text},
 		{&column{}, 1e20, "1e20", cdc.Text},
-		{&column{}, -1.5e-7, "-1.5e-7", cdc.Text},
+		{&column{}, -1.5e-7, "-0.00000015", cdc.Text}, // the server's text (my_gcvt), checked in TestCanonicalValues
+		{&column{}, 1.5e-16, "1.5e-16", cdc.Text},
+		{&column{}, float32(123456789), "123457000", cdc.Text},
+		{&column{umask: ^uint64(0)}, int64(-1), "18446744073709551615", cdc.Text}, // BIT(64)
+		{&column{pad: 3}, "a", "a\x00\x00", cdc.Text},                             // BINARY(3)
+		{&column{cs: charsets["latin1"]}, []byte{'c', 0xe9, 0x80, 0x81}, "cé€\u0081", cdc.Text},
 		{&column{}, 123456789012.5, "123456789012.5", cdc.Text},
 		{&column{kind: colJSON}, `{"a":[1,"x,y:z"],"b\"":{}}`, `{"a": [1, "x,y:z"], "b\"": {}}`, cdc.Text},
 		{&column{}, []byte{0, 0xff}, "\x00\xff", cdc.Text},

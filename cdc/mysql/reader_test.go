@@ -27,7 +27,8 @@ func TestMain(m *testing.M) { testcontainers.Main(m) }
 // schema as text lines.
 type recorder struct {
 	schema string
-	ack    func(cdc.Position) // called after each commit when set
+	ack    func(cdc.Position)       // called after each commit when set
+	render func(*cdc.Change) string // nil: renderChange
 
 	mu       sync.Mutex
 	commits  []commitRec
@@ -61,7 +62,11 @@ func (t *recTx) Add(c *cdc.Change) {
 	t.r.mu.Lock()
 	t.r.tables[c.Table.Name] = c.Table
 	t.r.mu.Unlock()
-	t.lines = append(t.lines, renderChange(c))
+	render := renderChange
+	if t.r.render != nil {
+		render = t.r.render
+	}
+	t.lines = append(t.lines, render(c))
 }
 
 func (t *recTx) Merge(o cdc.Tx) { t.lines = append(t.lines, o.(*recTx).lines...) }

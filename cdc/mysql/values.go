@@ -1,6 +1,8 @@
 package mysql
 
 import (
+	"bytes"
+	"encoding/binary"
 	"fmt"
 	"math"
 	"strconv"
@@ -26,11 +28,13 @@ const (
 
 type column struct {
 	kind   colKind
-	labels []string // ENUM / SET
-	// umask is the value mask of an UNSIGNED integer column, 0 otherwise:
-	// the rows arrive decoded as signed (see decodeRows).
+	labels []string // ENUM / SET, decoded to UTF-8
+	// umask is the value mask of an UNSIGNED integer (or BIT) column, 0
+	// otherwise: the rows arrive decoded as signed (see decodeRows).
 	umask uint64
-	dec   int // fractional digits of DATETIME/TIMESTAMP
+	dec   int      // fractional digits of DATETIME/TIMESTAMP
+	cs    *charset // a text column stored in another character set than UTF-8
+	pad   int      // BINARY(n): the binlog drops the trailing zero bytes the column holds
 }
 
 // tableInfo is one layout of one table: a TABLE_MAP with the same schema,
@@ -60,6 +64,12 @@ func layoutKey(buf []byte, tm *replication.TableMapEvent) []byte {
 		buf = append(buf, 0)
 		buf = append(buf, n...)
 	}
+	for _, cs := range [][]uint64{tm.DefaultCharset, tm.ColumnCharset, tm.EnumSetDefaultCharset, tm.EnumSetColumnCharset} {
+		buf = append(buf, 3)
+		for _, c := range cs {
+			buf = binary.AppendUvarint(buf, c)
+		}
+	}
 	for _, vs := range [][][][]byte{tm.EnumStrValue, tm.SetStrValue} {
 		buf = append(buf, 1)
 		for _, labels := range vs {
@@ -73,7 +83,9 @@ func layoutKey(buf []byte, tm *replication.TableMapEvent) []byte {
 	return buf
 }
 
-func newTableInfo(key string, tm *replication.TableMapEvent) *tableInfo {
+// newTableInfo maps a TABLE_MAP; collations names each collation id's
+// character set.
+func newTableInfo(key string, tm *replication.TableMapEvent, collations map[uint64]string) *tableInfo {
 	n := int(tm.ColumnCount)
 	info := &tableInfo{
 		key:   key,
@@ -90,10 +102,20 @@ func newTableInfo(key string, tm *replication.TableMapEvent) *tableInfo {
 	}
 	enums, sets := tm.EnumStrValueMap(), tm.SetStrValueMap()
 	unsigned := tm.UnsignedMap()
+	colls, enumColls := tm.CollationMap(), tm.EnumSetCollationMap()
 	for i := range n {
 		c := &info.cols[i]
 		if unsigned[i] {
 			c.umask = intMask(tm.ColumnType[i])
+		}
+		if tm.ColumnType[i] == gomysql.MYSQL_TYPE_BIT {
+			c.umask = math.MaxUint64 // BIT(64) arrives as a negative int64
+		}
+		if id, ok := colls[i]; ok {
+			c.cs = charsets[collations[id]]
+			if collations[id] == "binary" {
+				c.pad = binaryLength(tm, i)
+			}
 		}
 		switch tm.ColumnType[i] {
 		case gomysql.MYSQL_TYPE_DATETIME2, gomysql.MYSQL_TYPE_TIMESTAMP2:
@@ -103,9 +125,9 @@ func newTableInfo(key string, tm *replication.TableMapEvent) *tableInfo {
 		}
 		switch {
 		case tm.IsEnumColumn(i):
-			c.kind, c.labels = colEnum, enums[i]
+			c.kind, c.labels = colEnum, decodeLabels(enums[i], charsets[collations[enumColls[i]]])
 		case tm.IsSetColumn(i):
-			c.kind, c.labels = colSet, sets[i]
+			c.kind, c.labels = colSet, decodeLabels(sets[i], charsets[collations[enumColls[i]]])
 		case tm.ColumnType[i] == gomysql.MYSQL_TYPE_YEAR:
 			c.kind = colYear
 		case tm.ColumnType[i] == gomysql.MYSQL_TYPE_JSON:
@@ -113,6 +135,38 @@ func newTableInfo(key string, tm *replication.TableMapEvent) *tableInfo {
 		}
 	}
 	return info
+}
+
+func decodeLabels(raw []string, cs *charset) []string {
+	if cs == nil {
+		return raw
+	}
+	out := make([]string, len(raw))
+	for i, l := range raw {
+		out[i] = cs.text([]byte(l))
+	}
+	return out
+}
+
+// binaryLength is the byte length of a BINARY(n) column (a fixed-length
+// string type), 0 for any other type. The length is spread over the
+// column's metadata as MySQL's Field_string packs it.
+func binaryLength(tm *replication.TableMapEvent, i int) int {
+	if tm.ColumnType[i] != gomysql.MYSQL_TYPE_STRING || i >= len(tm.ColumnMeta) {
+		return 0
+	}
+	meta := tm.ColumnMeta[i]
+	if meta < 256 {
+		return int(meta)
+	}
+	b0, b1 := byte(meta>>8), byte(meta)
+	if b0&0x30 != 0x30 {
+		return int(uint16(b1) | uint16((b0&0x30)^0x30)<<4)
+	}
+	if b0 != gomysql.MYSQL_TYPE_STRING {
+		return 0 // ENUM, SET
+	}
+	return int(b1)
 }
 
 // intMask is the mask of an integer column type's values, 0 for other types.
@@ -143,9 +197,9 @@ func appendValue(buf []byte, c *column, v any) ([]byte, cdc.Kind) {
 		if c.kind == colJSON {
 			return appendMySQLJSON(buf, x), cdc.Text
 		}
-		return append(buf, x...), cdc.Text
+		return appendText(buf, c, x), cdc.Text
 	case []byte:
-		return append(buf, x...), cdc.Text
+		return appendText(buf, c, x), cdc.Text
 	case int8:
 		return appendInt(buf, c, int64(x)), cdc.Text
 	case int16:
@@ -197,9 +251,9 @@ func appendValue(buf []byte, c *column, v any) ([]byte, cdc.Kind) {
 		}
 		return strconv.AppendInt(buf, int64(x), 10), cdc.Text
 	case float32:
-		return appendFloat(buf, float64(x), 32), cdc.Text
+		return appendFloat(buf, float64(x), floatDigits), cdc.Text
 	case float64:
-		return appendFloat(buf, x, 64), cdc.Text
+		return appendFloat(buf, x, -1), cdc.Text
 	case *replication.JsonDiff:
 		// A partial JSON update: the new document is not in the event.
 		return buf, cdc.Absent
@@ -257,31 +311,89 @@ func appendDigits(buf []byte, v, width int) []byte {
 	return buf
 }
 
-// appendFloat formats like MySQL: the shortest text that reads back to the
-// same value, plain between 1e-5 and 1e15, else with an exponent (1e20).
-func appendFloat(buf []byte, f float64, bits int) []byte {
-	if a := math.Abs(f); a == 0 || (a >= 1e-5 && a < 1e15) {
-		return strconv.AppendFloat(buf, f, 'f', -1, bits)
-	}
+// appendText appends a string column's value in UTF-8; BINARY(n) gets back
+// the trailing zero bytes the binlog drops.
+func appendText[T string | []byte](buf []byte, c *column, v T) []byte {
 	start := len(buf)
-	buf = strconv.AppendFloat(buf, f, 'e', -1, bits)
-	// Go writes 1e+20 and 1.5e-07; MySQL 1e20 and 1.5e-7.
-	for i := start; i < len(buf); i++ {
-		if buf[i] != 'e' {
-			continue
-		}
-		j := i + 1
-		if buf[j] == '+' {
-			buf = append(buf[:j], buf[j+1:]...)
-		} else if buf[j] == '-' {
-			j++
-		}
-		for j < len(buf)-1 && buf[j] == '0' {
-			buf = append(buf[:j], buf[j+1:]...)
-		}
-		break
+	if c.cs != nil {
+		buf = c.cs.appendUTF8(buf, []byte(v))
+	} else {
+		buf = append(buf, v...)
+	}
+	for len(buf)-start < c.pad {
+		buf = append(buf, 0)
 	}
 	return buf
+}
+
+// floatDigits: a FLOAT prints at most 6 significant digits (FLT_DIG).
+const floatDigits = 6
+
+// appendFloat appends a FLOAT or DOUBLE the way the server prints the
+// column (my_gcvt with the field's wide buffer): the shortest digits that
+// read back as the value (FLOAT: rounded to 6), in plain notation unless the
+// decimal exponent is below -14, or above 15 with no digit after the point:
+// 0.00000015, 123457000, 1e15, 1.2345678901234568e17, 3.4e38.
+func appendFloat(buf []byte, f float64, digits int) []byte {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return strconv.AppendFloat(buf, f, 'g', -1, 64) // not storable in a column
+	}
+	if f == 0 {
+		return append(buf, '0')
+	}
+	if f < 0 {
+		buf = append(buf, '-')
+		f = -f
+	}
+	prec := -1
+	if digits > 0 {
+		prec = digits - 1
+	}
+	var tmp [64]byte
+	e := strconv.AppendFloat(tmp[:0], f, 'e', prec, 64) // d.ddde±XX
+	mant, exp, _ := bytes.Cut(e, []byte("e"))
+	ds := append(tmp[len(e):len(e)], mant[0])
+	if len(mant) > 2 {
+		ds = append(ds, mant[2:]...)
+	}
+	for len(ds) > 1 && ds[len(ds)-1] == '0' {
+		ds = ds[:len(ds)-1]
+	}
+	x := 0
+	for _, c := range exp[1:] { // e±XX
+		x = 10*x + int(c-'0')
+	}
+	if exp[0] == '-' {
+		x = -x
+	}
+	decpt, n := x+1, len(ds)
+	if decpt >= -14 && (decpt <= 15 || n > decpt) {
+		switch {
+		case decpt <= 0:
+			buf = append(buf, '0', '.')
+			for range -decpt {
+				buf = append(buf, '0')
+			}
+			return append(buf, ds...)
+		case decpt < n:
+			buf = append(buf, ds[:decpt]...)
+			buf = append(buf, '.')
+			return append(buf, ds[decpt:]...)
+		default:
+			buf = append(buf, ds...)
+			for range decpt - n {
+				buf = append(buf, '0')
+			}
+			return buf
+		}
+	}
+	buf = append(buf, ds[0])
+	if n > 1 {
+		buf = append(buf, '.')
+		buf = append(buf, ds[1:]...)
+	}
+	buf = append(buf, 'e')
+	return strconv.AppendInt(buf, int64(decpt-1), 10)
 }
 
 // appendMySQLJSON re-spaces compact JSON the way MySQL prints a JSON value:
