@@ -16,8 +16,10 @@ type ddlEffect struct {
 
 // parseDDL recognises the statements that remove or move a table's rows
 // without row events: TRUNCATE, DROP TABLE, RENAME TABLE (the old names),
-// ALTER TABLE … RENAME (the old name), MariaDB's CREATE OR REPLACE TABLE
-// and DROP DATABASE. Anything else has no effect.
+// ALTER TABLE … RENAME (the old name), ALTER TABLE … TRUNCATE / DROP
+// PARTITION, EXCHANGE PARTITION … WITH TABLE and MariaDB's CONVERT
+// PARTITION / CONVERT TABLE (both tables), MariaDB's CREATE OR REPLACE
+// TABLE and DROP DATABASE. Anything else has no effect.
 func parseDDL(query, defaultSchema string) ddlEffect {
 	p := &ddlParser{toks: tokenize(query), schema: defaultSchema}
 	var eff ddlEffect
@@ -68,16 +70,7 @@ func parseDDL(query, defaultSchema string) ddlEffect {
 		if !ok {
 			break
 		}
-		for !p.done() {
-			if p.kw("RENAME") {
-				if p.peekKw("COLUMN") || p.peekKw("INDEX") || p.peekKw("KEY") {
-					continue
-				}
-				eff.Tables = append(eff.Tables, from)
-				break
-			}
-			p.next()
-		}
+		eff.Tables = p.alterEffects(from)
 	case p.kw("CREATE"):
 		if p.kw("OR") && p.kw("REPLACE") {
 			p.kw("TEMPORARY")
@@ -89,6 +82,63 @@ func parseDDL(query, defaultSchema string) ddlEffect {
 		}
 	}
 	return eff
+}
+
+// alterEffects scans the rest of ALTER TABLE from for what moves rows
+// without row events.
+func (p *ddlParser) alterEffects(from tableRef) []tableRef {
+	var out []tableRef
+	add := func(t tableRef) {
+		for _, o := range out {
+			if o == t {
+				return
+			}
+		}
+		out = append(out, t)
+	}
+	for !p.done() {
+		switch {
+		case p.kw("RENAME"):
+			if !p.peekKw("COLUMN") && !p.peekKw("INDEX") && !p.peekKw("KEY") {
+				add(from)
+			}
+		case p.kw("TRUNCATE"), p.kw("DROP"):
+			if p.kw("PARTITION") {
+				add(from)
+			}
+		case p.kw("EXCHANGE"):
+			// EXCHANGE PARTITION p WITH TABLE other
+			for !p.done() && !p.kw("TABLE") {
+				p.next()
+			}
+			if other, ok := p.name(); ok {
+				add(from)
+				add(other)
+			}
+		case p.kw("CONVERT"):
+			// CONVERT PARTITION p TO TABLE other | CONVERT TABLE other TO PARTITION p
+			if p.kw("TABLE") {
+				if other, ok := p.name(); ok {
+					add(from)
+					add(other)
+				}
+				continue
+			}
+			if !p.kw("PARTITION") {
+				continue // CONVERT TO CHARACTER SET
+			}
+			for !p.done() && !p.kw("TABLE") {
+				p.next()
+			}
+			if other, ok := p.name(); ok {
+				add(from)
+				add(other)
+			}
+		default:
+			p.next()
+		}
+	}
+	return out
 }
 
 type token struct {
