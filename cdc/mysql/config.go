@@ -41,7 +41,10 @@ type Config struct {
 	// BackoffMin and BackoffMax bound the jittered exponential backoff
 	// between reconnects (default 250 ms and 30 s).
 	BackoffMin, BackoffMax time.Duration
-	Logger                 *slog.Logger
+	// RetentionInterval is how often the binlog after the checkpoint is
+	// measured for RetainedBytes (default 15s).
+	RetentionInterval time.Duration
+	Logger            *slog.Logger
 }
 
 // Defaults.
@@ -146,6 +149,9 @@ func (c *Config) withDefaults() error {
 	}
 	if c.BackoffMax == 0 {
 		c.BackoffMax = DefaultBackoffMax
+	}
+	if c.RetentionInterval <= 0 {
+		c.RetentionInterval = DefaultRetentionInterval
 	}
 	switch {
 	case c.Heartbeat < time.Millisecond:

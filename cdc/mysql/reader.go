@@ -36,19 +36,27 @@ type Reader struct {
 	ready   atomic.Bool
 	running atomic.Bool
 
-	mu      sync.Mutex
-	pending []checkpoint // handed to the handler, not yet acknowledged, by position
-	acked   *checkpoint  // newest acknowledged checkpoint not yet written
-	ackGen  uint64       // increments with every new acked checkpoint
-	wake    chan struct{}
+	mu          sync.Mutex
+	pending     []checkpoint // handed to the handler, not yet acknowledged, by position
+	durableFile string       // where a restart resumes: the checkpoint written last
+	durablePos  uint32
+	acked       *checkpoint // newest acknowledged checkpoint not yet written
+	ackGen      uint64      // increments with every new acked checkpoint
+	wake        chan struct{}
 
 	writeMu    sync.Mutex // serialises checkpoint writes
 	writtenGen uint64
 
+	retained      atomic.Int64 // binlog bytes after the checkpoint, last measured
+	retainedKnown atomic.Bool
+
 	st streamState // owned by Run's goroutine
 }
 
-var _ cdc.Source = (*Reader)(nil)
+var (
+	_ cdc.Source    = (*Reader)(nil)
+	_ cdc.Retention = (*Reader)(nil)
+)
 
 // New validates cfg; it does no I/O.
 func New(cfg Config) (*Reader, error) {
@@ -149,6 +157,7 @@ func (r *Reader) flushCheckpoint() {
 		return
 	}
 	r.writtenGen = gen
+	r.setDurable(cp.File, cp.Pos)
 }
 
 func (r *Reader) writeCheckpoints(ctx context.Context) {
@@ -225,16 +234,20 @@ func (r *Reader) Run(ctx context.Context, h cdc.Handler) error {
 	}
 
 	r.st.setFloor(resumeFrom)
+	r.setDurable(r.st.file, r.st.pos)
 
 	wctx, stopWriter := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { r.writeCheckpoints(wctx) })
+	rctx, stopRetention := context.WithCancel(ctx)
+	wg.Go(func() { r.watchRetention(rctx) })
 	defer func() {
 		// Let the handler finish what it was handed (bounded: what is not
 		// acknowledged by then is re-read at the next start).
 		dctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
 		h.Drain(dctx)
 		cancel()
+		stopRetention()
 		stopWriter()
 		wg.Wait()
 		// From here Ack writes by itself; this catches what came before.

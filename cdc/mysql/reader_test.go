@@ -792,3 +792,36 @@ func TestReadTimeoutReconnects(t *testing.T) {
 		t.Fatalf("after the stall: %q, want %q", got, want)
 	}
 }
+
+// TestRetainedBytes: the binlog after the checkpoint grows while nothing is
+// acknowledged and shrinks back once everything is.
+func TestRetainedBytes(t *testing.T) {
+	e := setup(t)
+	e.exec("CREATE TABLE t (id INT PRIMARY KEY, pad MEDIUMTEXT)")
+	e.cfg.RetentionInterval = 50 * time.Millisecond
+	rec := newRecorder(e.schema)
+	run := e.start(rec)
+	values := make([]string, 20)
+	for i := range values {
+		values[i] = fmt.Sprintf("(%d, REPEAT('x', 100000))", i+1)
+	}
+	e.exec("INSERT INTO t VALUES " + strings.Join(values, ", "))
+	rec.lines(t, 1)
+	waitRetained := func(what string, ok func(int64) bool) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			n, known := run.r.RetainedBytes()
+			if known && ok(n) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("RetainedBytes() = %d, %v; want %s", n, known, what)
+			}
+			time.Sleep(20 * time.Millisecond) // polling the server's state; there is no signal to wait on
+		}
+	}
+	waitRetained("at least the 2 MB written", func(n int64) bool { return n >= 2_000_000 })
+	run.r.Ack(rec.commits[0].pos)
+	waitRetained("almost nothing once acknowledged", func(n int64) bool { return n < 10_000 })
+}
