@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"context"
 	"slices"
 	"strings"
 	"testing"
@@ -141,4 +142,34 @@ func TestPartitionsViaRoot(t *testing.T) {
 		[]string{"m3:251"},
 		[]string{"m1:* m2:* m3:* m:* user:*"},
 	)
+}
+
+// TestCheckPartitionsPublished: a partitioned table published whole, under
+// its own name or under its partitions' names, gives no publication
+// finding, for a rule on it or on one of its partitions.
+func TestCheckPartitionsPublished(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	f.exec(partitionSchema, `ALTER TABLE m1 REPLICA IDENTITY FULL`, `ALTER TABLE m2a REPLICA IDENTITY FULL`, `ALTER TABLE m2b REPLICA IDENTITY FULL`,
+		`CREATE PUBLICATION via_root FOR TABLE m WITH (publish_via_partition_root = true)`,
+		`CREATE PUBLICATION via_leaves FOR TABLE m`)
+	reqs := []cdc.Requirement{
+		{Rule: "m", Schema: "public", Table: "m", Columns: []string{"id", "user_id"}, NeedsOld: true},
+		{Rule: "m2a", Schema: "public", Table: "m2a", Columns: []string{"id"}, NeedsOld: true},
+		{Rule: "mid", Schema: "public", Table: "m2", Columns: []string{"v"}, NeedsOld: true},
+	}
+	ctx := context.Background()
+	for _, pub := range []string{"via_root", "via_leaves"} {
+		cfg := f.config()
+		cfg.Publication = pub
+		got, err := Check(ctx, cfg, reqs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, fd := range got {
+			if fd.Rule != "" {
+				t.Errorf("publication %s: %+v", pub, fd)
+			}
+		}
+	}
 }

@@ -154,3 +154,32 @@ after applying:
 		t.Errorf("--apply without --db: exit %d, stdout %s", code, stdout)
 	}
 }
+
+// TestPartitionedTableEndToEnd: a rule naming a partitioned table fires for
+// rows written to its partitions, nested ones included, and a rule naming
+// one partition fires for it.
+func TestPartitionedTableEndToEnd(t *testing.T) {
+	dsn := testcontainers.Postgres(t)
+	ctx := context.Background()
+	db, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close(context.Background()) })
+	execSQL(t, db, `CREATE TABLE m (id int PRIMARY KEY, v text) PARTITION BY RANGE (id)`,
+		`CREATE TABLE m1 PARTITION OF m FOR VALUES FROM (0) TO (100)`,
+		`CREATE TABLE m2 PARTITION OF m FOR VALUES FROM (100) TO (200) PARTITION BY RANGE (id)`,
+		`CREATE TABLE m2a PARTITION OF m2 FOR VALUES FROM (100) TO (200)`)
+	rulesFile := filepath.Join(t.TempDir(), "rules.yaml")
+	if err := os.WriteFile(rulesFile, []byte("rules:\n  - table: m\n    tags: [\"m:{id}\"]\n  - table: m2a\n    tags: [m2a]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, "--db", dsn, "--rules", rulesFile, "--slot", "parts", "--publication", "parts")
+	c := subscribe(t, d.base, "tags=m:*,m2a", "")
+	c.expect(t, `ready {"resumed":false}`)
+	execSQL(t, db, `INSERT INTO m VALUES (1, 'a')`)
+	c.expect(t, "invalidate m:1")
+	execSQL(t, db, `INSERT INTO m2a VALUES (150, 'b')`)
+	c.expect(t, "invalidate m2a m:150")
+	d.stop(t)
+}
