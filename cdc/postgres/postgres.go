@@ -88,6 +88,9 @@ type Config struct {
 	// RetentionInterval is how often the WAL the slot retains is read for
 	// RetainedBytes (default 15s).
 	RetentionInterval time.Duration
+	// FenceTimeout bounds WaitVisible: how long it waits for a fresh
+	// snapshot to see a batch of commits (default 1s).
+	FenceTimeout time.Duration
 	// Logger receives operational logs (default: discarded).
 	Logger *slog.Logger
 }
@@ -114,6 +117,8 @@ type Reader struct {
 	// haveSlot: this Run has seen the slot; finding it missing afterwards
 	// means it was dropped under us (continuity lost).
 	haveSlot bool
+
+	fence fence
 }
 
 var (
@@ -154,7 +159,7 @@ func New(cfg Config) (*Reader, error) {
 			tables = append(tables, q)
 		}
 	}
-	if cfg.HeartbeatInterval < 0 || cfg.StatusInterval < 0 || cfg.BackoffMin < 0 || cfg.BackoffMax < 0 || cfg.IdleTimeout < 0 || cfg.RetentionInterval < 0 {
+	if cfg.HeartbeatInterval < 0 || cfg.StatusInterval < 0 || cfg.BackoffMin < 0 || cfg.BackoffMax < 0 || cfg.IdleTimeout < 0 || cfg.RetentionInterval < 0 || cfg.FenceTimeout < 0 {
 		return nil, fmt.Errorf("postgres: %w: negative interval", ErrConfig)
 	}
 	if cfg.StatusInterval == 0 {
@@ -175,11 +180,16 @@ func New(cfg Config) (*Reader, error) {
 	if cfg.IdleTimeout == 0 {
 		cfg.IdleTimeout = max(3*cfg.StatusInterval, 30*time.Second)
 	}
+	if cfg.FenceTimeout == 0 {
+		cfg.FenceTimeout = DefaultFenceTimeout
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Reader{cfg: cfg, tables: tables, log: log.With("source", "postgres"), relations: map[uint32]*relation{}}, nil
+	r := &Reader{cfg: cfg, tables: tables, log: log.With("source", "postgres"), relations: map[uint32]*relation{}}
+	r.fence.r = r
+	return r, nil
 }
 
 // validName checks a slot or publication name: [a-z0-9_], 1..63 bytes.
@@ -244,6 +254,8 @@ func (e errHandler) Unwrap() error { return e.err }
 // exponential backoff.
 func (r *Reader) Run(ctx context.Context, h cdc.Handler) error {
 	r.haveSlot = false
+	r.fence.open()
+	defer r.fence.close()
 	attempt := 0
 	for {
 		began := time.Now()

@@ -317,10 +317,12 @@ func (s *session) message(ctx context.Context, data []byte) error {
 		if s.cur != nil {
 			return errors.New("postgres: protocol: begin inside a transaction")
 		}
-		s.cur = s.h.Begin()
-		if len(data) >= 21 {
-			s.curXid = binary.BigEndian.Uint32(data[17:])
+		// Begin: final LSN (8 bytes), commit time (8), xid (4).
+		if len(data) < 21 {
+			return errShort
 		}
+		s.curXid = binary.BigEndian.Uint32(data[17:21])
+		s.cur = s.h.Begin()
 		return nil
 	case 'T':
 		return s.truncate(data[1:])
@@ -338,7 +340,7 @@ func (s *session) message(ctx context.Context, data []byte) error {
 		}
 		tx := s.cur
 		s.cur = nil
-		return s.commit(ctx, tx, uint64(m.TransactionEndLSN), m.CommitTime)
+		return s.commit(ctx, tx, cdc.Commit{Position: cdc.Position(m.TransactionEndLSN), Time: m.CommitTime, Xid: uint64(s.curXid)})
 	case *pglogrepl.RelationMessageV2:
 		return s.relationMsg(ctx, &m.RelationMessage)
 	case *pglogrepl.StreamStartMessageV2:
@@ -360,7 +362,7 @@ func (s *session) message(ctx context.Context, data []byte) error {
 		for _, sub := range st.subs {
 			st.top.Merge(sub)
 		}
-		return s.commit(ctx, st.top, uint64(m.TransactionEndLSN), m.CommitTime)
+		return s.commit(ctx, st.top, cdc.Commit{Position: cdc.Position(m.TransactionEndLSN), Time: m.CommitTime, Xid: uint64(m.Xid)})
 	case *pglogrepl.StreamAbortMessageV2:
 		if m.SubXid == m.Xid {
 			delete(s.streams, m.Xid) // the whole transaction: nothing of it is published
@@ -371,11 +373,11 @@ func (s *session) message(ctx context.Context, data []byte) error {
 	return nil
 }
 
-func (s *session) commit(ctx context.Context, tx cdc.Tx, end uint64, at time.Time) error {
-	if err := s.h.Commit(ctx, tx, cdc.Commit{Position: cdc.Position(end), Time: at}); err != nil {
-		return errHandler{fmt.Errorf("postgres: commit %s: %w", pglogrepl.LSN(end), err)}
+func (s *session) commit(ctx context.Context, tx cdc.Tx, c cdc.Commit) error {
+	if err := s.h.Commit(ctx, tx, c); err != nil {
+		return errHandler{fmt.Errorf("postgres: commit %s: %w", pglogrepl.LSN(c.Position), err)}
 	}
-	if end > s.delivered {
+	if end := uint64(c.Position); end > s.delivered {
 		s.delivered = end
 	}
 	return nil
