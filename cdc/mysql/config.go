@@ -44,7 +44,10 @@ type Config struct {
 	// RetentionInterval is how often the binlog after the checkpoint is
 	// measured for RetainedBytes (default 15s).
 	RetentionInterval time.Duration
-	Logger            *slog.Logger
+	// FenceTimeout bounds WaitVisible: how long it waits for the engine
+	// commit of a batch to be proven (default 1s).
+	FenceTimeout time.Duration
+	Logger       *slog.Logger
 }
 
 // Defaults.
@@ -153,11 +156,16 @@ func (c *Config) withDefaults() error {
 	if c.RetentionInterval <= 0 {
 		c.RetentionInterval = DefaultRetentionInterval
 	}
+	if c.FenceTimeout == 0 {
+		c.FenceTimeout = DefaultFenceTimeout
+	}
 	switch {
 	case c.Heartbeat < time.Millisecond:
 		return fmt.Errorf("%w: heartbeat %v is too short", ErrConfig, c.Heartbeat)
 	case c.ReadTimeout <= c.Heartbeat:
 		return fmt.Errorf("%w: read timeout %v must exceed the heartbeat %v", ErrConfig, c.ReadTimeout, c.Heartbeat)
+	case c.FenceTimeout < 0:
+		return fmt.Errorf("%w: fence timeout %v is negative", ErrConfig, c.FenceTimeout)
 	case c.BackoffMin <= 0 || c.BackoffMax < c.BackoffMin:
 		return fmt.Errorf("%w: backoff %v..%v is not a range", ErrConfig, c.BackoffMin, c.BackoffMax)
 	}

@@ -51,6 +51,8 @@ type Reader struct {
 	retainedKnown atomic.Bool
 
 	st streamState // owned by Run's goroutine
+
+	fence fence
 }
 
 var (
@@ -67,13 +69,15 @@ func New(cfg Config) (*Reader, error) {
 	if err := cfg.withDefaults(); err != nil {
 		return nil, err
 	}
-	return &Reader{
+	r := &Reader{
 		cfg:  cfg,
 		dsn:  d,
 		log:  cfg.Logger,
 		path: checkpointPath(cfg.StateDir, d),
 		wake: make(chan struct{}, 1),
-	}, nil
+	}
+	r.fence.r = r
+	return r, nil
 }
 
 // DefaultSchema is the DSN's database: the schema of unqualified tables.
@@ -187,6 +191,8 @@ func (r *Reader) Run(ctx context.Context, h cdc.Handler) error {
 	}
 	defer r.running.Store(false)
 	defer r.ready.Store(false)
+	r.fence.open()
+	defer r.fence.close() // after the handler drained
 
 	bo := backoff{min: r.cfg.BackoffMin, max: r.cfg.BackoffMax}
 	var info *serverInfo
