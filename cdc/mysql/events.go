@@ -32,6 +32,9 @@ type streamState struct {
 	curSeq  uint64
 	// The last commit's position and the highest h.Progress.
 	lastCommit, lastProgress cdc.Position
+	// The binlog head when streaming was set up: every position up to it
+	// will be delivered.
+	startEnd cdc.Position
 
 	// The open transaction.
 	tx      cdc.Tx

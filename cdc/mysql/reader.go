@@ -40,9 +40,11 @@ type Reader struct {
 	pending     []checkpoint // handed to the handler, not yet acknowledged, by position
 	durableFile string       // where a restart resumes: the checkpoint written last
 	durablePos  uint32
-	acked       *checkpoint // newest acknowledged checkpoint not yet written
+	acked       *checkpoint // newest acknowledged checkpoint
 	ackGen      uint64      // increments with every new acked checkpoint
-	wake        chan struct{}
+	samples     []ackSample // acked checkpoints seen by the writer, oldest first
+	sampledGen  uint64
+	wake        chan struct{} // write the newest acked checkpoint at once
 
 	writeMu    sync.Mutex // serialises checkpoint writes
 	writtenGen uint64
@@ -92,8 +94,27 @@ func (r *Reader) CheckpointPath() string { return r.path }
 // Ready reports whether the reader is streaming.
 func (r *Reader) Ready() bool { return r.ready.Load() }
 
+// While running, the checkpoint file trails the newest acknowledged
+// transaction by checkpointLag (sampled every checkpointTick): after a crash
+// the reader re-delivers up to that much (harmless: invalidations are
+// idempotent), and every client that was at most that far behind when the
+// process died finds its cursor above the resume point and resumes instead
+// of getting a reset. A clean stop writes the newest one.
+const (
+	checkpointLag  = time.Second
+	checkpointTick = 100 * time.Millisecond
+)
+
+// ackSample is an acknowledged checkpoint and when the writer first saw it.
+type ackSample struct {
+	cp  checkpoint
+	gen uint64
+	at  time.Time
+}
+
 // Ack records that every transaction up to pos was accepted; the
-// checkpoint file moves there shortly (and at the latest when Run returns).
+// checkpoint file follows checkpointLag behind (and moves to the newest
+// when Run returns).
 func (r *Reader) Ack(pos cdc.Position) {
 	r.mu.Lock()
 	n := 0
@@ -112,11 +133,6 @@ func (r *Reader) Ack(pos cdc.Position) {
 	}
 	if !r.running.Load() {
 		r.flushCheckpoint() // no writer: an Ack after Run returned
-		return
-	}
-	select {
-	case r.wake <- struct{}{}:
-	default:
 	}
 }
 
@@ -133,6 +149,7 @@ func (r *Reader) restartCheckpoint(cp checkpoint) {
 	r.pending = r.pending[:0]
 	r.acked = &cp
 	r.ackGen++
+	r.samples = r.samples[:0]
 	r.mu.Unlock()
 	select {
 	case r.wake <- struct{}{}:
@@ -142,35 +159,62 @@ func (r *Reader) restartCheckpoint(cp checkpoint) {
 
 // flushCheckpoint writes the newest acknowledged checkpoint, if any.
 func (r *Reader) flushCheckpoint() {
-	r.writeMu.Lock()
-	defer r.writeMu.Unlock()
 	r.mu.Lock()
 	cp, gen := r.acked, r.ackGen
-	r.acked = nil
 	r.mu.Unlock()
-	if cp == nil || gen <= r.writtenGen {
-		return
+	if cp != nil {
+		r.writeCheckpoint(*cp, gen)
 	}
-	if err := saveCheckpoint(r.path, cp); err != nil {
-		r.log.Error("mysql: checkpoint not written; a restart will repeat work", logErr, err)
-		r.mu.Lock()
-		if r.acked == nil {
-			r.acked = cp // retried on the next ack or at exit
-		}
+}
+
+// flushLagged samples the newest acknowledged checkpoint and writes the
+// newest sample that is at least checkpointLag old.
+func (r *Reader) flushLagged(now time.Time) {
+	r.mu.Lock()
+	if r.acked != nil && r.ackGen > r.sampledGen {
+		r.samples = append(r.samples, ackSample{cp: *r.acked, gen: r.ackGen, at: now})
+		r.sampledGen = r.ackGen
+	}
+	i := -1
+	for i+1 < len(r.samples) && !r.samples[i+1].at.After(now.Add(-checkpointLag)) {
+		i++
+	}
+	if i < 0 {
 		r.mu.Unlock()
 		return
+	}
+	s := r.samples[i]
+	r.samples = append(r.samples[:0], r.samples[i+1:]...)
+	r.mu.Unlock()
+	r.writeCheckpoint(s.cp, s.gen)
+}
+
+// writeCheckpoint writes cp unless a newer one was written.
+func (r *Reader) writeCheckpoint(cp checkpoint, gen uint64) {
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
+	if gen <= r.writtenGen {
+		return
+	}
+	if err := saveCheckpoint(r.path, &cp); err != nil {
+		r.log.Error("mysql: checkpoint not written; a restart will repeat work", logErr, err)
+		return // retried on the next tick or at exit
 	}
 	r.writtenGen = gen
 	r.setDurable(cp.File, cp.Pos)
 }
 
 func (r *Reader) writeCheckpoints(ctx context.Context) {
+	t := time.NewTicker(checkpointTick)
+	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-r.wake:
 			r.flushCheckpoint()
+		case now := <-t.C:
+			r.flushLagged(now)
 		}
 	}
 }
@@ -237,10 +281,15 @@ func (r *Reader) Run(ctx context.Context, h cdc.Handler) error {
 		}
 		resumeFrom = head.position()
 		r.log.Info("mysql: no checkpoint; starting at the binlog head", logGTID, head.gtid, logFile, head.file, logPosition, resumeFrom)
+		// Written now: a crash before the first acknowledged transaction
+		// reaches the file resumes here, not at a later head.
+		r.restartCheckpoint(checkpoint{Flavor: info.flavor, GTIDSet: head.gtid, File: head.file, Pos: head.pos, Position: resumeFrom})
+		r.flushCheckpoint()
 	}
 
 	r.st.setFloor(resumeFrom)
 	r.setDurable(r.st.file, r.st.pos)
+	r.st.startEnd = head.position()
 
 	wctx, stopWriter := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -305,6 +354,7 @@ func (r *Reader) Run(ctx context.Context, h cdc.Handler) error {
 			}
 			resumeFrom, resumed = head.position(), false
 			r.st.setFloor(resumeFrom)
+			r.st.startEnd = resumeFrom
 			r.restartCheckpoint(checkpoint{Flavor: info.flavor, GTIDSet: head.gtid, File: head.file, Pos: head.pos, Position: resumeFrom})
 			continue
 		}
@@ -442,6 +492,13 @@ func (r *Reader) stream(ctx context.Context, h cdc.Handler, info *serverInfo, re
 			r.ready.Store(true)
 			if !*resumed {
 				*resumed = true
+				// The head read at start is a position this stream will
+				// reach: a client whose cursor lies between the resume
+				// point and it (a crash left the checkpoint behind the
+				// events it received) waits for its events instead of
+				// getting a reset. Reported before Resumed, which lets
+				// waiting clients in.
+				r.progress(h, r.st.startEnd)
 				h.Resumed(resumeFrom)
 			}
 		}

@@ -125,9 +125,16 @@ func (r *Reader) session(ctx context.Context, h cdc.Handler) (streamed bool, err
 	}
 	r.ready.Store(true)
 	r.log.Info("streaming", logSlot, r.cfg.Slot, logLSN, start.String(), "server_version", si.version)
+	cat := &catalog{conn: sqlConn}
+	s := &session{r: r, h: h, conn: repl, cat: cat, streams: map[uint32]*streamedTx{}, start: uint64(start)}
+	if end := uint64(sys.XLogPos); end > uint64(start) {
+		// Before Resumed, which lets waiting clients in: their cursors are
+		// judged against it.
+		s.progress = end
+		h.Progress(cdc.Position(end))
+	}
 	h.Resumed(cdc.Position(start))
 
-	cat := &catalog{conn: sqlConn}
 	hbCtx, stopHB := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	if r.cfg.HeartbeatInterval > 0 && !r.heartbeatOff.Load() {
@@ -140,11 +147,6 @@ func (r *Reader) session(ctx context.Context, h cdc.Handler) (streamed bool, err
 		wg.Wait()
 	}()
 
-	s := &session{r: r, h: h, conn: repl, cat: cat, streams: map[uint32]*streamedTx{}, start: uint64(start)}
-	if end := uint64(sys.XLogPos); end > uint64(start) {
-		s.progress = end
-		h.Progress(cdc.Position(end))
-	}
 	err = s.run(ctx)
 	if ctx.Err() != nil {
 		// Let the handler finish what it was handed, then tell the server
