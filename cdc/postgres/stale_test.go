@@ -130,6 +130,12 @@ func runStaleProbe(tb testing.TB, fence bool, rate int, d time.Duration) *staleP
 			tb.Fatal(err)
 		}
 		defer conn.Close(ctx)
+		// The default a production server runs with (the test servers
+		// turn it off): the commit waits for its WAL flush, which is when
+		// the walsender may already send it.
+		if _, err := conn.Exec(ctx, `SET synchronous_commit = on`); err != nil {
+			tb.Fatal(err)
+		}
 		wg.Go(func() {
 			tick := time.NewTicker(time.Second * writers / time.Duration(rate))
 			defer tick.Stop()

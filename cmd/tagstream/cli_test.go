@@ -55,6 +55,8 @@ func TestConfigErrors(t *testing.T) {
 		{"flag overrides env", []string{"TAGSTREAM_RULES=" + bad}, []string{"run", "--rules", good, "--db", "ftp://x"}, `tagstream: --db: unsupported scheme "ftp"; use postgres://, postgresql://, mysql:// or mariadb://`},
 		{"bad log format", nil, []string{"run", "--log-format", "xml"}, `tagstream: --log-format: "xml" is not text or json`},
 		{"bad replay size", nil, []string{"run", "--rules", good, "--replay-size", "0"}, "tagstream: run: --replay-size must be at least 1, not 0"},
+		{"bad fence timeout", nil, []string{"run", "--rules", good, "--visibility-fence-timeout", "0s"}, "tagstream: run: --visibility-fence-timeout must be positive, not 0s"},
+		{"bad fence env", []string{"TAGSTREAM_VISIBILITY_FENCE=maybe"}, []string{"run", "--rules", good}, `tagstream: TAGSTREAM_VISIBILITY_FENCE="maybe": parse error (it sets --visibility-fence)`},
 		{"publication tables", nil, []string{"run", "--rules", good, "--db", "postgres://localhost/x", "--publication-tables", "some"}, `tagstream: --publication-tables: "some" is not all or rules`},
 		{"missing rules file", nil, []string{"run", "--rules", filepath.Join(dir, "none.yaml"), "--db", "postgres://localhost/x"}, "tagstream: run: rules: open " + filepath.Join(dir, "none.yaml") + ": no such file or directory"},
 		{"check without rules", nil, []string{"check"}, "tagstream: check: --rules is required (or TAGSTREAM_RULES)"},

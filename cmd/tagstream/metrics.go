@@ -69,7 +69,7 @@ var (
 	descLongTags       = desc("tagstream_rules_long_tags_total", "Tag expansions over 256 bytes, replaced by their rule's wildcard form.")
 	descCollapses      = desc("tagstream_rules_collapses_total", "Transactions collapsed to their rules' wildcard forms at --max-tx-tags.")
 	descMissingColumns = desc("tagstream_rules_missing_columns_total", "Rules bound to a table layout that lacks a column they read (its placeholders give *; logged once each).")
-	descFenceWaits     = desc("tagstream_fence_waits_total", "Round trips of the visibility fence.")
+	descFenceWaits     = desc("tagstream_fence_waits_total", "Batches the visibility fence waited for (one round trip each, more while a commit is still in progress).")
 	descFenced         = desc("tagstream_fence_commits_total", "Commits proven visible by the fence.")
 	descFenceTimeouts  = desc("tagstream_fence_timeouts_total", "Batches published without a visibility proof because the fence timed out.")
 	descFenceErrors    = desc("tagstream_fence_errors_total", "Batches published without a visibility proof because the fence failed.")

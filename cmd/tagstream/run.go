@@ -33,6 +33,7 @@ type daemonFlags struct {
 	maxTxTags  int
 	rulesPoll  time.Duration
 	fence      bool
+	fenceWait  time.Duration
 	logFormat  string
 	logLevel   string
 	oldImages  string
@@ -49,6 +50,7 @@ func (df *daemonFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&df.maxTxTags, "max-tx-tags", 4096, "distinct tags per transaction before it collapses to its rules' wildcard forms")
 	fs.DurationVar(&df.rulesPoll, "rules-poll", 2*time.Second, "how often the rules file is checked for changes (0 = only on SIGHUP)")
 	fs.BoolVar(&df.fence, "visibility-fence", true, "hand a transaction's tags out only once a fresh read on the database sees its commit")
+	fs.DurationVar(&df.fenceWait, "visibility-fence-timeout", time.Second, "longest wait for the database to prove a batch of commits visible; then it is published anyway and counted")
 	fs.StringVar(&df.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&df.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&df.oldImages, "old-images", "wildcard", "an update the database sends without its old row (Postgres REPLICA IDENTITY DEFAULT): `wildcard` (the old row's unknown values become *) or new-only (the old side is skipped)")
@@ -68,6 +70,8 @@ func (df *daemonFlags) validate() error {
 		return usageErrorf("run: --max-tx-tags must be at least 1, not %d", df.maxTxTags)
 	case df.queueSize < 0:
 		return usageErrorf("run: --queue-size must not be negative")
+	case df.fenceWait <= 0:
+		return usageErrorf("run: --visibility-fence-timeout must be positive, not %s", df.fenceWait)
 	}
 	mode, err := rules.ParseOldImages(df.oldImages)
 	if err != nil {
@@ -134,6 +138,7 @@ func (d *instance) assemble(kf *sinkFlags) error {
 	if err != nil {
 		return err
 	}
+	src.pg.FenceTimeout, src.my.FenceTimeout = d.df.fenceWait, d.df.fenceWait
 	if d.reader, err = src.open(); err != nil {
 		return err
 	}
