@@ -32,7 +32,12 @@ func (b *bench) startDaemon(ctx context.Context, name string, args ...string) (*
 	if err != nil {
 		return nil, err
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	return b.startDaemonAt(ctx, name, fmt.Sprintf("127.0.0.1:%d", port), args...)
+}
+
+// startDaemonAt is startDaemon listening on addr (a restart where the
+// clients reconnect).
+func (b *bench) startDaemonAt(ctx context.Context, name, addr string, args ...string) (*daemon, error) {
 	args = append([]string{"run"}, args...)
 	args = append(args, "--listen", addr)
 	logPath := filepath.Join(b.tmp, name+".log")

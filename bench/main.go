@@ -68,6 +68,10 @@ type config struct {
 	profileDir  string
 	repeat      int
 	workloads   string
+
+	consDuration time.Duration
+	consRates    string
+	consDBs      string
 }
 
 // bench is one run: its configuration, scratch directory, the commands it
@@ -87,13 +91,15 @@ type bench struct {
 	profile    string
 
 	sinkTargets *sinkTargets // started on first use
+
+	consistencyRows []consistencyRow
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var c config
-	fs.StringVar(&c.sections, "sections", "pg,mysql,latency,memory", "comma-separated sections to run: pg, mysql, latency, memory, profile (in-process drains under pprof: PostgreSQL workload a, MariaDB workload b)")
+	fs.StringVar(&c.sections, "sections", "pg,mysql,latency,memory,consistency", "comma-separated sections to run: pg, mysql, latency, memory, consistency, profile (in-process drains under pprof: PostgreSQL workload a, MariaDB workload b)")
 	fs.StringVar(&c.tagstream, "tagstream", "", "tagstream binary to measure (default: build ./cmd/tagstream into a temp dir)")
 	fs.StringVar(&c.out, "out", "", "also write the markdown report to this file")
 	fs.DurationVar(&c.drainLimit, "drain-timeout", 5*time.Minute, "give up on one drain after this long")
@@ -112,6 +118,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&c.bcastDur, "broadcast-duration", 10*time.Second, "latency: how long the broadcast run writes")
 	fs.IntVar(&c.memSubs, "memory-subscribers", 10000, "fan-out memory: idle subscribers")
 	fs.StringVar(&c.profileDir, "profile-dir", "", "profile: also keep cpu.pprof and allocs.pprof in this directory")
+	fs.DurationVar(&c.consDuration, "consistency-duration", 10*time.Second, "consistency: how long each run writes")
+	fs.StringVar(&c.consRates, "consistency-rates", "500,5000", "consistency: updates per second, comma-separated")
+	fs.StringVar(&c.consDBs, "consistency-dbs", "pg,mariadb", "consistency: databases, comma-separated (pg, mariadb)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -124,11 +133,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	want := map[string]bool{}
 	for s := range strings.SplitSeq(c.sections, ",") {
 		switch s = strings.TrimSpace(s); s {
-		case "pg", "mysql", "latency", "memory", "profile":
+		case "pg", "mysql", "latency", "memory", "consistency", "profile":
 			want[s] = true
 		case "":
 		default:
-			return fmt.Errorf("-sections: unknown section %q (pg, mysql, latency, memory, profile)", s)
+			return fmt.Errorf("-sections: unknown section %q (pg, mysql, latency, memory, consistency, profile)", s)
 		}
 	}
 	subs, err := parseInts(c.latSubs)
@@ -186,6 +195,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		want[name] = true
 		section(name, func(ctx context.Context) error { return b.runFanout(ctx, want["latency"], want["memory"], subs) })
 	}
+	section("consistency", b.runConsistency)
 	section("profile", b.runProfile)
 
 	report := b.report(machine, time.Since(start))

@@ -152,6 +152,15 @@ func (b *bench) report(machine string, took time.Duration) string {
 		}
 		w.WriteString("\nTarget: ≤ 16 KiB per idle subscriber.\n\n")
 	}
+	if len(b.consistencyRows) > 0 {
+		w.WriteString("## Consistency: a cache that re-reads each invalidated row\n\n")
+		w.WriteString(describeConsistency(b.consistencyRows))
+		w.WriteString("\nA client keeps kv(k, v) (1,000 rows) in memory, re-reads a row the moment an `invalidate` names kv:{k}, " +
+			"reloads everything on `reset` or `ready {\"resumed\":false}` and reconnects with its Last-Event-ID; " +
+			"8 writers update random rows (PostgreSQL with synchronous_commit=on). After the writes stop and a marker committed after them has arrived, " +
+			"the cache is compared with the database. Stale rows: rows whose cached value differs (each one a lost invalidation for its user). " +
+			"Window: commit (the writer's UPDATE returned) → the cache holds that value or a newer one. Target: 0 stale rows in every run.\n\n")
+	}
 	if b.profile != "" {
 		w.WriteString("## Profile\n\n" + b.profile)
 	}
