@@ -23,7 +23,7 @@ const DefaultFenceTimeout = time.Second
 // commits: the fence polls until the engine commit is proven.
 const (
 	fencePollMin = 200 * time.Microsecond
-	fencePollMax = 5 * time.Millisecond
+	fencePollMax = 2 * time.Millisecond
 )
 
 var _ cdc.Fence = (*Reader)(nil)

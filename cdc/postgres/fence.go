@@ -24,7 +24,7 @@ const DefaultFenceTimeout = time.Second
 // the proc array (becomes visible) microseconds to milliseconds later.
 const (
 	fencePollMin = 200 * time.Microsecond
-	fencePollMax = 5 * time.Millisecond
+	fencePollMax = 2 * time.Millisecond
 )
 
 const codeUndefinedFunction = "42883"
