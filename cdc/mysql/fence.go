@@ -189,8 +189,8 @@ func (f *fence) probeLocked(ctx context.Context, deadline time.Time, target cdc.
 		// A query cut short leaves the connection unusable.
 		f.dropLocked()
 		f.failed()
-		if err != nil && !errors.Is(err, errFenceUnusable) && errCode(err) != 0 {
-			f.warnAccess(err)
+		if err != nil && !errors.Is(err, errFenceUnusable) && errCode(err) != 0 && f.refused(err) {
+			return false, fmt.Errorf("%w: %s", errFenceUnusable, f.why)
 		}
 		return false, err
 	}
@@ -244,18 +244,22 @@ func detectFence(c *client.Conn) (fenceMode, string, error) {
 	return fenceGTID, "", nil
 }
 
-// warnAccess logs once, as an error, a probe refused for lack of a grant.
-func (f *fence) warnAccess(err error) {
+// refused reports a probe denied for lack of a grant: the fence then
+// publishes unproven at once (counted) instead of timing out on every batch,
+// says so once, and tries again in a minute.
+func (f *fence) refused(err error) bool {
 	switch errCode(err) {
 	case gomysql.ER_SPECIFIC_ACCESS_DENIED_ERROR, gomysql.ER_ACCESS_DENIED_ERROR, gomysql.ER_DBACCESS_DENIED_ERROR, gomysql.ER_TABLEACCESS_DENIED_ERROR:
 	default:
-		return
+		return false
 	}
+	f.mode, f.why = fenceUnsupported, "refused: "+errText(err)+"; fix: GRANT BINLOG MONITOR ON *.* TO the tagstream user (MariaDB, for SHOW BINLOG EVENTS)"
+	f.retryAt = time.Now().Add(time.Minute)
 	if !f.warned {
 		f.warned = true
-		f.r.log.Error("mysql: the visibility fence was refused a query: invalidations are published unproven (counted as fence timeouts)", logErr, errText(err),
-			"fix", "MariaDB: GRANT BINLOG MONITOR ON *.* TO the tagstream user (SHOW BINLOG EVENTS); MySQL needs no grant")
+		f.r.log.Error("mysql: the visibility fence was refused a query: invalidations are published unproven (counted as fence timeouts)", logErr, f.why)
 	}
+	return true
 }
 
 // mariadbCommitted compares target with the binlog position of the last

@@ -29,7 +29,10 @@ const (
 
 const codeUndefinedFunction = "42883"
 
-var errFenceStopped = errors.New("the reader is not running")
+// errFenceUnusable: the fence cannot prove anything now (the reader is not
+// running, or the role may not read the snapshot); WaitVisible returns at
+// once instead of polling.
+var errFenceUnusable = errors.New("visibility cannot be proven now")
 
 var _ cdc.Fence = (*Reader)(nil)
 
@@ -45,6 +48,8 @@ type fence struct {
 	legacy   bool // before PostgreSQL 13: txid_current_snapshot()
 	failures int
 	retryAt  time.Time
+	refused  bool // the role may not read the snapshot (until retryAt)
+	warned   bool
 	queries  atomic.Uint64 // snapshot queries sent (tests)
 }
 
@@ -52,7 +57,7 @@ type fence struct {
 func (f *fence) open() {
 	f.mu.Lock()
 	f.running = true
-	f.failures, f.retryAt = 0, time.Time{}
+	f.failures, f.retryAt, f.refused = 0, time.Time{}, false
 	f.mu.Unlock()
 }
 
@@ -98,7 +103,7 @@ func (r *Reader) WaitVisible(ctx context.Context, cs []cdc.Commit) error {
 	pending := len(xids)
 	for {
 		snap, err := f.snapshotLocked(ctx, deadline)
-		if errors.Is(err, errFenceStopped) {
+		if errors.Is(err, errFenceUnusable) {
 			return fmt.Errorf("postgres: visibility fence: %w: %v", cdc.ErrNotVisible, err)
 		}
 		if err == nil {
@@ -139,12 +144,15 @@ func (f *fence) notVisible(pending, total int, lastErr error) error {
 // snapshotLocked reads the current snapshot, connecting first when needed.
 func (f *fence) snapshotLocked(ctx context.Context, deadline time.Time) (pgSnapshot, error) {
 	if !f.running {
-		return pgSnapshot{}, errFenceStopped
+		return pgSnapshot{}, fmt.Errorf("%w: the reader is not running", errFenceUnusable)
 	}
 	qctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	if f.conn == nil {
 		if time.Now().Before(f.retryAt) {
+			if f.refused {
+				return pgSnapshot{}, fmt.Errorf("%w: pg_current_snapshot() refused", errFenceUnusable)
+			}
 			return pgSnapshot{}, errors.New("fence connection: waiting to reconnect")
 		}
 		conn, err := f.r.connectSQL(qctx)
@@ -169,8 +177,21 @@ func (f *fence) snapshotLocked(ctx context.Context, deadline time.Time) (pgSnaps
 		// A cancelled or timed-out query leaves the connection unusable.
 		f.dropLocked()
 		f.failed()
+		if pgCode(err) == codeInsufficientPriv {
+			// Revoked from PUBLIC: publish unproven at once (counted)
+			// instead of timing out on every batch; look again in a minute.
+			f.retryAt = time.Now().Add(time.Minute)
+			f.refused = true
+			if !f.warned {
+				f.warned = true
+				f.r.log.Error("postgres: the visibility fence may not read the current snapshot: invalidations are published unproven (counted as fence timeouts)",
+					logErr, err, "fix", "GRANT EXECUTE ON FUNCTION pg_current_snapshot() TO the tagstream role")
+			}
+			return pgSnapshot{}, fmt.Errorf("%w: read snapshot: %v", errFenceUnusable, err)
+		}
 		return pgSnapshot{}, fmt.Errorf("read snapshot: %w", err)
 	}
+	f.refused = false
 	f.failures = 0
 	return parseSnapshot(text)
 }

@@ -336,4 +336,22 @@ func TestFenceNeedsNoPrivilege(t *testing.T) {
 	if user := r.fence.conn.Config().User; user != role {
 		t.Errorf("fence connected as %q, want %q", user, role)
 	}
+
+	// Revoked from PUBLIC: WaitVisible gives up at once, not after its
+	// timeout, and keeps doing so.
+	f.exec(`REVOKE EXECUTE ON FUNCTION pg_current_snapshot() FROM PUBLIC`,
+		`REVOKE EXECUTE ON FUNCTION txid_current_snapshot() FROM PUBLIC`)
+	r.fence.close()
+	r.cfg.FenceTimeout = time.Minute
+	r.fence.open()
+	for range 2 {
+		start := time.Now()
+		err := r.WaitVisible(context.Background(), []cdc.Commit{{Xid: uint64(x)}})
+		if !errors.Is(err, cdc.ErrNotVisible) {
+			t.Fatalf("WaitVisible without EXECUTE = %v, want ErrNotVisible", err)
+		}
+		if el := time.Since(start); el > 10*time.Second {
+			t.Errorf("took %s: it waited instead of giving up", el)
+		}
+	}
 }
