@@ -130,6 +130,17 @@ type Tx interface {
 	Tags() []string
 }
 
+// Projection is an optional capability of a Tx, found by type assertion:
+// which columns its Add reads, so that a reader decodes only those.
+type Projection interface {
+	// Reads reports, per column of t (indexed like t.Columns), whether Add
+	// may read that column of a change to t with op, from now until the
+	// transaction ends. A reader may pass every other column as Absent
+	// (and skip decoding it): that changes nothing Add produces. nil means
+	// every column. The slice belongs to the Tx; callers must not modify it.
+	Reads(t *Table, op Op) []bool
+}
+
 // Handler consumes what a Source reads. All methods are called from the
 // source's goroutine, one at a time.
 type Handler interface {

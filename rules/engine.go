@@ -106,6 +106,11 @@ type crule struct {
 // resolved.
 type tableRules struct {
 	rules []boundRule
+	// reads[op]: the columns a change with op may read (the placeholders of
+	// the rules that fire on op; on updates, their columns filters too).
+	// filterReads[op]: the same once a Tx collapsed, when templates are no
+	// longer expanded and only the columns filters decide which rules fire.
+	reads, filterReads [cdc.Truncate + 1][]bool
 }
 
 type boundRule struct {
@@ -226,6 +231,7 @@ func (e *Engine) bind(t *cdc.Table) *tableRules {
 			br.tmpls = append(br.tmpls, bt)
 		}
 		tr.rules = append(tr.rules, br)
+		tr.addReads(&br, len(t.Columns))
 		// A table known without columns (a MySQL statement naming a table
 		// never seen in a row event) only ever truncates: nothing to warn.
 		if len(missing) > 0 && len(t.Columns) > 0 {
@@ -235,6 +241,60 @@ func (e *Engine) bind(t *cdc.Table) *tableRules {
 		}
 	}
 	return tr
+}
+
+// addReads marks the columns br reads, per op, in tr.reads and
+// tr.filterReads (n columns).
+func (tr *tableRules) addReads(br *boundRule, n int) {
+	mark := func(m *[]bool, i int) {
+		if *m == nil {
+			*m = make([]bool, n)
+		}
+		if i >= 0 && i < n {
+			(*m)[i] = true
+		}
+	}
+	for op := cdc.Insert; op <= cdc.Truncate; op++ {
+		if br.c.ops&opBit(op) == 0 || op == cdc.Truncate {
+			continue // truncate expands to wildcard forms: no values
+		}
+		if op == cdc.Update {
+			for _, f := range br.filter {
+				mark(&tr.reads[op], f.i)
+				mark(&tr.filterReads[op], f.i)
+			}
+		}
+		for _, bt := range br.tmpls {
+			for _, p := range bt.parts {
+				if p.ph {
+					mark(&tr.reads[op], p.col.i)
+				}
+			}
+		}
+	}
+}
+
+// readsOf returns the columns a change to tr's table with op may read; none
+// is an empty mask of n columns.
+func (tr *tableRules) readsOf(op cdc.Op, collapsed bool, n int) []bool {
+	m := tr.reads[op]
+	if collapsed {
+		m = tr.filterReads[op]
+	}
+	if m == nil {
+		return none(n)
+	}
+	return m
+}
+
+// noColumns backs the masks that read nothing (shared, never written).
+var noColumns = make([]bool, 64)
+
+func none(n int) []bool {
+	if n <= len(noColumns) {
+		return noColumns[:n:n]
+	}
+	return make([]bool, n)
 }
 
 // matches reports whether the rule names t, one of the partitioned tables

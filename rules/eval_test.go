@@ -52,7 +52,37 @@ func evalSorted(t *testing.T, e *Engine, c *cdc.Change) []string {
 	if txTags := tx.Tags(); !slices.Equal(txTags, got) && !(len(got) == 0 && len(txTags) == 0) {
 		t.Errorf("Tx.Tags() = %q, Eval = %q", txTags, got)
 	}
+	// A reader that honours cdc.Projection (the other columns Absent)
+	// produces the same tags.
+	stats := e.Stats()
+	defer e.longTags.Store(stats.LongTags) // counted once, by the evaluations above
+	proj := e.NewTx()
+	pc := project(c, proj.Reads(c.Table, c.Op))
+	proj.Add(pc)
+	if pTags := proj.Tags(); !slices.Equal(pTags, got) && !(len(got) == 0 && len(pTags) == 0) {
+		t.Errorf("projected change: tags %q, want %q", pTags, got)
+	}
 	return got
+}
+
+// project returns a copy of c whose columns outside reads are Absent, as a
+// reader honouring cdc.Projection passes them.
+func project(c *cdc.Change, reads []bool) *cdc.Change {
+	p := *c
+	img := func(vals []cdc.Value) []cdc.Value {
+		if vals == nil || reads == nil {
+			return vals
+		}
+		out := slices.Clone(vals)
+		for i := range out {
+			if i < len(reads) && !reads[i] {
+				out[i] = absent
+			}
+		}
+		return out
+	}
+	p.Old, p.New = img(c.Old), img(c.New)
+	return &p
 }
 
 func TestEval(t *testing.T) {

@@ -21,7 +21,10 @@ type Tx struct {
 	scratch   [][]byte
 }
 
-var _ cdc.Tx = (*Tx)(nil)
+var (
+	_ cdc.Tx         = (*Tx)(nil)
+	_ cdc.Projection = (*Tx)(nil)
+)
 
 // NewTx returns an empty transaction accumulator.
 func (e *Engine) NewTx() *Tx {
@@ -92,6 +95,17 @@ func (t *Tx) markForeign() {
 	if t.collapsed {
 		t.set["*"] = struct{}{}
 	}
+}
+
+// Reads implements cdc.Projection: the columns of tbl that the rules firing
+// on op read (placeholders, and the columns filters on updates). Once t has
+// collapsed, templates are no longer expanded and only the columns filters
+// still decide which rules fire (and so which wildcard forms it holds).
+func (t *Tx) Reads(tbl *cdc.Table, op cdc.Op) []bool {
+	if op < cdc.Insert || op > cdc.Truncate {
+		return nil // an op this version does not know: every column
+	}
+	return t.e.candidates(tbl).readsOf(op, t.collapsed, len(tbl.Columns))
 }
 
 // Merge absorbs other (a committed subtransaction); other is unusable
