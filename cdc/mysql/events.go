@@ -157,7 +157,7 @@ func (r *Reader) handle(ctx context.Context, h cdc.Handler, ev *replication.Binl
 	case *replication.TableMapEvent:
 		st.tableMap(e)
 	case *replication.RowsEvent:
-		r.rows(h, e)
+		return r.rows(h, e, ev.Header.EventType)
 	case *replication.XIDEvent:
 		return r.commit(ctx, h, ev.Header, pos)
 	case *replication.TransactionPayloadEvent:
@@ -306,7 +306,7 @@ func (st *streamState) tableMap(tm *replication.TableMapEvent) *tableInfo {
 	return info
 }
 
-func (r *Reader) rows(h cdc.Handler, e *replication.RowsEvent) {
+func (r *Reader) rows(h cdc.Handler, e *replication.RowsEvent, typ replication.EventType) error {
 	st := &r.st
 	st.ensureTx(h)
 	info := st.byID[e.TableID]
@@ -322,68 +322,48 @@ func (r *Reader) rows(h cdc.Handler, e *replication.RowsEvent) {
 				"table", info.table.Schema+"."+info.table.Name, "fix", "SET GLOBAL binlog_row_metadata = 'FULL'")
 		}
 		r.truncate(tableRef{Schema: info.table.Schema, Name: info.table.Name})
-		return
+		return nil
+	}
+	op, partial, compressed := rowsOp(typ)
+	if op == 0 {
+		return nil
+	}
+	data, err := rowImages(e, compressed)
+	if err != nil {
+		return err
+	}
+	d := rowDecoder{info: info, n: int(e.ColumnCount), partial: partial}
+	if d.n > len(info.cols) {
+		return fmt.Errorf("mysql: rows event of %s.%s: %d columns, its TABLE_MAP %d", info.table.Schema, info.table.Name, d.n, len(info.cols))
+	}
+	if p, ok := st.tx.(cdc.Projection); ok {
+		d.reads = p.Reads(info.table, op)
+	}
+	if info.jsonCols > 0 && d.readsJSON() {
+		if d.json, err = jsonRows(e); err != nil {
+			return err
+		}
 	}
 	c := &st.change
-	c.Table = info.table
-	switch e.Type() {
-	case replication.EnumRowsEventTypeInsert:
-		c.Op = cdc.Insert
-		for i, row := range e.Rows {
-			st.arena = st.arena[:0]
-			c.Old, c.New = nil, st.image(&st.newVals, info, row, skipped(e, i))
-			st.tx.Add(c)
+	*c = cdc.Change{Table: info.table, Op: op}
+	defer func() { *c = cdc.Change{} }()
+	for len(data) > 0 {
+		st.arena = st.arena[:0]
+		switch op {
+		case cdc.Insert:
+			c.New, st.arena, data, err = d.image(&st.newVals, st.arena, e.ColumnBitmap1, data, false)
+		case cdc.Delete:
+			c.Old, st.arena, data, err = d.image(&st.oldVals, st.arena, e.ColumnBitmap1, data, false)
+		case cdc.Update:
+			c.Old, st.arena, data, err = d.image(&st.oldVals, st.arena, e.ColumnBitmap1, data, false)
+			if err == nil {
+				c.New, st.arena, data, err = d.image(&st.newVals, st.arena, e.ColumnBitmap2, data, true)
+			}
 		}
-	case replication.EnumRowsEventTypeDelete:
-		c.Op = cdc.Delete
-		for i, row := range e.Rows {
-			st.arena = st.arena[:0]
-			c.Old, c.New = st.image(&st.oldVals, info, row, skipped(e, i)), nil
-			st.tx.Add(c)
+		if err != nil {
+			return fmt.Errorf("mysql: rows event of %s.%s: %w", info.table.Schema, info.table.Name, err)
 		}
-	case replication.EnumRowsEventTypeUpdate:
-		c.Op = cdc.Update
-		for i := 0; i+1 < len(e.Rows); i += 2 {
-			st.arena = st.arena[:0]
-			c.Old = st.image(&st.oldVals, info, e.Rows[i], skipped(e, i))
-			c.New = st.image(&st.newVals, info, e.Rows[i+1], skipped(e, i+1))
-			st.tx.Add(c)
-		}
-	}
-	*c = cdc.Change{}
-}
-
-func skipped(e *replication.RowsEvent, i int) []int {
-	if i < len(e.SkippedColumns) {
-		return e.SkippedColumns[i]
+		st.tx.Add(c)
 	}
 	return nil
-}
-
-// image renders one row image into st.arena and *vals.
-func (st *streamState) image(vals *[]cdc.Value, info *tableInfo, row []any, skip []int) []cdc.Value {
-	n := len(info.cols)
-	if cap(*vals) < n {
-		*vals = make([]cdc.Value, n)
-	}
-	out := (*vals)[:n]
-	for i := range out {
-		if i >= len(row) {
-			out[i] = cdc.Value{Kind: cdc.Absent}
-			continue
-		}
-		start := len(st.arena)
-		var kind cdc.Kind
-		st.arena, kind = appendValue(st.arena, &info.cols[i], row[i])
-		out[i] = cdc.Value{Kind: kind}
-		if kind == cdc.Text {
-			out[i].Text = st.arena[start:len(st.arena):len(st.arena)]
-		}
-	}
-	for _, i := range skip {
-		if i < n {
-			out[i] = cdc.Value{Kind: cdc.Absent}
-		}
-	}
-	return out
 }

@@ -1,11 +1,15 @@
 package mysql
 
 import (
+	"encoding/binary"
 	"errors"
+	"math"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	gomysql "github.com/go-mysql-org/go-mysql/mysql"
 
 	"github.com/tagstream/tagstream/cdc"
 )
@@ -151,40 +155,88 @@ func FuzzParseDSN(f *testing.F) {
 	})
 }
 
+// col returns a column of binlog type tp with metadata meta.
+func col(tp byte, meta uint16) *column {
+	c := &column{}
+	c.setType(tp, meta)
+	return c
+}
+
+// TestAppendValue: values as they lie in row images (the server's own text
+// of each type is checked in TestCanonicalValues).
 func TestAppendValue(t *testing.T) {
-	enum := &column{kind: colEnum, labels: []string{"a", "b"}}
-	set := &column{kind: colSet, labels: []string{"r", "g", "b"}}
+	const (
+		tiny, long, longlong, year = gomysql.MYSQL_TYPE_TINY, gomysql.MYSQL_TYPE_LONG, gomysql.MYSQL_TYPE_LONGLONG, gomysql.MYSQL_TYPE_YEAR
+		str, blob, bit, dec        = gomysql.MYSQL_TYPE_STRING, gomysql.MYSQL_TYPE_BLOB, gomysql.MYSQL_TYPE_BIT, gomysql.MYSQL_TYPE_NEWDECIMAL
+		float, double              = gomysql.MYSQL_TYPE_FLOAT, gomysql.MYSQL_TYPE_DOUBLE
+		enumMeta, setMeta          = uint16(gomysql.MYSQL_TYPE_ENUM)<<8 | 1, uint16(gomysql.MYSQL_TYPE_SET)<<8 | 1
+	)
+	enum := col(str, enumMeta)
+	enum.kind, enum.labels = colEnum, []string{"a", "b"}
+	set := col(str, setMeta)
+	set.kind, set.labels = colSet, []string{"r", "g", "b"}
+	unsigned := col(longlong, 0)
+	unsigned.umask = math.MaxUint64
+	binary3 := col(str, 3)
+	binary3.pad = 3
+	latin1 := col(blob, 2)
+	latin1.cs = charsets["latin1"]
+	f32 := func(f float32) []byte { return binary.LittleEndian.AppendUint32(nil, math.Float32bits(f)) }
+	f64 := func(f float64) []byte { return binary.LittleEndian.AppendUint64(nil, math.Float64bits(f)) }
 	tests := []struct {
 		c    *column
-		v    any
+		v    []byte
 		want string
 		kind cdc.Kind
 	}{
-		{&column{}, nil, "", cdc.Null},
-		{&column{}, int8(-1), "-1", cdc.Text},
-		{&column{}, uint64(18446744073709551615), "18446744073709551615", cdc.Text},
-		{enum, int64(2), "b", cdc.Text},
-		{enum, int64(0), "", cdc.Text},
-		{set, int64(0), "", cdc.Text},
-		{set, int64(7), "r,g,b", cdc.Text},
-		{&column{}, int64(21), "21", cdc.Text}, // BIT
-		{&column{kind: colYear}, 0, "0000", cdc.Text},
-		{&column{}, float32(1.1), "1.1", cdc.Text},
-		{&column{}, 1e20, "1e20", cdc.Text},
-		{&column{}, -1.5e-7, "-0.00000015", cdc.Text}, // the server's text (my_gcvt), checked in TestCanonicalValues
-		{&column{}, 1.5e-16, "1.5e-16", cdc.Text},
-		{&column{}, float32(123456789), "123457000", cdc.Text},
-		{&column{umask: ^uint64(0)}, int64(-1), "18446744073709551615", cdc.Text}, // BIT(64)
-		{&column{pad: 3}, "a", "a\x00\x00", cdc.Text},                             // BINARY(3)
-		{&column{cs: charsets["latin1"]}, []byte{'c', 0xe9, 0x80, 0x81}, "cé€\u0081", cdc.Text},
-		{&column{}, 123456789012.5, "123456789012.5", cdc.Text},
-		{&column{kind: colJSON}, `{"a":[1,"x,y:z"],"b\"":{}}`, `{"a": [1, "x,y:z"], "b\"": {}}`, cdc.Text},
-		{&column{}, []byte{0, 0xff}, "\x00\xff", cdc.Text},
+		{col(gomysql.MYSQL_TYPE_NULL, 0), nil, "", cdc.Null},
+		{col(tiny, 0), []byte{0xff}, "-1", cdc.Text},
+		{col(long, 0), []byte{0, 0, 0, 0x80}, "-2147483648", cdc.Text},
+		{unsigned, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, "18446744073709551615", cdc.Text},
+		{enum, []byte{2}, "b", cdc.Text},
+		{enum, []byte{0}, "", cdc.Text},
+		{enum, []byte{5}, "5", cdc.Text},
+		{set, []byte{0}, "", cdc.Text},
+		{set, []byte{7}, "r,g,b", cdc.Text},
+		{col(bit, 5), []byte{21}, "21", cdc.Text},
+		{col(bit, 8<<8), []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, "18446744073709551615", cdc.Text}, // BIT(64)
+		{col(year, 0), []byte{0}, "0000", cdc.Text},
+		{col(year, 0), []byte{124}, "2024", cdc.Text},
+		{col(float, 4), f32(1.1), "1.1", cdc.Text},
+		{col(double, 8), f64(1e20), "1e20", cdc.Text},
+		{col(double, 8), f64(-1.5e-7), "-0.00000015", cdc.Text}, // the server's text (my_gcvt)
+		{col(double, 8), f64(1.5e-16), "1.5e-16", cdc.Text},
+		{col(float, 4), f32(123456789), "123457000", cdc.Text},
+		{col(double, 8), f64(123456789012.5), "123456789012.5", cdc.Text},
+		{binary3, []byte{1, 'a'}, "a\x00\x00", cdc.Text}, // BINARY(3)
+		{latin1, []byte{4, 0, 'c', 0xe9, 0x80, 0x81}, "cé€\u0081", cdc.Text},
+		{col(blob, 2), []byte{2, 0, 0, 0xff}, "\x00\xff", cdc.Text},
+		// DECIMAL(10,2): 8 integer digits in 4 bytes, 2 fraction digits in 1.
+		{col(dec, 10<<8|2), []byte{0x80, 0x12, 0xd6, 0x87, 0x59}, "1234567.89", cdc.Text},
+		{col(dec, 10<<8|2), []byte{0x7f, 0xed, 0x29, 0x78, 0xa6}, "-1234567.89", cdc.Text},
+		{col(dec, 10<<8|2), []byte{0x7f, 0xff, 0xff, 0xff, 0xcd}, "-0.50", cdc.Text},
+		// DECIMAL(20,10): 10 integer digits (1 + 9), 10 fraction digits (9 + 1).
+		{col(dec, 20<<8|10), []byte{0x81, 0, 0, 0, 2, 0, 0, 0, 3, 4}, "1000000002.0000000034", cdc.Text},
 	}
 	for _, tt := range tests {
-		got, kind := appendValue(nil, tt.c, tt.v)
+		if n, err := tt.c.size(tt.v); err != nil || n != len(tt.v) {
+			t.Errorf("size(%x) = %d, %v; want %d", tt.v, n, err, len(tt.v))
+		}
+		got, kind := tt.c.appendValue(nil, tt.v)
 		if string(got) != tt.want || kind != tt.kind {
-			t.Errorf("appendValue(%#v) = %q, %v; want %q, %v", tt.v, got, kind, tt.want, tt.kind)
+			t.Errorf("type %d: appendValue(%x) = %q, %v; want %q, %v", tt.c.typ, tt.v, got, kind, tt.want, tt.kind)
+		}
+	}
+}
+
+// TestCivil: the TIMESTAMP date conversion agrees with package time over
+// the TIMESTAMP range.
+func TestCivil(t *testing.T) {
+	for days := int64(0); days < 50000; days++ {
+		y, m, d := civil(days)
+		ty, tm, td := time.Unix(days*86400, 0).UTC().Date()
+		if y != ty || m != int(tm) || d != td {
+			t.Fatalf("civil(%d) = %d-%d-%d, want %d-%d-%d", days, y, m, d, ty, tm, td)
 		}
 	}
 }

@@ -421,9 +421,8 @@ func (r *Reader) syncerConfig(info *serverInfo) replication.BinlogSyncerConfig {
 		User:                  r.dsn.User,
 		Password:              r.dsn.Password,
 		Charset:               "utf8mb4",
-		ParseTime:             true, // formatted by appendDatetime; zero dates and years before 1970 stay strings
-		RenderJSONAsMySQLText: true,
-		RowsEventDecodeFunc:   decodeRows,
+		RenderJSONAsMySQLText: true,       // JSON columns that a rule reads (jsonRows)
+		RowsEventDecodeFunc:   decodeRows, // row images are decoded by the reader
 		HeartbeatPeriod:       r.cfg.Heartbeat,
 		ReadTimeout:           r.cfg.ReadTimeout,
 		DisableRetrySync:      true, // we reconnect ourselves, from the last delivered commit
@@ -431,37 +430,6 @@ func (r *Reader) syncerConfig(info *serverInfo) replication.BinlogSyncerConfig {
 		EventCacheCount:       256,
 		Logger:                slog.New(quietHandler{r.log.Handler()}),
 	}
-}
-
-// decodeRows decodes a rows event with every integer read as signed:
-// go-mysql v1.16.0 rebuilds the table's UnsignedMap (a map) for every row
-// image, unless the TABLE_MAP has no signedness. So the rows are decoded
-// against a copy of the TABLE_MAP's decoding fields without it, and
-// appendValue reinterprets UNSIGNED columns (column.umask). It runs on the
-// syncer's goroutine: it must not touch the reader's state, and reads the
-// shared TABLE_MAP's exported fields only.
-func decodeRows(e *replication.RowsEvent, data []byte) error {
-	pos, err := e.DecodeHeader(data)
-	if err != nil {
-		return err
-	}
-	tm := e.Table
-	if len(tm.SignednessBitmap) == 0 {
-		return e.DecodeData(pos, data)
-	}
-	e.Table = &replication.TableMapEvent{
-		TableID:     tm.TableID,
-		Flags:       tm.Flags,
-		Schema:      tm.Schema,
-		Table:       tm.Table,
-		ColumnCount: tm.ColumnCount,
-		ColumnType:  tm.ColumnType,
-		ColumnMeta:  tm.ColumnMeta,
-		NullBitmap:  tm.NullBitmap,
-	}
-	err = e.DecodeData(pos, data)
-	e.Table = tm
-	return err
 }
 
 // stream runs one binlog connection until it fails or ctx ends. connected

@@ -3,10 +3,8 @@ package mysql
 import (
 	"bytes"
 	"encoding/binary"
-	"fmt"
 	"math"
 	"strconv"
-	"time"
 
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/replication"
@@ -15,36 +13,40 @@ import (
 )
 
 // colKind says how a column's decoded value becomes canonical text where the
-// decoder's Go value alone does not tell.
+// binlog type alone does not tell.
 type colKind uint8
 
 const (
 	colPlain colKind = iota
-	colEnum          // int64 index → label
-	colSet           // int64 bitmask → comma-separated labels
-	colYear          // int; 0 is 0000
-	colJSON          // MySQL binary JSON: add MySQL's spaces
+	colEnum          // index → label
+	colSet           // bitmask → comma-separated labels
 )
 
 type column struct {
 	kind   colKind
 	labels []string // ENUM / SET, decoded to UTF-8
-	// umask is the value mask of an UNSIGNED integer (or BIT) column, 0
-	// otherwise: the rows arrive decoded as signed (see decodeRows).
+	// umask is non-zero for an UNSIGNED integer (or BIT) column.
 	umask uint64
-	dec   int      // fractional digits of DATETIME/TIMESTAMP
 	cs    *charset // a text column stored in another character set than UTF-8
 	pad   int      // BINARY(n): the binlog drops the trailing zero bytes the column holds
+
+	// The layout of its values in row images (setType).
+	typ         byte   // binlog type; ENUM, SET and CHAR resolved from the metadata
+	meta        uint16 // the TABLE_MAP's metadata
+	fixed       int    // size of a fixed-size value
+	prefix      int    // bytes of a variable-size value's length prefix
+	unsupported bool
 }
 
 // tableInfo is one layout of one table: a TABLE_MAP with the same schema,
 // name, column names, types and metadata maps to the same tableInfo, and so
 // to the same *cdc.Table.
 type tableInfo struct {
-	key   string // layout key
-	table *cdc.Table
-	cols  []column
-	named bool // the TABLE_MAP carried column names
+	key      string // layout key
+	table    *cdc.Table
+	cols     []column
+	named    bool // the TABLE_MAP carried column names
+	jsonCols int  // MySQL JSON columns
 }
 
 // layoutKey appends to buf what identifies a TABLE_MAP's layout.
@@ -105,11 +107,16 @@ func newTableInfo(key string, tm *replication.TableMapEvent, collations map[uint
 	colls, enumColls := tm.CollationMap(), tm.EnumSetCollationMap()
 	for i := range n {
 		c := &info.cols[i]
+		var meta uint16
+		if i < len(tm.ColumnMeta) {
+			meta = tm.ColumnMeta[i]
+		}
+		c.setType(tm.ColumnType[i], meta)
+		if c.typ == gomysql.MYSQL_TYPE_JSON {
+			info.jsonCols++
+		}
 		if unsigned[i] {
 			c.umask = intMask(tm.ColumnType[i])
-		}
-		if tm.ColumnType[i] == gomysql.MYSQL_TYPE_BIT {
-			c.umask = math.MaxUint64 // BIT(64) arrives as a negative int64
 		}
 		if id, ok := colls[i]; ok {
 			c.cs = charsets[collations[id]]
@@ -117,21 +124,11 @@ func newTableInfo(key string, tm *replication.TableMapEvent, collations map[uint
 				c.pad = binaryLength(tm, i)
 			}
 		}
-		switch tm.ColumnType[i] {
-		case gomysql.MYSQL_TYPE_DATETIME2, gomysql.MYSQL_TYPE_TIMESTAMP2:
-			if i < len(tm.ColumnMeta) && tm.ColumnMeta[i] <= 6 {
-				c.dec = int(tm.ColumnMeta[i])
-			}
-		}
 		switch {
 		case tm.IsEnumColumn(i):
 			c.kind, c.labels = colEnum, decodeLabels(enums[i], charsets[collations[enumColls[i]]])
 		case tm.IsSetColumn(i):
 			c.kind, c.labels = colSet, decodeLabels(sets[i], charsets[collations[enumColls[i]]])
-		case tm.ColumnType[i] == gomysql.MYSQL_TYPE_YEAR:
-			c.kind = colYear
-		case tm.ColumnType[i] == gomysql.MYSQL_TYPE_JSON:
-			c.kind = colJSON
 		}
 	}
 	return info
@@ -184,116 +181,6 @@ func intMask(t byte) uint64 {
 		return math.MaxUint64
 	}
 	return 0
-}
-
-// appendValue appends v's canonical text to buf (see design Part B: integers
-// in decimal, DECIMAL exact, DATETIME/TIMESTAMP YYYY-MM-DD HH:MM:SS[.ffffff]
-// with TIMESTAMP in UTC, ENUM as its label, strings as they are).
-func appendValue(buf []byte, c *column, v any) ([]byte, cdc.Kind) {
-	switch x := v.(type) {
-	case nil:
-		return buf, cdc.Null
-	case string:
-		if c.kind == colJSON {
-			return appendMySQLJSON(buf, x), cdc.Text
-		}
-		return appendText(buf, c, x), cdc.Text
-	case []byte:
-		return appendText(buf, c, x), cdc.Text
-	case int8:
-		return appendInt(buf, c, int64(x)), cdc.Text
-	case int16:
-		return appendInt(buf, c, int64(x)), cdc.Text
-	case int32:
-		return appendInt(buf, c, int64(x)), cdc.Text
-	case time.Time:
-		return appendDatetime(buf, x.UTC(), c.dec), cdc.Text
-	case int64:
-		if c.umask != 0 {
-			return appendInt(buf, c, x), cdc.Text
-		}
-		switch c.kind {
-		case colEnum:
-			// 0 is the empty string MySQL stores for an invalid value.
-			if x >= 1 && int(x) <= len(c.labels) {
-				return append(buf, c.labels[x-1]...), cdc.Text
-			}
-			if x == 0 {
-				return buf, cdc.Text
-			}
-		case colSet:
-			if c.labels != nil {
-				first := true
-				for i, l := range c.labels {
-					if x&(1<<uint(i)) != 0 {
-						if !first {
-							buf = append(buf, ',')
-						}
-						buf = append(buf, l...)
-						first = false
-					}
-				}
-				return buf, cdc.Text
-			}
-		}
-		return strconv.AppendInt(buf, x, 10), cdc.Text
-	case uint8:
-		return strconv.AppendUint(buf, uint64(x), 10), cdc.Text
-	case uint16:
-		return strconv.AppendUint(buf, uint64(x), 10), cdc.Text
-	case uint32:
-		return strconv.AppendUint(buf, uint64(x), 10), cdc.Text
-	case uint64:
-		return strconv.AppendUint(buf, x, 10), cdc.Text
-	case int:
-		if c.kind == colYear && x == 0 {
-			return append(buf, "0000"...), cdc.Text
-		}
-		return strconv.AppendInt(buf, int64(x), 10), cdc.Text
-	case float32:
-		return appendFloat(buf, float64(x), floatDigits), cdc.Text
-	case float64:
-		return appendFloat(buf, x, -1), cdc.Text
-	case *replication.JsonDiff:
-		// A partial JSON update: the new document is not in the event.
-		return buf, cdc.Absent
-	case fmt.Stringer:
-		return append(buf, x.String()...), cdc.Text
-	default:
-		return fmt.Append(buf, x), cdc.Text
-	}
-}
-
-// appendInt appends an integer column's value, reading it as unsigned
-// where the column is.
-func appendInt(buf []byte, c *column, x int64) []byte {
-	if c.umask != 0 {
-		return strconv.AppendUint(buf, uint64(x)&c.umask, 10)
-	}
-	return strconv.AppendInt(buf, x, 10)
-}
-
-// appendDatetime appends t as YYYY-MM-DD HH:MM:SS with dec fractional
-// digits (truncated, as the column stores no more).
-func appendDatetime(buf []byte, t time.Time, dec int) []byte {
-	year, month, day := t.Date()
-	hour, minute, sec := t.Clock()
-	buf = appendDigits(buf, year, 4)
-	buf = append(buf, '-')
-	buf = appendDigits(buf, int(month), 2)
-	buf = append(buf, '-')
-	buf = appendDigits(buf, day, 2)
-	buf = append(buf, ' ')
-	buf = appendDigits(buf, hour, 2)
-	buf = append(buf, ':')
-	buf = appendDigits(buf, minute, 2)
-	buf = append(buf, ':')
-	buf = appendDigits(buf, sec, 2)
-	if dec > 0 {
-		buf = append(buf, '.')
-		buf = appendDigits(buf, t.Nanosecond()/pow10[9-dec], dec)
-	}
-	return buf
 }
 
 var pow10 = [...]int{1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000, 1000000000}
