@@ -29,6 +29,9 @@ type recorder struct {
 	schema string
 	ack    func(cdc.Position)       // called after each commit when set
 	render func(*cdc.Change) string // nil: renderChange
+	// reads, when set, makes its transactions a cdc.Projection that reads
+	// the columns reads returns.
+	reads func(t *cdc.Table, op cdc.Op) []bool
 
 	mu       sync.Mutex
 	commits  []commitRec
@@ -53,7 +56,13 @@ func newRecorder(schema string) *recorder {
 	return &recorder{schema: schema, tables: map[string]*cdc.Table{}, changed: make(chan struct{}, 1)}
 }
 
-func (r *recorder) Begin() cdc.Tx { return &recTx{r: r} }
+func (r *recorder) Begin() cdc.Tx {
+	tx := &recTx{r: r}
+	if r.reads == nil {
+		return tx
+	}
+	return &projTx{recTx: tx}
+}
 
 func (t *recTx) Add(c *cdc.Change) {
 	if c.Table.Schema != t.r.schema {
@@ -76,7 +85,13 @@ func (r *recorder) Commit(_ context.Context, tx cdc.Tx, c cdc.Commit) error {
 	if c.Time.IsZero() || time.Since(c.Time) > time.Hour {
 		return fmt.Errorf("commit time %v is not now", c.Time)
 	}
-	lines := tx.(*recTx).lines
+	var lines []string
+	switch tx := tx.(type) {
+	case *recTx:
+		lines = tx.lines
+	case *projTx:
+		lines = tx.lines
+	}
 	r.mu.Lock()
 	if n := len(r.commits); n > 0 && c.Position <= r.commits[n-1].pos {
 		r.mu.Unlock()
