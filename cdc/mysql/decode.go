@@ -39,7 +39,7 @@ func decodeRows(e *replication.RowsEvent, data []byte) error {
 	return nil
 }
 
-var errShortRow = errors.New("mysql: rows event: row image shorter than its columns")
+var errShortRow = errors.New("row image shorter than its columns")
 
 // rowsOp maps a rows event type to its op; partial: MySQL's
 // PARTIAL_UPDATE_ROWS_EVENT (JSON columns may hold a diff); compressed:
@@ -188,7 +188,7 @@ func (d *rowDecoder) image(vals *[]cdc.Value, arena []byte, bm, data []byte, aft
 		var kind cdc.Kind
 		if c.typ == gomysql.MYSQL_TYPE_JSON {
 			if i >= len(json) {
-				return nil, arena, nil, errors.New("mysql: rows event: JSON column not decoded")
+				return nil, arena, nil, errors.New("JSON column not decoded")
 			}
 			arena, kind = appendJSON(arena, json[i])
 		} else {
