@@ -403,7 +403,12 @@ func (e *Engine) eval(dst [][]byte, c *cdc.Change, tx *Tx) [][]byte {
 	if c == nil || c.Table == nil {
 		return dst
 	}
-	tr := e.candidates(c.Table)
+	var tr *tableRules
+	if tx != nil {
+		tr = tx.candidates(c.Table)
+	} else {
+		tr = e.candidates(c.Table)
+	}
 	for i := range tr.rules {
 		br := &tr.rules[i]
 		if !br.fires(c) {

@@ -19,6 +19,10 @@ type Tx struct {
 	collapsed bool
 	foreign   bool // holds tags of another Engine's Tx
 	scratch   [][]byte
+	// The last table's candidate rules: a transaction's rows mostly come
+	// in runs of one table, and the Engine's cache is a sync.Map.
+	table *cdc.Table
+	rules *tableRules
 }
 
 var (
@@ -41,6 +45,7 @@ func (t *Tx) Reset() {
 	clear(t.touched)
 	t.collapsed, t.foreign = false, false
 	t.scratch = t.scratch[:0]
+	t.table, t.rules = nil, nil
 }
 
 // Collapsed reports whether t hit the cap and holds wildcard forms only.
@@ -48,6 +53,13 @@ func (t *Tx) Collapsed() bool { return t.collapsed }
 
 // Len is the number of distinct tags accumulated so far (0 once collapsed).
 func (t *Tx) Len() int { return len(t.set) }
+
+func (t *Tx) candidates(tbl *cdc.Table) *tableRules {
+	if tbl != t.table || t.rules == nil {
+		t.table, t.rules = tbl, t.e.candidates(tbl)
+	}
+	return t.rules
+}
 
 func (t *Tx) touch(i int) { t.touched[i>>6] |= 1 << (i & 63) }
 
@@ -105,7 +117,7 @@ func (t *Tx) Reads(tbl *cdc.Table, op cdc.Op) []bool {
 	if op < cdc.Insert || op > cdc.Truncate {
 		return nil // an op this version does not know: every column
 	}
-	return t.e.candidates(tbl).readsOf(op, t.collapsed, len(tbl.Columns))
+	return t.candidates(tbl).readsOf(op, t.collapsed, len(tbl.Columns))
 }
 
 // Merge absorbs other (a committed subtransaction); other is unusable
