@@ -126,17 +126,9 @@ func (d *rowDecoder) image(vals *[]cdc.Value, arena []byte, bm, data []byte, aft
 	out := (*vals)[:len(cols)]
 	var partial []byte // which JSON columns hold a diff
 	if d.partial && after {
-		opts, k, ok := lenenc(data)
-		if !ok {
-			return nil, arena, nil, errShortRow
-		}
-		data = data[k:]
-		if opts&1 != 0 { // PARTIAL_JSON_UPDATES
-			nb := (d.info.jsonCols + 7) / 8
-			if len(data) < nb {
-				return nil, arena, nil, errShortRow
-			}
-			partial, data = data[:nb], data[nb:]
+		var err error
+		if partial, data, err = d.partialJSON(data); err != nil {
+			return nil, arena, nil, err
 		}
 	}
 	if len(bm) < (d.n+7)/8 {
@@ -200,6 +192,25 @@ func (d *rowDecoder) image(vals *[]cdc.Value, arena []byte, bm, data []byte, aft
 		}
 	}
 	return out, arena, data, nil
+}
+
+// partialJSON reads the head of an after image in a MySQL
+// PARTIAL_UPDATE_ROWS_EVENT: binlog_row_value_options, then (with partial
+// JSON updates on) a bitmap of the JSON columns that hold a diff.
+func (d *rowDecoder) partialJSON(data []byte) (partial, rest []byte, err error) {
+	opts, k, ok := lenenc(data)
+	if !ok {
+		return nil, nil, errShortRow
+	}
+	data = data[k:]
+	if opts&1 == 0 { // no PARTIAL_JSON_UPDATES
+		return nil, data, nil
+	}
+	nb := (d.info.jsonCols + 7) / 8
+	if len(data) < nb {
+		return nil, nil, errShortRow
+	}
+	return data[:nb], data[nb:], nil
 }
 
 // present counts the columns a row image carries.
