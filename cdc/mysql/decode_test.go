@@ -96,3 +96,41 @@ func TestImage(t *testing.T) {
 		})
 	}
 }
+
+// TestImageAllocatesNothing: decoding a row image into reused buffers
+// allocates nothing, projected or not (temporal, DECIMAL and integer text
+// included).
+func TestImageAllocatesNothing(t *testing.T) {
+	tm := &replication.TableMapEvent{
+		Schema: []byte("s"), Table: []byte("t"), ColumnCount: 4,
+		ColumnType: []byte{gomysql.MYSQL_TYPE_LONGLONG, gomysql.MYSQL_TYPE_DATETIME2, gomysql.MYSQL_TYPE_NEWDECIMAL, gomysql.MYSQL_TYPE_VARCHAR},
+		ColumnMeta: []uint16{0, 6, 12<<8 | 2, 80},
+		ColumnName: [][]byte{[]byte("id"), []byte("at"), []byte("price"), []byte("title")},
+	}
+	info := newTableInfo("t", tm, nil)
+	data := []byte{0, 7, 0, 0, 0, 0, 0, 0, 0}                           // no NULLs, id 7
+	data = append(data, 0x99, 0xb2, 0xbb, 0x7e, 0xfa, 0x01, 0xe2, 0x40) // 2024-02-29 23:59:58.123456
+	data = append(data, 0x80, 0, 0, 0x04, 0xd2, 0x2d)                   // DECIMAL(12,2) 1234.45
+	data = append(data, 4, 'm', 'i', 'l', 'k')
+	for _, reads := range [][]bool{nil, {true, false, true, false}} {
+		d := rowDecoder{info: info, n: 4, reads: reads}
+		var vals []cdc.Value
+		arena := make([]byte, 0, 256)
+		got, _, _, err := d.image(&vals, arena, []byte{0x0f}, data, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []string{"7", "2024-02-29 23:59:58.123456", "1234.45", "milk"}
+		if reads != nil {
+			want = []string{"7", "?", "1234.45", "?"}
+		}
+		if r := render(got); !slices.Equal(r, want) {
+			t.Errorf("image = %q, want %q", r, want)
+		}
+		if n := testing.AllocsPerRun(100, func() {
+			_, _, _, _ = d.image(&vals, arena[:0], []byte{0x0f}, data, false)
+		}); n != 0 {
+			t.Errorf("reads %v: %v allocations per image", reads, n)
+		}
+	}
+}
