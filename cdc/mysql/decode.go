@@ -273,7 +273,12 @@ func (c *column) setType(tp byte, meta uint16) {
 	case gomysql.MYSQL_TYPE_TIME2:
 		c.fixed = 3 + int(meta+1)/2
 	case gomysql.MYSQL_TYPE_NEWDECIMAL:
-		c.fixed = decimalSize(int(meta>>8), int(meta&0xff))
+		prec, scale := int(meta>>8), int(meta&0xff)
+		if scale > prec {
+			c.unsupported = true
+			break
+		}
+		c.fixed = decimalSize(prec, scale)
 	case gomysql.MYSQL_TYPE_BIT:
 		c.fixed = (int(meta>>8)*8 + int(meta&0xff) + 7) / 8
 	case gomysql.MYSQL_TYPE_VARCHAR, gomysql.MYSQL_TYPE_VAR_STRING:

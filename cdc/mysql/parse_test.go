@@ -218,6 +218,9 @@ func TestAppendValue(t *testing.T) {
 		// DECIMAL(20,10): 10 integer digits (1 + 9), 10 fraction digits (9 + 1).
 		{col(dec, 20<<8|10), []byte{0x81, 0, 0, 0, 2, 0, 0, 0, 3, 4}, "1000000002.0000000034", cdc.Text},
 	}
+	if _, err := col(dec, 2<<8|5).size([]byte{0, 0, 0, 0}); err == nil {
+		t.Error("DECIMAL(2,5): no error") // a scale above the precision: not a DECIMAL the server writes
+	}
 	for _, tt := range tests {
 		if n, err := tt.c.size(tt.v); err != nil || n != len(tt.v) {
 			t.Errorf("size(%x) = %d, %v; want %d", tt.v, n, err, len(tt.v))
