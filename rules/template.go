@@ -155,6 +155,11 @@ var plainASCII = func() (t [utf8.RuneSelf]bool) {
 
 const upperHex = "0123456789ABCDEF"
 
+// EncodeValue returns v encoded as rules encode a column value in a tag:
+// `%`, `,`, `*`, whitespace, control characters and invalid UTF-8
+// percent-encoded. A value encoded so can never widen a pattern.
+func EncodeValue(v string) string { return string(appendEncoded(nil, []byte(v))) }
+
 // appendEncoded appends v to b with `%`, `,`, `*`, whitespace, control
 // characters and invalid UTF-8 percent-encoded (uppercase hex).
 func appendEncoded(b, v []byte) []byte {

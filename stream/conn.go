@@ -2,6 +2,7 @@ package stream
 
 import (
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"sync"
@@ -49,6 +50,8 @@ type conn struct {
 	nc      net.Conn      // hijacked connection: signalled through its read deadline
 
 	// Guarded by Hub.mu.
+	ip      netip.Addr   // the client's address, counted in Hub.perIP when valid
+	expires int64        // UnixNano when the grant ends (0: never, or ended)
 	seq     uint64       // index matching round
 	matched []string     // tags matched in that round
 	cursor  cdc.Position // live events at or below are not sent
@@ -208,6 +211,11 @@ func (h *Hub) leave(c *conn) {
 	h.mu.Lock()
 	h.idx.remove(c)
 	delete(h.conns, c)
+	if c.ip.IsValid() {
+		if h.perIP[c.ip]--; h.perIP[c.ip] <= 0 {
+			delete(h.perIP, c.ip)
+		}
+	}
 	h.mu.Unlock()
 	h.subscribers.Add(-1)
 	if h.testHookLeave != nil {

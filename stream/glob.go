@@ -66,3 +66,18 @@ func overlap(a, b string) bool {
 	return (strings.HasPrefix(pa, pb) || strings.HasPrefix(pb, pa)) &&
 		(strings.HasSuffix(sa, sb) || strings.HasSuffix(sb, sa))
 }
+
+// Contains reports whether pattern contains entry: every tag that entry
+// matches (entry may be a tag or a glob) is matched by pattern. `user:7:*`
+// contains `user:7:todos` and `user:7:*`, not `user:*`.
+//
+// It is globMatch with entry read as text in which each '*' is one more
+// character that only a '*' of pattern can absorb. If pattern matches entry
+// so, then for any strings put in place of entry's stars, the stars of
+// pattern that absorbed them absorb them again: containment. Conversely, put
+// in place of each of entry's stars a character that pattern does not
+// contain: only a '*' of pattern can match it (UTF-8 keeps byte matches
+// aligned to characters), so if pattern matches the result, it matches entry
+// read as text; if it does not, the result is a tag that entry matches and
+// pattern does not.
+func Contains(pattern, entry string) bool { return globMatch(pattern, entry) }

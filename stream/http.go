@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
+	"strconv"
 	"time"
 	"unicode/utf8"
+
+	"github.com/tagstream/tagstream/cdc"
 )
 
 // ServeHTTP serves GET /events.
@@ -19,15 +22,8 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "method not allowed: use GET", http.StatusMethodNotAllowed)
 		return
 	}
-	q := r.URL.Query()
-	entries, err := ParseTags(q["tags"])
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	cursor, hasCursor, err := cursorFrom(r, q)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+	req, ok := h.check(w, r)
+	if !ok {
 		return
 	}
 
@@ -42,28 +38,22 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			nc = c
 		}
 	}
-
-	h.mu.Lock()
-	if h.closed {
-		h.mu.Unlock()
-		if nc != nil {
-			_ = nc.SetWriteDeadline(time.Now().Add(h.opts.WriteTimeout))
-			_, _ = io.WriteString(nc, "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 14\r\n"+
-				"Content-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\n\r\nshutting down\n")
-			_ = nc.Close()
-			return
-		}
-		http.Error(w, "shutting down", http.StatusServiceUnavailable)
-		return
+	c := &conn{entries: req.entries, nc: nc}
+	if !req.expires.IsZero() {
+		c.expires = max(req.expires.UnixNano(), 1)
 	}
-	h.wg.Add(1)
-	h.nextID++
-	c := &conn{id: h.nextID, entries: entries, nc: nc}
+	if h.opts.MaxConnectionsPerIP > 0 {
+		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+			c.ip = ap.Addr().Unmap()
+		}
+	}
 	if nc == nil {
 		c.wake = make(chan struct{}, 1)
 	}
-	h.join(c, cursor, hasCursor)
-	h.mu.Unlock()
+	if reason := h.admit(c, req.cursor, req.hasCursor); reason != "" {
+		h.refuse(w, nc, reason)
+		return
+	}
 
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/event-stream")
@@ -92,6 +82,101 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer h.leave(c)
 		h.stream(&netLink{h: h, nc: nc, head: head.Bytes()}, c)
 	}()
+}
+
+// request is what a valid, authorized /events request asks for.
+type request struct {
+	entries   []string // sorted, de-duplicated
+	cursor    cdc.Position
+	hasCursor bool
+	expires   time.Time // when the grant ends (zero: never)
+}
+
+// check parses and authorizes r. When it returns false it has answered
+// (400, 401, 403), before anything about the stream was written.
+func (h *Hub) check(w http.ResponseWriter, r *http.Request) (req request, ok bool) {
+	q := r.URL.Query()
+	entries, err := splitTags(q["tags"])
+	if err == nil {
+		req.cursor, req.hasCursor, err = cursorFrom(r, q)
+	}
+	if err != nil {
+		h.access.badRequest.Add(1)
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return req, false
+	}
+	if h.opts.Authorize != nil {
+		req.expires, err = h.opts.Authorize(r, entries)
+		switch {
+		case err == nil:
+		case errors.Is(err, ErrUnauthorized):
+			h.access.unauthorized.Add(1)
+			w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+			http.Error(w, err.Error(), http.StatusUnauthorized)
+			return req, false
+		case errors.Is(err, ErrForbidden):
+			h.access.forbidden.Add(1)
+			http.Error(w, err.Error(), http.StatusForbidden)
+			return req, false
+		default:
+			h.log.Error("stream: authorize", "err", err)
+			http.Error(w, "authorization failed", http.StatusInternalServerError)
+			return req, false
+		}
+	}
+	req.entries = sortUnique(entries)
+	return req, true
+}
+
+// admit registers c unless the hub is closed or a connection limit is
+// reached; then it returns the reason for a 503.
+func (h *Hub) admit(c *conn, cursor cdc.Position, hasCursor bool) (refused string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch {
+	case h.closed:
+		return "shutting down"
+	case h.opts.MaxConnections > 0 && len(h.conns) >= h.opts.MaxConnections:
+		h.access.maxConns.Add(1)
+		return "too many connections: retry later"
+	case c.ip.IsValid() && h.perIP[c.ip] >= h.opts.MaxConnectionsPerIP:
+		h.access.maxConnsPerIP.Add(1)
+		return "too many connections from your address: retry later"
+	}
+	if c.ip.IsValid() {
+		h.perIP[c.ip]++
+	}
+	h.wg.Add(1)
+	h.nextID++
+	c.id = h.nextID
+	h.join(c, cursor, hasCursor)
+	return ""
+}
+
+// retryAfter is the Retry-After (seconds) of a 503.
+const retryAfter = "5"
+
+// refuse answers 503 with reason: through net/http, or on the connection
+// taken over from it, with the headers set so far (CORS) either way.
+func (h *Hub) refuse(w http.ResponseWriter, nc net.Conn, reason string) {
+	hdr := w.Header()
+	hdr.Set("Retry-After", retryAfter)
+	if nc == nil {
+		http.Error(w, reason, http.StatusServiceUnavailable)
+		return
+	}
+	body := reason + "\n"
+	hdr.Set("Content-Type", "text/plain; charset=utf-8")
+	hdr.Set("X-Content-Type-Options", "nosniff")
+	hdr.Set("Content-Length", strconv.Itoa(len(body)))
+	hdr.Set("Connection", "close")
+	var b bytes.Buffer
+	b.WriteString("HTTP/1.1 503 Service Unavailable\r\n")
+	_ = hdr.Write(&b)
+	b.WriteString("\r\n" + body)
+	_ = nc.SetWriteDeadline(time.Now().Add(h.opts.WriteTimeout))
+	_, _ = nc.Write(b.Bytes())
+	_ = nc.Close()
 }
 
 // maxWrite is how much the writer buffers before writing (a long replay is

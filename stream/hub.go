@@ -38,6 +38,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/http"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -73,6 +75,21 @@ type Options struct {
 	WriteTimeout time.Duration // deadline of every write to a client (default 10s)
 	Logger       *slog.Logger  // nil discards
 	Now          func() time.Time
+
+	// Authorize, when set, decides every /events request before anything
+	// is written. It gets the request and its entries (parsed and valid, in
+	// the order the request gave them, duplicates included) and returns
+	// when the grant ends (zero: never), or an error wrapping
+	// ErrUnauthorized (401) or ErrForbidden (403) whose text is the
+	// plain-text response body. A connection is closed within one
+	// heartbeat slice (Heartbeat/16) after its grant ends; the client
+	// reconnects with a fresh grant and its Last-Event-ID.
+	Authorize func(r *http.Request, entries []string) (expires time.Time, err error)
+	// MaxConnections and MaxConnectionsPerIP bound the concurrent /events
+	// connections, in all and per client address (0: unlimited). Over a
+	// bound a request gets 503 with Retry-After.
+	MaxConnections      int
+	MaxConnectionsPerIP int
 }
 
 var (
@@ -84,6 +101,13 @@ var (
 // ErrClosed is returned by Publish after Close.
 var ErrClosed = errors.New("stream: hub closed")
 
+// ErrUnauthorized and ErrForbidden are what Options.Authorize wraps to
+// refuse a request with 401 (and WWW-Authenticate) or 403.
+var (
+	ErrUnauthorized = errors.New("stream: unauthorized")
+	ErrForbidden    = errors.New("stream: forbidden")
+)
+
 // Stats are the hub's counters.
 type Stats struct {
 	Subscribers int64  // connected clients
@@ -93,6 +117,19 @@ type Stats struct {
 	Dropped     uint64 // queued events discarded by overflows and resets
 	Overflows   uint64 // queue overflows (each answered with one reset)
 	Resets      uint64 // reset events queued (cursor out of window, overflow, Reset)
+
+	Access AccessStats
+}
+
+// AccessStats count the /events requests the hub refused and the
+// connections it closed because their grant ended. Every field only grows.
+type AccessStats struct {
+	BadRequest          uint64 // 400: invalid tags or cursor
+	Unauthorized        uint64 // 401: Authorize found no valid token
+	Forbidden           uint64 // 403: an entry the grant does not allow
+	MaxConnections      uint64 // 503: MaxConnections reached
+	MaxConnectionsPerIP uint64 // 503: MaxConnectionsPerIP reached
+	Expired             uint64 // connections closed when their grant ended
 }
 
 // Hub routes published transactions to SSE clients. Create it with NewHub,
@@ -113,6 +150,7 @@ type Hub struct {
 	win          window
 	idx          *index
 	conns        map[*conn]struct{}
+	perIP        map[netip.Addr]int // connections per client address (with MaxConnectionsPerIP)
 	nextID       uint64
 
 	wg     sync.WaitGroup // connections being served (handlers and hijacked streams)
@@ -129,6 +167,11 @@ type Hub struct {
 
 	subscribers                                                   atomic.Int64
 	published, matched, delivered, dropped, overflows, resetCount atomic.Uint64
+	access                                                        accessCounters
+}
+
+type accessCounters struct {
+	badRequest, unauthorized, forbidden, maxConns, maxConnsPerIP, expired atomic.Uint64
 }
 
 // NewHub returns a hub and starts its heartbeat.
@@ -162,6 +205,7 @@ func NewHub(opts Options) *Hub {
 		now:    now,
 		idx:    newIndex(),
 		conns:  map[*conn]struct{}{},
+		perIP:  map[netip.Addr]int{},
 		stop:   make(chan struct{}),
 		hbDone: make(chan struct{}),
 	}
@@ -362,6 +406,14 @@ func (h *Hub) Stats() Stats {
 		Dropped:     h.dropped.Load(),
 		Overflows:   h.overflows.Load(),
 		Resets:      h.resetCount.Load(),
+		Access: AccessStats{
+			BadRequest:          h.access.badRequest.Load(),
+			Unauthorized:        h.access.unauthorized.Load(),
+			Forbidden:           h.access.forbidden.Load(),
+			MaxConnections:      h.access.maxConns.Load(),
+			MaxConnectionsPerIP: h.access.maxConnsPerIP.Load(),
+			Expired:             h.access.expired.Load(),
+		},
 	}
 }
 
@@ -383,10 +435,16 @@ func (h *Hub) heartbeat() {
 			tick++
 			slice := tick % pingSlices
 			h.mu.Lock()
-			h.evictAged(h.now())
+			now := h.now()
+			h.evictAged(now)
 			cur := h.current()
 			wake = wake[:0]
 			for c := range h.conns {
+				if c.expires != 0 && now.UnixNano() >= c.expires {
+					h.expire(c)
+					wake = append(wake, c)
+					continue
+				}
 				if c.id%pingSlices == slice && h.push(c, item{kind: kindPing, id: cur}) {
 					wake = append(wake, c)
 				}
@@ -400,6 +458,19 @@ func (h *Hub) heartbeat() {
 			return
 		}
 	}
+}
+
+// expire ends c because its grant ended (Hub.mu held): like Close, its
+// writer writes what is queued and then ends the connection. The caller
+// signals c.
+func (h *Hub) expire(c *conn) {
+	c.expires = 0
+	c.mu.Lock()
+	c.closing = true
+	c.wakeAt = 0
+	c.mu.Unlock()
+	h.access.expired.Add(1)
+	h.log.Debug("stream: grant ended, connection closed", logKeyConn, c.id)
 }
 
 // writeDeadline is the deadline of a write starting now.

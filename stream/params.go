@@ -24,6 +24,22 @@ const (
 // sorted, de-duplicated entries, or an error whose text is the plain-text
 // reason a client gets with its 400.
 func ParseTags(values []string) ([]string, error) {
+	out, err := splitTags(values)
+	if err != nil {
+		return nil, err
+	}
+	return sortUnique(out), nil
+}
+
+// sortUnique sorts entries and drops duplicates, in place.
+func sortUnique(entries []string) []string {
+	slices.Sort(entries)
+	return slices.Compact(entries)
+}
+
+// splitTags is ParseTags without the sorting: the entries in the order the
+// request gave them, duplicates included.
+func splitTags(values []string) ([]string, error) {
 	if len(values) == 0 {
 		return nil, errors.New("missing tags parameter: subscribe with ?tags=a,b")
 	}
@@ -41,8 +57,7 @@ func ParseTags(values []string) ([]string, error) {
 			out = append(out, entry)
 		}
 	}
-	slices.Sort(out)
-	return slices.Compact(out), nil
+	return out, nil
 }
 
 func checkTag(s string) error {
