@@ -98,6 +98,7 @@ type instance struct {
 	src      *source
 	set      *rules.Set
 	health   *sourceHealth
+	edge     *edge
 }
 
 func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -107,6 +108,8 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	d.df.register(fs)
 	var kf sinkFlags
 	kf.register(fs)
+	var ef edgeFlags
+	ef.register(fs)
 	if err := parseFlags(fs, args); err != nil {
 		if errors.Is(err, errHelp) {
 			return nil
@@ -121,6 +124,10 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := d.df.validate(); err != nil {
 		return err
 	}
+	if d.edge, err = ef.build(ctx, d.log); err != nil {
+		return err
+	}
+	defer d.edge.close()
 	if err := d.assemble(&kf); err != nil {
 		return err
 	}
@@ -153,21 +160,22 @@ func (d *instance) assemble(kf *sinkFlags) error {
 	}
 	d.ln, d.closers = ln, closers
 	d.ruleOpts = rules.Options{DefaultSchema: src.defaultSchema, MaxTags: d.df.maxTxTags, OldImages: d.df.oldMode, Logger: d.log}
-	d.hub = stream.NewHub(stream.Options{
+	d.hub = stream.NewHub(d.edge.hubOptions(stream.Options{
 		ReplaySize: d.df.replaySize,
 		ReplayAge:  d.df.replayAge,
 		Heartbeat:  d.df.heartbeat,
 		QueueSize:  d.df.queueSize,
 		Logger:     d.log,
-	})
+	}))
 	targets = append([]pipeline.Target{{Name: "sse", Sink: d.hub}}, targets...)
 	d.metrics = newMetrics()
 	for i := range targets {
 		targets[i].ObserveDelay = d.metrics.observer(targets[i].Name)
 	}
 	d.pipe = pipeline.New(d.reader, rules.Compile(set, d.ruleOpts), targets, pipeline.Options{Logger: d.log, Fence: d.df.fence})
-	d.metrics.reg.MustRegister(statsCollector{pipe: d.pipe, hub: d.hub}, healthCollector{d.health})
+	d.metrics.reg.MustRegister(statsCollector{pipe: d.pipe, hub: d.hub}, healthCollector{d.health}, accessCollector{d.hub})
 	d.srv = &http.Server{Handler: d.routes(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelWarn)}
+	d.edge.configure(d.srv)
 	sinks := make([]string, len(targets))
 	for i, t := range targets {
 		sinks[i] = t.Name
@@ -179,7 +187,7 @@ func (d *instance) assemble(kf *sinkFlags) error {
 
 func (d *instance) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /events", d.events())
+	mux.Handle("/events", d.edge.events(d.events()))
 	mux.Handle("GET /healthz", stream.Healthz())
 	mux.Handle("GET /readyz", stream.Readyz(d.reader.Ready))
 	mux.Handle("GET /metrics", d.metrics.handler())
@@ -211,7 +219,7 @@ func (d *instance) serve(ctx context.Context) error {
 	var wg sync.WaitGroup
 	serveErr := make(chan error, 1)
 	wg.Go(func() {
-		if err := d.srv.Serve(d.ln); !errors.Is(err, http.ErrServerClosed) {
+		if err := d.edge.serve(d.srv, d.ln); !errors.Is(err, http.ErrServerClosed) {
 			d.log.Error("http server failed", "err", err)
 			serveErr <- err
 			stopRead()
