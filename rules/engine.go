@@ -350,6 +350,45 @@ func (e *Engine) Eval(dst [][]byte, c *cdc.Change) [][]byte {
 	return e.eval(dst, c, nil)
 }
 
+// RuleTags is what one rule made of a change (Engine.EvalByRule).
+type RuleTags struct {
+	Rule *Rule
+	// Fired: the change's op and the rule's columns filter let it fire.
+	Fired bool
+	// Tags are sorted and de-duplicated; empty when the rule did not fire
+	// or every expansion yielded no tag (a NULL value).
+	Tags []string
+}
+
+// EvalByRule evaluates c as Eval does, rule by rule: one entry for every rule
+// that names c's table, in the file's order. Unlike Eval it allocates; it is
+// for explaining a change (`tagstream explain`), not for the hot path.
+func (e *Engine) EvalByRule(c *cdc.Change) []RuleTags {
+	if c == nil || c.Table == nil {
+		return nil
+	}
+	tr := e.candidates(c.Table)
+	out := make([]RuleTags, 0, len(tr.rules))
+	var buf [][]byte
+	for i := range tr.rules {
+		br := &tr.rules[i]
+		rt := RuleTags{Rule: br.c.r, Fired: br.fires(c)}
+		if rt.Fired {
+			buf = buf[:0]
+			for j := range br.tmpls {
+				buf = e.expand(buf, c, &br.tmpls[j])
+			}
+			for _, b := range buf {
+				rt.Tags = append(rt.Tags, string(b))
+			}
+			slices.Sort(rt.Tags)
+			rt.Tags = slices.Compact(rt.Tags)
+		}
+		out = append(out, rt)
+	}
+	return out
+}
+
 // fires reports whether br applies to c (op and columns filter).
 func (br *boundRule) fires(c *cdc.Change) bool {
 	if br.c.ops&opBit(c.Op) == 0 {

@@ -42,6 +42,7 @@ package rules
 
 import (
 	"strconv"
+	"strings"
 
 	"github.com/tagstream/tagstream/cdc"
 )
@@ -88,12 +89,22 @@ func (r *Rule) Label() string {
 	return "rule " + strconv.Itoa(r.Index)
 }
 
-// id is the rule's name, or "rule N" when unnamed (cdc.Requirement.Rule).
-func (r *Rule) id() string {
+// DisplayName is the rule's name, or "rule N" when unnamed: how `tagstream
+// explain -v`, metrics labels and cdc.Requirement.Rule name it.
+func (r *Rule) DisplayName() string {
 	if r.Name != "" {
 		return r.Name
 	}
 	return "rule " + strconv.Itoa(r.Index)
+}
+
+// Mention names a rule in a sentence, given its DisplayName: "rule todo" for
+// a named rule, "rule 2" (not "rule rule 2") for an unnamed one.
+func Mention(displayName string) string {
+	if rest, ok := strings.CutPrefix(displayName, "rule "); ok && rest != "" && strings.Trim(rest, "0123456789") == "" {
+		return displayName
+	}
+	return "rule " + displayName
 }
 
 // templates returns the parsed templates, parsing them for hand-built rules.
@@ -119,7 +130,7 @@ func (r *Rule) templates() []*template {
 func (s *Set) Requirements(defaultSchema string) []cdc.Requirement {
 	reqs := make([]cdc.Requirement, 0, len(s.Rules))
 	for _, r := range s.Rules {
-		req := cdc.Requirement{Rule: r.id(), Schema: r.Schema, Table: r.Table}
+		req := cdc.Requirement{Rule: r.DisplayName(), Schema: r.Schema, Table: r.Table}
 		if req.Schema == "" {
 			req.Schema = defaultSchema
 		}

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -50,7 +51,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if nc == nil {
 		c.wake = make(chan struct{}, 1)
 	}
-	if reason := h.admit(c, req.cursor, req.hasCursor); reason != "" {
+	if reason := h.admit(c, req); reason != "" {
 		h.refuse(w, nc, reason)
 		return
 	}
@@ -89,6 +90,12 @@ type request struct {
 	entries   []string // sorted, de-duplicated
 	cursor    cdc.Position
 	hasCursor bool
+	// badCursor is why the cursor could not be parsed ("" when it could).
+	// Such a cursor is not a 400: a browser's EventSource stops
+	// reconnecting for good on an error status. Continuity cannot be
+	// proven from it, so the client gets `reset`, then `ready`
+	// resumed:false.
+	badCursor string
 	expires   time.Time // when the grant ends (zero: never)
 }
 
@@ -97,9 +104,6 @@ type request struct {
 func (h *Hub) check(w http.ResponseWriter, r *http.Request) (req request, ok bool) {
 	q := r.URL.Query()
 	entries, err := splitTags(q["tags"])
-	if err == nil {
-		req.cursor, req.hasCursor, err = cursorFrom(r, q)
-	}
 	if err != nil {
 		h.access.badRequest.Add(1)
 		http.Error(w, err.Error(), http.StatusBadRequest)
@@ -125,12 +129,15 @@ func (h *Hub) check(w http.ResponseWriter, r *http.Request) (req request, ok boo
 		}
 	}
 	req.entries = sortUnique(entries)
+	if req.cursor, req.hasCursor, err = cursorFrom(r, q); err != nil {
+		req.badCursor = err.Error()
+	}
 	return req, true
 }
 
 // admit registers c unless the hub is closed or a connection limit is
 // reached; then it returns the reason for a 503.
-func (h *Hub) admit(c *conn, cursor cdc.Position, hasCursor bool) (refused string) {
+func (h *Hub) admit(c *conn, req request) (refused string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	switch {
@@ -149,7 +156,15 @@ func (h *Hub) admit(c *conn, cursor cdc.Position, hasCursor bool) (refused strin
 	h.wg.Add(1)
 	h.nextID++
 	c.id = h.nextID
-	h.join(c, cursor, hasCursor)
+	h.join(c, req.cursor, req.hasCursor)
+	if req.badCursor != "" {
+		// join queued `ready` resumed:false as for a connection without a
+		// cursor; the unparseable cursor puts a `reset` before it. Hub.mu
+		// is held, so no publish has reached c's queue yet.
+		c.queue = slices.Insert(c.queue, 0, item{kind: kindReset, id: c.lastID, data: resetData(req.badCursor)})
+		c.initial = len(c.queue)
+		h.resetCount.Add(1)
+	}
 	return ""
 }
 

@@ -30,11 +30,6 @@ func TestBadRequests(t *testing.T) {
 		{"space", "tags=a%20b", "", `invalid tag 1: contains the character ' ' (percent-encode it)`},
 		{"control", "tags=a%0Ab", "", `invalid tag 1: contains the character '\n' (percent-encode it)`},
 		{"bad utf8", "tags=a%FF", "", "invalid tag 1: not valid UTF-8"},
-		{"cursor header", "tags=a", "Last-Event-ID: abc", `invalid Last-Event-ID "abc": want a decimal position`},
-		{"cursor query", "tags=a&lastEventId=-1", "", `invalid Last-Event-ID "-1": want a decimal position`},
-		{"cursor plus", "tags=a&lastEventId=%2B1", "", `invalid Last-Event-ID "+1": want a decimal position`},
-		{"cursor range", "tags=a&lastEventId=18446744073709551616", "", `invalid Last-Event-ID "18446744073709551616": out of range`},
-		{"cursor hex", "tags=a", "Last-Event-ID: 0x10", `invalid Last-Event-ID "0x10": want a decimal position`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var hdr []string
@@ -54,6 +49,41 @@ func TestBadRequests(t *testing.T) {
 			}
 		})
 	}
+}
+
+// An unparseable cursor is not a 400 (a browser's EventSource would stop
+// reconnecting for good): continuity cannot be proven from it, so the client
+// gets `reset` with the reason, then `ready` resumed:false, and is live.
+func TestUnparseableCursor(t *testing.T) {
+	h, b := setup(t, Options{})
+	publish(t, h, 10, "a")
+	for _, tc := range []struct {
+		name, query, header, reason string
+	}{
+		{"header", "tags=a", "Last-Event-ID: abc", `invalid Last-Event-ID \"abc\": want a decimal position`},
+		{"query negative", "tags=a&lastEventId=-1", "", `invalid Last-Event-ID \"-1\": want a decimal position`},
+		{"query plus", "tags=a&lastEventId=%2B1", "", `invalid Last-Event-ID \"+1\": want a decimal position`},
+		{"out of range", "tags=a&lastEventId=18446744073709551616", "", `invalid Last-Event-ID \"18446744073709551616\": out of range`},
+		{"hex header", "tags=a", "Last-Event-ID: 0x10", `invalid Last-Event-ID \"0x10\": want a decimal position`},
+		{"space", "tags=a&lastEventId=1%202", "", `invalid Last-Event-ID \"1 2\": want a decimal position`},
+		{"long", "tags=a&lastEventId=" + strings.Repeat("9", 50) + "x", "", `invalid Last-Event-ID \"` + strings.Repeat("9", 40) + `…\": want a decimal position`},
+		// The header wins over the query, also when it is the bad one.
+		{"header over query", "tags=a&lastEventId=10", "Last-Event-ID: x", `invalid Last-Event-ID \"x\": want a decimal position`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var hdr []string
+			if tc.header != "" {
+				hdr = append(hdr, tc.header)
+			}
+			c := b.dial(t, tc.query, hdr...)
+			c.expect(reset(10, tc.reason), ready(10, false))
+		})
+	}
+	// Live after the reset: the next transaction arrives.
+	c := b.dial(t, "tags=a", "Last-Event-ID: nope")
+	c.expect(reset(10, `invalid Last-Event-ID \"nope\": want a decimal position`), ready(10, false))
+	publish(t, h, 11, "a")
+	c.expect(inv(11, "a"))
 }
 
 func TestCursorEdgeValues(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 func TestGlobMatch(t *testing.T) {
@@ -255,7 +256,7 @@ func FuzzParseTags(f *testing.F) {
 }
 
 func FuzzParseCursor(f *testing.F) {
-	for _, s := range []string{"", "0", "1", "007", "18446744073709551615", "18446744073709551616", "-1", "+1", "1_000", " 1", "0x10", "abc", "1e3"} {
+	for _, s := range []string{"", "0", "1", "007", "18446744073709551615", "18446744073709551616", "-1", "+1", "1_000", " 1", "0x10", "abc", "1e3", "\"\\\n", "\xff9", "1\u2028"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
@@ -268,6 +269,17 @@ func FuzzParseCursor(f *testing.F) {
 		case err != nil:
 			if ok {
 				t.Fatal("ok with an error")
+			}
+			// The error is the reason of the `reset` an unparseable
+			// cursor gets: it must travel as valid JSON, whatever the
+			// client sent.
+			data := resetData(err.Error())
+			var v struct{ Reason string }
+			if jerr := json.Unmarshal(data, &v); jerr != nil || !json.Valid(data) {
+				t.Fatalf("reset data %q: %v", data, jerr)
+			}
+			if utf8.ValidString(err.Error()) && v.Reason != err.Error() {
+				t.Fatalf("reason %q, want %q", v.Reason, err.Error())
 			}
 		default:
 			if !ok {

@@ -81,7 +81,10 @@ func checkTag(s string) error {
 }
 
 // ParseCursor parses a resume cursor (a Last-Event-ID value): a decimal
-// uint64 position. ok is false for "" (no cursor).
+// uint64 position. ok is false for "" (no cursor). An error says why the
+// cursor is unparseable; /events answers such a cursor with `reset` and
+// `ready` resumed:false (never a 400), and the error text is the reset's
+// reason.
 func ParseCursor(s string) (pos cdc.Position, ok bool, err error) {
 	if s == "" {
 		return 0, false, nil

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tagstream/tagstream/cdc"
 	"gopkg.in/yaml.v3"
 )
 
@@ -43,8 +44,8 @@ func TestConfigErrors(t *testing.T) {
 		args []string
 		want string // the whole stderr line
 	}{
-		{"no command", nil, nil, "tagstream: missing command (run, check or version); see 'tagstream help'"},
-		{"unknown command", nil, []string{"serve"}, `tagstream: unknown command "serve" (run, check or version); see 'tagstream help'`},
+		{"no command", nil, nil, "tagstream: missing command (run, check, explain or version); see 'tagstream help'"},
+		{"unknown command", nil, []string{"nope"}, `tagstream: unknown command "nope" (run, check, explain or version); see 'tagstream help'`},
 		{"unknown flag", nil, []string{"run", "--nope"}, "tagstream: tagstream run: flag provided but not defined: -nope (see 'tagstream run -h')"},
 		{"no rules", nil, []string{"run", "--db", "postgres://localhost/x"}, "tagstream: run: --rules is required (or TAGSTREAM_RULES)"},
 		{"no db", nil, []string{"run", "--rules", good}, "tagstream: --db is required (or TAGSTREAM_DB): postgres://user@host:5432/db or mysql://user:pass@host:3306/db"},
@@ -168,5 +169,137 @@ func TestDaemonLinksNoTestCode(t *testing.T) {
 		if strings.Contains(pkg, "testcontainers") || strings.Contains(pkg, "docker") || strings.Contains(pkg, "moby") {
 			t.Errorf("tagstream links %s", pkg)
 		}
+	}
+}
+
+// explainRules is the rules file of the explain tests.
+const explainRules = `rules:
+  - name: todo-item
+    table: todos
+    on: [insert, update, delete]
+    columns: [title, done, user_id]
+    tags: [todos, "todo:{id}", "user:{user_id}:todos"]
+  - table: todos
+    on: [truncate, delete]
+    tags: ["list:{old.list_id}"]
+  - table: app.audit_*
+    tags: ["audit:{id}"]
+`
+
+// TestExplain: the tags one change produces, exact stdout, stderr and exit
+// status, as Part B "More commands" says.
+func TestExplain(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "rules.yaml")
+	if err := os.WriteFile(path, []byte(explainRules), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		code   int
+		stdout string
+		stderr string
+	}{
+		{"insert", []string{"--table", "todos", "--op", "insert", "--new", `{"id":"1","user_id":"7","title":"a b"}`},
+			0, "todo:1\ntodos\nuser:7:todos\n", ""},
+		{"insert verbose", []string{"--table", "public.todos", "--op", "insert", "--new", `{"id":"1","user_id":"7"}`, "-v"},
+			0, "todo-item\ttodo:1\ntodo-item\ttodos\ntodo-item\tuser:7:todos\n", ""},
+		// Moving a todo from user 7 to user 9 invalidates both lists.
+		{"update both images", []string{"--table", "todos", "--op", "update", "--old", `{"id":"1","user_id":"7"}`, "--new", `{"id":"1","user_id":"9"}`},
+			0, "todo:1\ntodos\nuser:7:todos\nuser:9:todos\n", ""},
+		// No old image (REPLICA IDENTITY DEFAULT): the key is the new
+		// row's, every other old value unknown.
+		{"update without old image", []string{"--table", "todos", "--op", "update", "--new", `{"id":"1","user_id":"9"}`, "--key", "id"},
+			0, "todo:1\ntodos\nuser:*:todos\nuser:9:todos\n", ""},
+		{"update new-only", []string{"--table", "todos", "--op", "update", "--new", `{"id":"1","user_id":"9"}`, "--key", "id", "--old-images", "new-only"},
+			0, "todo:1\ntodos\nuser:9:todos\n", ""},
+		// The columns filter: nothing the rule watches changed (a watched
+		// column absent from the old image would count as changed).
+		{"update filtered", []string{"--table", "todos", "--op", "update", "--old", `{"id":"1","user_id":"7","title":"a","done":null,"note":"x"}`, "--new", `{"id":"1","user_id":"7","title":"a","done":null,"note":"y"}`},
+			0, "", ""},
+		{"update filter absent old", []string{"--table", "todos", "--op", "update", "--old", `{"id":"1","user_id":"7"}`, "--new", `{"id":"1","user_id":"7"}`},
+			0, "todo:1\ntodos\nuser:7:todos\n", ""},
+		// NULL yields no tag; a column absent from the image is unknown.
+		{"null and absent", []string{"--table", "todos", "--op", "insert", "--new", `{"id":null}`},
+			0, "todos\nuser:*:todos\n", ""},
+		{"delete", []string{"--table", "todos", "--op", "delete", "--old", `{"id":"4","user_id":"7","list_id":"2"}`, "-v"},
+			0, "todo-item\ttodo:4\ntodo-item\ttodos\ntodo-item\tuser:7:todos\nrule 2\tlist:2\n", ""},
+		{"truncate", []string{"--table", "todos", "--op", "truncate", "-v"}, 0, "rule 2\tlist:*\n", ""},
+		{"pattern table", []string{"--table", "app.audit_2026", "--op", "insert", "--new", `{"id":"5"}`}, 0, "audit:5\n", ""},
+		{"schema flag", []string{"--schema", "app", "--table", "audit_x", "--op", "delete", "--old", `{"id":"5"}`}, 0, "audit:5\n", ""},
+		{"percent-encoded", []string{"--table", "todos", "--op", "insert", "--new", `{"id":"a,b*c%"}`}, 0, "todo:a%2Cb%2Ac%25\ntodos\nuser:*:todos\n", ""},
+
+		{"unknown table", []string{"--table", "todo", "--op", "insert"}, 2, "", "tagstream: explain: no rule in " + path + " names table public.todo\n"},
+		{"unknown op", []string{"--table", "todos", "--op", "upsert"}, 2, "", "tagstream: explain: --op \"upsert\" is not insert, update, delete or truncate\n"},
+		{"missing op", []string{"--table", "todos"}, 2, "", "tagstream: explain: --op is required: insert, update, delete or truncate\n"},
+		{"missing table", []string{"--op", "insert"}, 2, "", "tagstream: explain: --table is required: [SCHEMA.]TABLE\n"},
+		{"bad table", []string{"--table", "a.b.c", "--op", "insert"}, 2, "", "tagstream: explain: --table \"a.b.c\": want TABLE or SCHEMA.TABLE, without `*`\n"},
+		{"bad json", []string{"--table", "todos", "--op", "insert", "--new", `{"id":`}, 2, "", "tagstream: explain: --new: want a JSON object of column -> string or null, like {\"id\":\"7\",\"note\":null}\n"},
+		{"json array", []string{"--table", "todos", "--op", "delete", "--old", `["id"]`}, 2, "", "tagstream: explain: --old: want a JSON object of column -> string or null, like {\"id\":\"7\",\"note\":null}\n"},
+		{"json number", []string{"--table", "todos", "--op", "insert", "--new", `{"id":7}`}, 2, "", "tagstream: explain: --new: column \"id\": 7 is not a string or null (write numbers as their text: \"7\")\n"},
+		{"old on insert", []string{"--table", "todos", "--op", "insert", "--old", `{}`}, 2, "", "tagstream: explain: --old: an insert has no old row\n"},
+		{"new on delete", []string{"--table", "todos", "--op", "delete", "--new", `{}`}, 2, "", "tagstream: explain: --new: a delete has no new row\n"},
+		{"bad old-images", []string{"--table", "todos", "--op", "insert", "--old-images", "some"}, 2, "", "tagstream: explain: --old-images: \"some\" is not wildcard or new-only\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, stdout, stderr := runBinary(t, nil, append([]string{"explain", "--rules", path}, tc.args...)...)
+			if code != tc.code || stdout != tc.stdout || stderr != tc.stderr {
+				t.Errorf("exit %d, want %d\nstdout %q\n  want %q\nstderr %q\n  want %q", code, tc.code, stdout, tc.stdout, stderr, tc.stderr)
+			}
+		})
+	}
+}
+
+func TestExplainRulesErrors(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("rules:\n  - table: todos\n    tags: [\"todo:{id\"]\n"), 0o644)
+	for _, tc := range []struct {
+		name string
+		env  []string
+		args []string
+		want string
+	}{
+		{"no rules", nil, []string{"explain", "--table", "t", "--op", "insert"}, "tagstream: explain: --rules is required (or TAGSTREAM_RULES)\n"},
+		{"invalid rules", nil, []string{"explain", "--rules", bad, "--table", "todos", "--op", "insert"},
+			"tagstream: explain: " + bad + `:3:12: rule 1: tags[0] "todo:{id": unbalanced "{" at byte 6 (write "{{" for a literal brace) (run 'tagstream check --rules ` + bad + "' for every error)\n"},
+		{"rules from env", []string{"TAGSTREAM_RULES=" + bad}, []string{"explain", "--table", "todos", "--op", "insert"},
+			"tagstream: explain: " + bad + `:3:12: rule 1: tags[0] "todo:{id": unbalanced "{" at byte 6 (write "{{" for a literal brace) (run 'tagstream check --rules ` + bad + "' for every error)\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, stdout, stderr := runBinary(t, tc.env, tc.args...)
+			if code != 2 || stdout != "" || stderr != tc.want {
+				t.Errorf("exit %d stdout %q stderr\n got %q\nwant %q", code, stdout, stderr, tc.want)
+			}
+		})
+	}
+}
+
+// TestHelpOnce: -h prints a command's usage once, on stdout, and exits 0;
+// a mistake prints one line on stderr and no usage.
+func TestHelpOnce(t *testing.T) {
+	for _, cmd := range []string{"run", "check", "explain"} {
+		code, stdout, stderr := runBinary(t, nil, cmd, "-h")
+		if code != 0 || stderr != "" || strings.Count(stdout, "Usage of tagstream "+cmd) != 1 || !strings.HasPrefix(stdout, "Usage of tagstream "+cmd) {
+			t.Errorf("%s -h: exit %d stderr %q stdout %q", cmd, code, stderr, stdout)
+		}
+		code, stdout, _ = runBinary(t, nil, cmd, "--nope")
+		if code != 2 || stdout != "" {
+			t.Errorf("%s --nope: exit %d stdout %q", cmd, code, stdout)
+		}
+	}
+}
+
+// TestFindingsNameRulesOnce: an unnamed rule is "rule 2", not "rule rule 2".
+func TestFindingsNameRulesOnce(t *testing.T) {
+	var b strings.Builder
+	errs := printFindings(&b, []cdc.Finding{
+		{Severity: cdc.Error, Rule: "rule 2", Message: `column "uuid" does not exist in table public.todos`},
+		{Severity: cdc.Warning, Rule: "todo", Message: "no table matches public.x"},
+		{Severity: cdc.Warning, Message: "wal_level"},
+	})
+	want := "error: rule 2: column \"uuid\" does not exist in table public.todos\nwarning: rule todo: no table matches public.x\nwarning: wal_level\n"
+	if errs != 1 || b.String() != want {
+		t.Fatalf("errs %d\n got %q\nwant %q", errs, b.String(), want)
 	}
 }

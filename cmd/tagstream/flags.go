@@ -10,17 +10,35 @@ import (
 )
 
 // newFlagSet returns a flag set that reports mistakes as one usage line
-// instead of printing the whole usage text.
+// instead of printing the whole usage text, and prints the usage once for -h.
 func newFlagSet(name string, stdout io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("tagstream "+name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	out := &usageOutput{w: stdout}
+	fs.SetOutput(out)
 	fs.Usage = func() {
-		fs.SetOutput(stdout)
-		fmt.Fprintf(stdout, "Usage of tagstream %s (flags override the TAGSTREAM_* environment):\n", name)
+		if !out.open {
+			return
+		}
+		fmt.Fprintf(out, "Usage of tagstream %s (flags override the TAGSTREAM_* environment):\n", name)
 		fs.PrintDefaults()
-		fs.SetOutput(io.Discard)
 	}
 	return fs
+}
+
+// usageOutput is a flag set's output. The flag package prints the error
+// and the usage on every mistake, and the usage for -h before it returns
+// flag.ErrHelp; the output stays closed (discarding) then, and is open only
+// while parseFlags prints the usage itself, once.
+type usageOutput struct {
+	w    io.Writer
+	open bool
+}
+
+func (u *usageOutput) Write(p []byte) (int, error) {
+	if !u.open {
+		return len(p), nil
+	}
+	return u.w.Write(p)
 }
 
 // parseFlags parses args, turning flag errors into usage errors. It returns
@@ -28,7 +46,7 @@ func newFlagSet(name string, stdout io.Writer) *flag.FlagSet {
 func parseFlags(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fs.Usage()
+			printUsage(fs)
 			return errHelp
 		}
 		return usageErrorf("%s: %v (see '%s -h')", fs.Name(), err, fs.Name())
@@ -37,6 +55,18 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 		return usageErrorf("%s: unexpected argument %q (see '%s -h')", fs.Name(), fs.Arg(0), fs.Name())
 	}
 	return applyEnv(fs)
+}
+
+// printUsage prints fs's usage to the output newFlagSet gave it.
+func printUsage(fs *flag.FlagSet) {
+	u, ok := fs.Output().(*usageOutput)
+	if !ok {
+		fs.Usage()
+		return
+	}
+	u.open = true
+	fs.Usage()
+	u.open = false
 }
 
 // envNames maps the flags whose environment variable is not simply

@@ -28,13 +28,15 @@ func main() {
 // so tests can call it.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return usageErrorf("missing command (run, check or version); see 'tagstream help'")
+		return usageErrorf("missing command (run, check, explain or version); see 'tagstream help'")
 	}
 	switch args[0] {
 	case "run":
 		return runDaemon(ctx, args[1:], stdout, stderr)
 	case "check":
 		return runCheck(ctx, args[1:], stdout, stderr)
+	case "explain":
+		return runExplain(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "tagstream", version)
 		return nil
@@ -42,7 +44,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(stdout, usage)
 		return nil
 	}
-	return usageErrorf("unknown command %q (run, check or version); see 'tagstream help'", args[0])
+	return usageErrorf("unknown command %q (run, check, explain or version); see 'tagstream help'", args[0])
 }
 
 const usage = `tagstream turns database commits into cache invalidations over Server-Sent Events.
@@ -50,9 +52,11 @@ const usage = `tagstream turns database commits into cache invalidations over Se
 Usage:
   tagstream run   --db DSN --rules FILE [--listen ADDR]   run the daemon
   tagstream check --rules FILE [--db DSN]                 validate rules (with --db: against the database)
+  tagstream explain --rules FILE --table [SCHEMA.]TABLE --op OP [--old JSON] [--new JSON] [-v]
+                                                          the tags one change produces (offline)
   tagstream version
 
-Run 'tagstream run -h' or 'tagstream check -h' for every flag.
+Run 'tagstream COMMAND -h' for every flag of a command.
 `
 
 // usageError is a configuration or command-line mistake: one line on

@@ -184,7 +184,7 @@ func printFindings(w interface{ Write([]byte) (int, error) }, findings []cdc.Fin
 	for _, f := range findings {
 		where := ""
 		if f.Rule != "" {
-			where = "rule " + f.Rule + ": "
+			where = rules.Mention(f.Rule) + ": "
 		}
 		fmt.Fprintf(w, "%s: %s%s\n", f.Severity, where, f.Message)
 		if f.Fix != "" {
