@@ -25,6 +25,7 @@ func (e sseEvent) String() string { return fmt.Sprintf("%s id=%s %s", e.Event, e
 type sseClient struct {
 	resp   *http.Response
 	events chan sseEvent
+	ctx    context.Context // done once close has begun
 	cancel context.CancelFunc
 	done   chan struct{}
 
@@ -54,7 +55,7 @@ func subscribe(t *testing.T, base, query, lastID string) *sseClient {
 	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
 		t.Fatalf("Content-Type %q", ct)
 	}
-	c := &sseClient{resp: resp, events: make(chan sseEvent, 1024), cancel: cancel, done: make(chan struct{})}
+	c := &sseClient{resp: resp, events: make(chan sseEvent, 1024), ctx: ctx, cancel: cancel, done: make(chan struct{})}
 	go c.read()
 	t.Cleanup(c.close)
 	return c
@@ -70,7 +71,11 @@ func (c *sseClient) read() {
 		switch {
 		case line == "":
 			if ev.Event != "" || ev.Data != "" {
-				c.events <- ev
+				select {
+				case c.events <- ev:
+				case <-c.ctx.Done(): // nobody reads any more: close must not wait on us
+					return
+				}
 			}
 			ev = sseEvent{}
 		case strings.HasPrefix(line, ":"):
