@@ -58,7 +58,7 @@ const (
 	// Its value is unknown but equal in the old and new image.
 	Unchanged
 	// Text: Value.Text holds the column's canonical text in the source
-	// database (Postgres `col::text`; MySQL as the design's contract says).
+	// database (Postgres `col::text`; MySQL as docs/rules.md lists).
 	Text
 )
 

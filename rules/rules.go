@@ -7,8 +7,8 @@
 // and collapse to wildcard forms above a cap, so their memory stays flat in
 // the number of rows.
 //
-// The contract (what users write, what tags come out) is the design's Part B
-// "Rules file"; the table tests in this package follow it sentence by
+// The contract (what users write, what tags come out) is docs/rules.md;
+// the table tests in this package follow it sentence by
 // sentence. Where the contract is silent this package decides:
 //
 //   - Update without an old image (Postgres REPLICA IDENTITY DEFAULT, key

@@ -1,6 +1,6 @@
 // Package stream is tagstream's hub: it keeps the subscriptions of SSE
 // clients (exact tags and `*` patterns), a bounded replay window of recent
-// transactions, and serves GET /events as the design's external contract
+// transactions, and serves GET /events as docs/sse.md
 // describes (events invalidate, reset, ready and ping; ids are positions).
 //
 // The pipeline calls Publish for every committed transaction; Publish matches
@@ -12,7 +12,7 @@
 //
 // # Why the SSE framing is written here and not by r3labs/sse/v2
 //
-// The design names r3labs/sse/v2 for framing and per-connection streaming,
+// The product brief names r3labs/sse/v2 for framing and per-connection streaming,
 // with one stream per connection. Its v2.10.0 source was read and a version
 // of this hub built on it (one stream per connection, server-generated id,
 // AutoStream on, AutoReplay off, unbuffered stream channel, Last-Event-ID

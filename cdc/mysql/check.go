@@ -240,7 +240,7 @@ func (s *serverInfo) serverFindings(d DSN) []cdc.Finding {
 		}
 	}
 	if s.rowImage != "FULL" {
-		// The design makes this a startup error: with partial images every
+		// A startup error (docs/rules.md, "Updates without an old row"): with partial images every
 		// rule that reads an old or unchanged column over-invalidates.
 		add(cdc.Error, fmt.Sprintf("binlog_row_image is %s, but tagstream needs FULL row images", s.rowImage),
 			"SET GLOBAL binlog_row_image = 'FULL'; and in my.cnf [mysqld]: binlog_row_image = FULL")
