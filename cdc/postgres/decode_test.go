@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/tagstream/tagstream/cdc"
+	"github.com/tagstream/tagstream/cdc/cdctest"
 )
 
 // nopHandler accepts everything and keeps nothing.
@@ -124,7 +125,7 @@ func (recordingHandler) Resumed(cdc.Position)                             {}
 func (recordingHandler) Progress(cdc.Position)                            {}
 func (recordingHandler) Lost(context.Context, string) error               { return nil }
 func (recordingHandler) Drain(context.Context)                            {}
-func (t recordingTx) Add(c *cdc.Change)                                   { *t.lines = append(*t.lines, renderChange(c)) }
+func (t recordingTx) Add(c *cdc.Change)                                   { *t.lines = append(*t.lines, cdctest.Render(c)) }
 func (recordingTx) Merge(cdc.Tx)                                          {}
 func (recordingTx) Tags() []string                                        { return nil }
 
@@ -254,7 +255,7 @@ func (tableRecorder) Progress(cdc.Position)                            {}
 func (tableRecorder) Lost(context.Context, string) error               { return nil }
 func (tableRecorder) Drain(context.Context)                            {}
 func (h tableRecorder) Add(c *cdc.Change) {
-	*h.lines = append(*h.lines, renderChange(c))
+	*h.lines = append(*h.lines, cdctest.Render(c))
 	*h.tables = append(*h.tables, c.Table)
 }
 func (tableRecorder) Merge(cdc.Tx)   {}

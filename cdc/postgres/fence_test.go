@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -236,41 +235,13 @@ func TestFenceReconnects(t *testing.T) {
 	}
 }
 
-// xidRecorder records the Xid of every commit.
-type xidRecorder struct {
-	*recorder
-	mu   sync.Mutex
-	xids []uint64
-}
-
-func (x *xidRecorder) Commit(ctx context.Context, tx cdc.Tx, c cdc.Commit) error {
-	x.mu.Lock()
-	x.xids = append(x.xids, c.Xid)
-	x.mu.Unlock()
-	return x.recorder.Commit(ctx, tx, c)
-}
-
 // TestCommitCarriesXid: Begin and Stream Start give the commit its xid.
 func TestCommitCarriesXid(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	f.exec(`CREATE TABLE t (id int PRIMARY KEY, v text)`)
-	rec := &xidRecorder{recorder: newRecorder()}
-	rd, err := New(f.config())
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec.reader = rd
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- rd.Run(ctx, rec) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run = %v", err)
-		}
-	})
-	rec.waitResumed(t, 1)
+	rec := newRecorder(t)
+	f.startStreaming(f.config(), rec)
 
 	xidOf := func(sql string) uint64 {
 		t.Helper()
@@ -296,10 +267,10 @@ func TestCommitCarriesXid(t *testing.T) {
 		// Large enough to be streamed while in progress.
 		want = append(want, xidOf(`INSERT INTO t SELECT g, 'streamed' FROM generate_series(10, 20009) g`))
 	}
-	rec.waitCommits(t, len(want))
-	rec.mu.Lock()
-	got := slices.Clone(rec.xids)
-	rec.mu.Unlock()
+	var got []uint64
+	for _, c := range rec.WaitCommits(t, len(want)) {
+		got = append(got, c.Xid)
+	}
 	if !slices.Equal(got, want) {
 		t.Errorf("commit xids = %v, want %v", got, want)
 	}

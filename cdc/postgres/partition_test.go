@@ -60,8 +60,8 @@ func TestPartitionsWithoutViaRoot(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	f.exec(partitionSchema, `CREATE PUBLICATION tagstream FOR ALL TABLES`)
-	rec := newRecorder()
-	rec.render = tagRenderer(t, partitionRules, rules.Options{})
+	rec := newRecorder(t)
+	rec.Render = tagRenderer(t, partitionRules, rules.Options{})
 	f.startStreaming(f.config(), rec)
 
 	steps := []struct {
@@ -81,7 +81,7 @@ func TestPartitionsWithoutViaRoot(t *testing.T) {
 	for _, st := range steps {
 		f.exec(st.sql...)
 		want = append(want, st.want)
-		assertLines(t, rec.waitCommits(t, len(want)), want...)
+		assertLines(t, rec.WaitCommits(t, len(want)), want...)
 	}
 }
 
@@ -95,13 +95,13 @@ func TestPartitionsWithoutViaRootCatalogAhead(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	f.exec(partitionSchema, `CREATE PUBLICATION tagstream FOR ALL TABLES`)
-	rec := newRecorder()
-	rec.render = tagRenderer(t, partitionRules, rules.Options{})
+	rec := newRecorder(t)
+	rec.Render = tagRenderer(t, partitionRules, rules.Options{})
 	f.startStreaming(f.config(), rec)
 	f.exec(`BEGIN`, `ALTER TABLE m ATTACH PARTITION m3 FOR VALUES FROM (200) TO (300)`,
 		`INSERT INTO m VALUES (250, 1, 'x')`, `ALTER TABLE m DETACH PARTITION m3`, `COMMIT`,
 		`INSERT INTO m3 VALUES (251, 1, 'y')`)
-	assertLines(t, rec.waitCommits(t, 2),
+	assertLines(t, rec.WaitCommits(t, 2),
 		[]string{"m2:250 m3:250 m:250 user:1"},
 		[]string{"m3:251"},
 	)
@@ -119,8 +119,8 @@ func TestPartitionsViaRoot(t *testing.T) {
 		t.Skip("publish_via_partition_root needs PostgreSQL 13")
 	}
 	f.exec(partitionSchema)
-	rec := newRecorder()
-	rec.render = tagRenderer(t, partitionRules, rules.Options{})
+	rec := newRecorder(t)
+	rec.Render = tagRenderer(t, partitionRules, rules.Options{})
 	f.startStreaming(f.config(), rec)
 	if v := f.queryString(`SELECT pubviaroot::text FROM pg_publication WHERE pubname = 'tagstream'`); v != "true" {
 		t.Fatalf("publication created with pubviaroot = %s", v)
@@ -134,7 +134,7 @@ func TestPartitionsViaRoot(t *testing.T) {
 		`ALTER TABLE m DETACH PARTITION m3`,
 		`INSERT INTO m3 VALUES (251, 1, 'y')`,
 		`TRUNCATE m`)
-	assertLines(t, rec.waitCommits(t, 6),
+	assertLines(t, rec.WaitCommits(t, 6),
 		[]string{"m1:1 m:1 user:7"},
 		[]string{"m1:120 m2:120 m:120 user:7"},
 		[]string{"m1:1 m2:1 m:1 user:* user:9"},

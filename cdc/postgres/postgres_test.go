@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tagstream/tagstream/cdc"
+	"github.com/tagstream/tagstream/cdc/cdctest"
 	"github.com/tagstream/tagstream/testcontainers"
 )
 
@@ -21,215 +22,9 @@ func TestMain(m *testing.M) { testcontainers.Main(m) }
 
 const waitTimeout = 30 * time.Second
 
-// recorder is a cdc.Handler that renders what it receives as text. A Tx
-// keeps one entry per distinct rendered key with a count, so a 200k-row
-// transaction whose rows render to one key stays one entry.
-type recorder struct {
-	reader *Reader
-	render func(*cdc.Change) string // nil: renderChange
-	ackMax cdc.Position             // acknowledge only up to this (0: everything)
-
-	mu       sync.Mutex
-	commits  []committed
-	resumed  []cdc.Position
-	lost     []string
-	progress cdc.Position
-	begins   int
-	signal   chan struct{}
-}
-
-type committed struct {
-	pos   cdc.Position
-	lines []string
-}
-
-func newRecorder() *recorder { return &recorder{signal: make(chan struct{}, 1)} }
-
-type recTx struct {
-	r      *recorder
-	keys   []string
-	counts map[string]int
-	tables []*cdc.Table
-	done   bool
-}
-
-func (r *recorder) Begin() cdc.Tx {
-	r.mu.Lock()
-	r.begins++
-	r.mu.Unlock()
-	return &recTx{r: r, counts: map[string]int{}}
-}
-
-func (t *recTx) Add(c *cdc.Change) {
-	if t.done {
-		panic("Add on a merged Tx")
-	}
-	render := t.r.render
-	if render == nil {
-		render = renderChange
-	}
-	t.add(render(c), 1)
-	if len(t.tables) == 0 || t.tables[len(t.tables)-1] != c.Table {
-		t.tables = append(t.tables, c.Table)
-	}
-}
-
-func (t *recTx) add(k string, n int) {
-	if _, ok := t.counts[k]; !ok {
-		t.keys = append(t.keys, k)
-	}
-	t.counts[k] += n
-}
-
-func (t *recTx) Merge(other cdc.Tx) {
-	o := other.(*recTx)
-	for _, k := range o.keys {
-		t.add(k, o.counts[k])
-	}
-	t.tables = append(t.tables, o.tables...)
-	o.done = true
-}
-
-func (t *recTx) Tags() []string { return nil }
-
-func (t *recTx) lines() []string {
-	out := make([]string, 0, len(t.keys))
-	for _, k := range t.keys {
-		if n := t.counts[k]; n > 1 {
-			out = append(out, fmt.Sprintf("%s x%d", k, n))
-		} else {
-			out = append(out, k)
-		}
-	}
-	return out
-}
-
-func (r *recorder) Commit(_ context.Context, tx cdc.Tx, c cdc.Commit) error {
-	t := tx.(*recTx)
-	if t.done {
-		panic("Commit of a merged Tx")
-	}
-	if c.Time.IsZero() {
-		panic("commit without time")
-	}
-	r.mu.Lock()
-	if n := len(r.commits); n > 0 && r.commits[n-1].pos >= c.Position {
-		r.mu.Unlock()
-		panic(fmt.Sprintf("position %d after %d", c.Position, r.commits[n-1].pos))
-	}
-	r.commits = append(r.commits, committed{c.Position, t.lines()})
-	ackMax := r.ackMax
-	r.mu.Unlock()
-	if r.reader != nil && (ackMax == 0 || c.Position <= ackMax) {
-		r.reader.Ack(c.Position)
-	}
-	r.notify()
-	return nil
-}
-
-func (r *recorder) Resumed(pos cdc.Position) {
-	r.mu.Lock()
-	r.resumed = append(r.resumed, pos)
-	r.mu.Unlock()
-	r.notify()
-}
-
-func (r *recorder) Progress(end cdc.Position) {
-	r.mu.Lock()
-	r.progress = end
-	r.mu.Unlock()
-}
-
-func (r *recorder) Drain(context.Context) {}
-
-func (r *recorder) Lost(_ context.Context, reason string) error {
-	r.mu.Lock()
-	r.lost = append(r.lost, reason)
-	r.mu.Unlock()
-	r.notify()
-	return nil
-}
-
-func (r *recorder) notify() {
-	select {
-	case r.signal <- struct{}{}:
-	default:
-	}
-}
-
-// waitFor waits until cond (called under the lock) holds.
-func (r *recorder) waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.After(waitTimeout)
-	for {
-		r.mu.Lock()
-		ok := cond()
-		r.mu.Unlock()
-		if ok {
-			return
-		}
-		select {
-		case <-r.signal:
-		case <-deadline:
-			r.mu.Lock()
-			defer r.mu.Unlock()
-			t.Fatalf("timed out waiting for %s; commits: %v; resumed %v; lost %v", what, r.commits, r.resumed, r.lost)
-		}
-	}
-}
-
-func (r *recorder) waitCommits(t *testing.T, n int) []committed {
-	t.Helper()
-	r.waitFor(t, fmt.Sprintf("%d commits", n), func() bool { return len(r.commits) >= n })
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.commits)
-}
-
-func (r *recorder) waitResumed(t *testing.T, n int) []cdc.Position {
-	t.Helper()
-	r.waitFor(t, fmt.Sprintf("%d resumes", n), func() bool { return len(r.resumed) >= n })
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.resumed)
-}
-
-// renderChange renders a change as `insert public.t old=[…] new=[…]`.
-func renderChange(c *cdc.Change) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s %s.%s", c.Op, c.Table.Schema, c.Table.Name)
-	img := func(name string, vals []cdc.Value) {
-		if vals == nil {
-			return
-		}
-		fmt.Fprintf(&b, " %s=[", name)
-		for i, v := range vals {
-			if i > 0 {
-				b.WriteByte(' ')
-			}
-			b.WriteString(c.Table.Columns[i])
-			b.WriteByte('=')
-			switch v.Kind {
-			case cdc.Absent:
-				b.WriteString("<absent>")
-			case cdc.Null:
-				b.WriteString("NULL")
-			case cdc.Unchanged:
-				b.WriteString("<unchanged>")
-			case cdc.Text:
-				if len(v.Text) > 60 {
-					fmt.Fprintf(&b, "<%d bytes>", len(v.Text))
-				} else {
-					b.Write(v.Text)
-				}
-			}
-		}
-		b.WriteByte(']')
-	}
-	img("old", c.Old)
-	img("new", c.New)
-	return b.String()
-}
+// newRecorder is the shared recording handler (cdc/cdctest); start makes
+// it acknowledge every commit through the reader it runs.
+func newRecorder(t testing.TB) *cdctest.Recorder { return cdctest.New(t) }
 
 // fixture is a fresh database with a connection for the test's SQL.
 type fixture struct {
@@ -301,13 +96,13 @@ type running struct {
 
 // start runs a reader with cfg into rec and waits until it streams (the
 // slot exists, so later writes are captured).
-func (f *fixture) start(cfg Config, rec *recorder) *running {
+func (f *fixture) start(cfg Config, rec *cdctest.Recorder) *running {
 	f.t.Helper()
 	rd, err := New(cfg)
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	rec.reader = rd
+	rec.Ack = rd.Ack
 	ctx, cancel := context.WithCancel(context.Background())
 	run := &running{reader: rd, cancel: cancel, done: make(chan error, 1)}
 	go func() { run.done <- rd.Run(ctx, rec) }()
@@ -315,10 +110,10 @@ func (f *fixture) start(cfg Config, rec *recorder) *running {
 	return run
 }
 
-func (f *fixture) startStreaming(cfg Config, rec *recorder) *running {
+func (f *fixture) startStreaming(cfg Config, rec *cdctest.Recorder) *running {
 	f.t.Helper()
 	run := f.start(cfg, rec)
-	rec.waitResumed(f.t, 1)
+	rec.WaitResumed(f.t, 1)
 	return run
 }
 
@@ -340,15 +135,15 @@ func (run *running) stop(t *testing.T) {
 	}
 }
 
-func linesOf(cs []committed) [][]string {
+func linesOf(cs []cdctest.Committed) [][]string {
 	out := make([][]string, len(cs))
 	for i, c := range cs {
-		out[i] = c.lines
+		out[i] = c.Lines
 	}
 	return out
 }
 
-func assertLines(t *testing.T, got []committed, want ...[]string) {
+func assertLines(t *testing.T, got []cdctest.Committed, want ...[]string) {
 	t.Helper()
 	g := linesOf(got)
 	if len(g) != len(want) {
@@ -400,8 +195,8 @@ func TestTypesAndOperations(t *testing.T) {
 		`CREATE TABLE items (id int PRIMARY KEY, big bigint, u uuid, name text, price numeric(12,6), ok bool,
 			at timestamptz, doc jsonb, nums int[], tags text[], m mood, empty text)`,
 		`CREATE TABLE other (id int PRIMARY KEY)`)
-	rec := newRecorder()
-	f.startStreaming(f.config(), rec)
+	rec := newRecorder(t)
+	run := f.startStreaming(f.config(), rec)
 
 	f.exec(`INSERT INTO items VALUES (1, 9007199254740993, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'héllo, "w" ok',
 		12345.6789, true, '2024-01-02 03:04:05.123456+02', '{"b": 2, "a": [1, 2]}', '{1,2,3}', '{a,"b c"}', 'happy', NULL)`)
@@ -410,7 +205,7 @@ func TestTypesAndOperations(t *testing.T) {
 	f.exec(`INSERT INTO items (id) VALUES (2)`, `INSERT INTO other VALUES (8)`)
 	f.exec(`TRUNCATE items, other`)
 
-	got := rec.waitCommits(t, 6)
+	got := rec.WaitCommits(t, 6)
 	assertLines(t, got,
 		[]string{`insert public.items new=[id=1 big=9007199254740993 u=a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11 name=héllo, "w" ok price=12345.678900 ok=true at=2024-01-02 01:04:05.123456+00 doc={"a": [1, 2], "b": 2} nums={1,2,3} tags={a,"b c"} m=happy empty=NULL]`},
 		[]string{`update public.items new=[id=1 big=9007199254740993 u=a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11 name=x price=12345.678900 ok=false at=2024-01-02 01:04:05.123456+00 doc={"a": [1, 2], "b": 2} nums={1,2,3} tags={a,"b c"} m=happy empty=NULL]`},
@@ -419,11 +214,11 @@ func TestTypesAndOperations(t *testing.T) {
 		[]string{`insert public.other new=[id=8]`},
 		[]string{`truncate public.items`, `truncate public.other`},
 	)
-	if !rec.reader.Ready() {
+	if !run.reader.Ready() {
 		t.Error("Ready() = false while streaming")
 	}
 	// Positions are commit end LSNs: below the WAL end now.
-	if last := got[len(got)-1].pos; last > f.currentLSN() || last == 0 {
+	if last := got[len(got)-1].Pos; last > f.currentLSN() || last == 0 {
 		t.Errorf("last position %d, WAL end %d", last, f.currentLSN())
 	}
 }
@@ -435,7 +230,7 @@ func TestReplicaIdentityOldImages(t *testing.T) {
 		`CREATE TABLE f (id int PRIMARY KEY, v text, w text)`,
 		`ALTER TABLE f REPLICA IDENTITY FULL`,
 		`INSERT INTO d VALUES (1, 1, 'a')`, `INSERT INTO f VALUES (1, 'a', NULL)`)
-	rec := newRecorder()
+	rec := newRecorder(t)
 	f.startStreaming(f.config(), rec)
 
 	f.exec(`UPDATE d SET v = 'b' WHERE id = 1`, // key unchanged: no old image
@@ -443,7 +238,7 @@ func TestReplicaIdentityOldImages(t *testing.T) {
 		`DELETE FROM d WHERE id = 1`,
 		`UPDATE f SET v = 'b' WHERE id = 1`,
 		`DELETE FROM f WHERE id = 1`)
-	assertLines(t, rec.waitCommits(t, 5),
+	assertLines(t, rec.WaitCommits(t, 5),
 		[]string{`update public.d new=[id=1 k=1 v=b]`},
 		[]string{`update public.d old=[id=1 k=1 v=<absent>] new=[id=1 k=2 v=b]`},
 		[]string{`delete public.d old=[id=1 k=2 v=<absent>]`},
@@ -458,11 +253,11 @@ func TestUnchangedToast(t *testing.T) {
 	f.exec(`CREATE TABLE docs (id int PRIMARY KEY, body text, n int)`,
 		`ALTER TABLE docs ALTER body SET STORAGE EXTERNAL`, // out of line, uncompressed
 		`INSERT INTO docs SELECT 1, string_agg(md5(i::text), ''), 1 FROM generate_series(1, 200) i`)
-	rec := newRecorder()
+	rec := newRecorder(t)
 	f.startStreaming(f.config(), rec)
 	f.exec(`UPDATE docs SET n = 2 WHERE id = 1`,
 		`UPDATE docs SET body = 'short' WHERE id = 1`)
-	assertLines(t, rec.waitCommits(t, 2),
+	assertLines(t, rec.WaitCommits(t, 2),
 		[]string{`update public.docs new=[id=1 body=<unchanged> n=2]`},
 		[]string{`update public.docs new=[id=1 body=short n=2]`},
 	)
@@ -494,20 +289,18 @@ func TestStreamedLargeTransaction(t *testing.T) {
 		t.Skip("streaming of in-progress transactions needs PostgreSQL 14")
 	}
 	f.exec(`CREATE TABLE big (id int PRIMARY KEY, v text)`)
-	rec := newRecorder()
+	rec := newRecorder(t)
 	// One key per op and table: the Tx holds counts, nothing per row.
-	rec.render = func(c *cdc.Change) string { return c.Op.String() + " " + c.Table.Name }
+	rec.Render = func(c *cdc.Change) string { return c.Op.String() + " " + c.Table.Name }
 	f.startStreaming(f.config(), rec)
 	t0 := time.Now()
 	f.exec(`INSERT INTO big SELECT g, 'row ' || g FROM generate_series(1, 200000) g`)
 	t1 := time.Now()
-	assertLines(t, rec.waitCommits(t, 1), []string{"insert big x200000"})
+	assertLines(t, rec.WaitCommits(t, 1), []string{"insert big x200000"})
 	t.Logf("insert took %s, delivery %s after", t1.Sub(t0), time.Since(t1))
-	rec.mu.Lock()
-	if rec.begins != 1 {
-		t.Errorf("Begin called %d times, want 1 (no subtransactions)", rec.begins)
+	if n := rec.Snapshot().Begins; n != 1 {
+		t.Errorf("Begin called %d times, want 1 (no subtransactions)", n)
 	}
-	rec.mu.Unlock()
 	f.exec(`SELECT pg_stat_force_next_flush()`)
 	if n := f.streamTxns(f.slot); n < 1 {
 		t.Errorf("stream_txns = %d: the transaction was not streamed", n)
@@ -518,13 +311,13 @@ func TestRollbackYieldsNothing(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	f.exec(`CREATE TABLE t (id int PRIMARY KEY, label text)`)
-	rec := newRecorder()
+	rec := newRecorder(t)
 	f.startStreaming(f.config(), rec)
 	f.exec(`BEGIN`, `INSERT INTO t VALUES (1, 'rolled back')`, `ROLLBACK`)
 	// Large enough to be streamed before it is aborted.
 	f.exec(`BEGIN`, `INSERT INTO t SELECT g, 'streamed, rolled back' FROM generate_series(10, 5009) g`, `ROLLBACK`)
 	f.exec(`INSERT INTO t VALUES (2, 'kept')`)
-	assertLines(t, rec.waitCommits(t, 1), []string{`insert public.t new=[id=2 label=kept]`})
+	assertLines(t, rec.WaitCommits(t, 1), []string{`insert public.t new=[id=2 label=kept]`})
 }
 
 func TestStreamedSavepointRollback(t *testing.T) {
@@ -534,8 +327,8 @@ func TestStreamedSavepointRollback(t *testing.T) {
 		t.Skip("streaming needs PostgreSQL 14")
 	}
 	f.exec(`CREATE TABLE t (id int PRIMARY KEY, label text)`)
-	rec := newRecorder()
-	rec.render = func(c *cdc.Change) string {
+	rec := newRecorder(t)
+	rec.Render = func(c *cdc.Change) string {
 		return c.Op.String() + " " + string(c.New[1].Text)
 	}
 	f.startStreaming(f.config(), rec)
@@ -553,7 +346,7 @@ func TestStreamedSavepointRollback(t *testing.T) {
 		`COMMIT`)
 	// Subtransactions are merged into the top transaction at commit, so the
 	// order of changes across them is not kept (a Tx is a set of tags).
-	got := linesOf(rec.waitCommits(t, 1))
+	got := linesOf(rec.WaitCommits(t, 1))
 	if len(got) != 1 || !slices.Equal(slices.Sorted(slices.Values(got[0])), []string{"insert after", "insert kept x2000", "insert released c x2000"}) {
 		t.Fatalf("got %q, want the kept, released and after rows only", got)
 	}
@@ -570,8 +363,8 @@ func TestInterleavedStreamedTransactions(t *testing.T) {
 		t.Skip("streaming needs PostgreSQL 14")
 	}
 	f.exec(`CREATE TABLE t (id int PRIMARY KEY, label text)`)
-	rec := newRecorder()
-	rec.render = func(c *cdc.Change) string { return c.Op.String() + " " + string(c.New[1].Text) }
+	rec := newRecorder(t)
+	rec.Render = func(c *cdc.Change) string { return c.Op.String() + " " + string(c.New[1].Text) }
 	f.startStreaming(f.config(), rec)
 
 	ctx := context.Background()
@@ -602,7 +395,7 @@ func TestInterleavedStreamedTransactions(t *testing.T) {
 	if err := txA.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	assertLines(t, rec.waitCommits(t, 2), []string{"insert b x4000"}, []string{"insert a x4000"})
+	assertLines(t, rec.WaitCommits(t, 2), []string{"insert b x4000"}, []string{"insert a x4000"})
 	f.exec(`SELECT pg_stat_force_next_flush()`)
 	if n := f.streamTxns(f.slot); n < 2 {
 		t.Errorf("stream_txns = %d, want both transactions streamed", n)
@@ -613,15 +406,13 @@ func TestRestartResumesAfterAck(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	f.exec(`CREATE TABLE t (id int PRIMARY KEY)`)
-	rec1 := newRecorder()
+	rec1 := newRecorder(t)
 	run1 := f.startStreaming(f.config(), rec1)
 	f.exec(`INSERT INTO t VALUES (1)`)
-	first := rec1.waitCommits(t, 1)[0]
-	rec1.mu.Lock()
-	rec1.ackMax = first.pos // the second transaction is delivered but never acknowledged
-	rec1.mu.Unlock()
+	first := rec1.WaitCommits(t, 1)[0]
+	rec1.SetAckMax(first.Pos) // the second transaction is delivered but never acknowledged
 	f.exec(`INSERT INTO t VALUES (2)`)
-	rec1.waitCommits(t, 2)
+	rec1.WaitCommits(t, 2)
 	run1.stop(t)
 	if run1.reader.Ready() {
 		t.Error("Ready() after Run returned")
@@ -633,16 +424,16 @@ func TestRestartResumesAfterAck(t *testing.T) {
 	if err := f.conn.QueryRow(context.Background(), `SELECT confirmed_flush_lsn - '0/0' FROM pg_replication_slots WHERE slot_name = $1`, f.slot).Scan(&confirmed); err != nil {
 		t.Fatal(err)
 	}
-	second := rec1.commits[1].pos
-	if confirmed < first.pos || confirmed >= second {
-		t.Errorf("confirmed_flush_lsn = %s, want in [%s, %s)", lsnText(confirmed), lsnText(first.pos), lsnText(second))
+	second := rec1.Snapshot().Commits[1].Pos
+	if confirmed < first.Pos || confirmed >= second {
+		t.Errorf("confirmed_flush_lsn = %s, want in [%s, %s)", lsnText(confirmed), lsnText(first.Pos), lsnText(second))
 	}
 	f.exec(`INSERT INTO t VALUES (3)`)
 
-	rec2 := newRecorder()
+	rec2 := newRecorder(t)
 	f.start(f.config(), rec2)
-	assertLines(t, rec2.waitCommits(t, 2), []string{`insert public.t new=[id=2]`}, []string{`insert public.t new=[id=3]`})
-	if r := rec2.waitResumed(t, 1); r[0] != confirmed {
+	assertLines(t, rec2.WaitCommits(t, 2), []string{`insert public.t new=[id=2]`}, []string{`insert public.t new=[id=3]`})
+	if r := rec2.WaitResumed(t, 1); r[0] != confirmed {
 		t.Errorf("resumed from %d, want the slot's confirmed position %d", r[0], confirmed)
 	}
 }
@@ -653,22 +444,20 @@ func TestReconnectAfterWalsenderKilled(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	f.exec(`CREATE TABLE t (id int PRIMARY KEY)`)
-	rec := newRecorder()
+	rec := newRecorder(t)
 	f.startStreaming(f.config(), rec)
 	f.exec(`INSERT INTO t VALUES (1)`)
-	rec.waitCommits(t, 1)
+	rec.WaitCommits(t, 1)
 	f.exec(`SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '` + f.slot + `'`)
 	f.exec(`INSERT INTO t VALUES (2)`, `INSERT INTO t VALUES (3)`)
-	got := rec.waitCommits(t, 3)
+	got := rec.WaitCommits(t, 3)
 	assertLines(t, got,
 		[]string{`insert public.t new=[id=1]`}, []string{`insert public.t new=[id=2]`}, []string{`insert public.t new=[id=3]`})
-	if r := rec.waitResumed(t, 2); r[1] < got[0].pos {
-		t.Errorf("resumed at %d after reconnect, before the acknowledged %d", r[1], got[0].pos)
+	if r := rec.WaitResumed(t, 2); r[1] < got[0].Pos {
+		t.Errorf("resumed at %d after reconnect, before the acknowledged %d", r[1], got[0].Pos)
 	}
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
-	if len(rec.lost) != 0 {
-		t.Errorf("Lost called: %v", rec.lost)
+	if lost := rec.Snapshot().Lost; len(lost) != 0 {
+		t.Errorf("Lost called: %v", lost)
 	}
 }
 
@@ -694,13 +483,13 @@ func TestSecondReaderWaitsForSlot(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	f.exec(`CREATE TABLE t (id int PRIMARY KEY)`)
-	rec1 := newRecorder()
+	rec1 := newRecorder(t)
 	run1 := f.startStreaming(f.config(), rec1)
 
 	waiting := logSignal{substr: "in use by another process", hit: make(chan struct{}), once: &sync.Once{}}
 	cfg2 := f.config()
 	cfg2.Logger = slog.New(waiting)
-	rec2 := newRecorder()
+	rec2 := newRecorder(t)
 	run2 := f.start(cfg2, rec2)
 	select {
 	case <-waiting.hit:
@@ -711,14 +500,13 @@ func TestSecondReaderWaitsForSlot(t *testing.T) {
 		t.Error("the second reader is ready while the first holds the slot")
 	}
 	f.exec(`INSERT INTO t VALUES (1)`)
-	rec1.waitCommits(t, 1)
+	rec1.WaitCommits(t, 1)
 	run1.stop(t)
 	f.exec(`INSERT INTO t VALUES (2)`)
-	assertLines(t, rec2.waitCommits(t, 1), []string{`insert public.t new=[id=2]`})
-	rec2.mu.Lock()
-	defer rec2.mu.Unlock()
-	if len(rec2.resumed) != 1 || rec2.resumed[0] < rec1.commits[0].pos || rec2.resumed[0] >= rec2.commits[0].pos {
-		t.Errorf("second reader resumed at %v, want one position in [%d, %d)", rec2.resumed, rec1.commits[0].pos, rec2.commits[0].pos)
+	assertLines(t, rec2.WaitCommits(t, 1), []string{`insert public.t new=[id=2]`})
+	s1, s2 := rec1.Snapshot(), rec2.Snapshot()
+	if len(s2.Resumed) != 1 || s2.Resumed[0] < s1.Commits[0].Pos || s2.Resumed[0] >= s2.Commits[0].Pos {
+		t.Errorf("second reader resumed at %v, want one position in [%d, %d)", s2.Resumed, s1.Commits[0].Pos, s2.Commits[0].Pos)
 	}
 }
 
@@ -726,21 +514,21 @@ func TestAddColumnMidStream(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	f.exec(`CREATE TABLE t (id int PRIMARY KEY, a text)`)
-	rec := newRecorder()
+	rec := newRecorder(t)
 	var tables []*cdc.Table
 	var mu sync.Mutex
-	rec.render = func(c *cdc.Change) string {
+	rec.Render = func(c *cdc.Change) string {
 		mu.Lock()
 		tables = append(tables, c.Table)
 		mu.Unlock()
-		return renderChange(c)
+		return cdctest.Render(c)
 	}
 	f.startStreaming(f.config(), rec)
 	f.exec(`INSERT INTO t VALUES (1, 'x')`, `INSERT INTO t VALUES (2, 'y')`,
 		`ALTER TABLE t ADD COLUMN b int DEFAULT 5`,
 		`INSERT INTO t VALUES (3, 'z', 6)`, `UPDATE t SET a = 'w' WHERE id = 1`,
 		`BEGIN`, `ALTER TABLE t ADD COLUMN c text`, `INSERT INTO t VALUES (4, 'v', 7, 'c')`, `COMMIT`)
-	assertLines(t, rec.waitCommits(t, 5),
+	assertLines(t, rec.WaitCommits(t, 5),
 		[]string{`insert public.t new=[id=1 a=x]`},
 		[]string{`insert public.t new=[id=2 a=y]`},
 		[]string{`insert public.t new=[id=3 a=z b=6]`},
@@ -758,10 +546,10 @@ func TestSlotDroppedWhileStreaming(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	f.exec(`CREATE TABLE t (id int PRIMARY KEY)`)
-	rec := newRecorder()
+	rec := newRecorder(t)
 	f.startStreaming(f.config(), rec)
 	f.exec(`INSERT INTO t VALUES (1)`)
-	rec.waitCommits(t, 1)
+	rec.WaitCommits(t, 1)
 	// The reader reconnects quickly: terminate and drop until the drop wins.
 	deadline := time.Now().Add(waitTimeout)
 	for {
@@ -774,13 +562,11 @@ func TestSlotDroppedWhileStreaming(t *testing.T) {
 			t.Fatalf("could not drop the slot: %v", err)
 		}
 	}
-	rec.waitFor(t, "Lost", func() bool { return len(rec.lost) == 1 && len(rec.resumed) == 2 })
+	rec.WaitFor(t, "Lost", func(s *cdctest.State) bool { return len(s.Lost) == 1 && len(s.Resumed) == 2 })
 	f.exec(`INSERT INTO t VALUES (2)`)
-	assertLines(t, rec.waitCommits(t, 2), []string{`insert public.t new=[id=1]`}, []string{`insert public.t new=[id=2]`})
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
-	if len(rec.lost) != 1 || !strings.Contains(rec.lost[0], `replication slot "`+f.slot+`" was dropped`) {
-		t.Errorf("lost = %q", rec.lost)
+	assertLines(t, rec.WaitCommits(t, 2), []string{`insert public.t new=[id=1]`}, []string{`insert public.t new=[id=2]`})
+	if lost := rec.Snapshot().Lost; len(lost) != 1 || !strings.Contains(lost[0], `replication slot "`+f.slot+`" was dropped`) {
+		t.Errorf("lost = %q", lost)
 	}
 }
 
@@ -795,10 +581,10 @@ func TestSlotInvalidated(t *testing.T) {
 		t.Skip("max_slot_wal_keep_size needs PostgreSQL 13")
 	}
 	f.exec(`CREATE TABLE t (id int PRIMARY KEY, pad text)`)
-	rec1 := newRecorder()
+	rec1 := newRecorder(t)
 	run1 := f.startStreaming(f.config(), rec1)
 	f.exec(`INSERT INTO t VALUES (1, '')`)
-	rec1.waitCommits(t, 1)
+	rec1.WaitCommits(t, 1)
 	run1.stop(t)
 
 	f.exec(`ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'`, `SELECT pg_reload_conf()`)
@@ -820,16 +606,14 @@ func TestSlotInvalidated(t *testing.T) {
 	}
 	f.exec(`ALTER SYSTEM RESET max_slot_wal_keep_size`, `SELECT pg_reload_conf()`)
 
-	rec2 := newRecorder()
+	rec2 := newRecorder(t)
 	f.startStreaming(f.config(), rec2)
-	rec2.mu.Lock()
-	lost := slices.Clone(rec2.lost)
-	rec2.mu.Unlock()
+	lost := rec2.Snapshot().Lost
 	if len(lost) != 1 || !strings.Contains(lost[0], `replication slot "`+f.slot+`" was invalidated (wal_status "lost"`) {
 		t.Fatalf("lost = %q", lost)
 	}
 	f.exec(`INSERT INTO t VALUES (2, 'after')`)
-	assertLines(t, rec2.waitCommits(t, 1), []string{`insert public.t new=[id=2 pad=after]`})
+	assertLines(t, rec2.WaitCommits(t, 1), []string{`insert public.t new=[id=2 pad=after]`})
 }
 
 func TestHeartbeatAdvancesQuietSlot(t *testing.T) {
@@ -837,7 +621,7 @@ func TestHeartbeatAdvancesQuietSlot(t *testing.T) {
 	f := setup(t)
 	cfg := f.config()
 	cfg.HeartbeatInterval = 50 * time.Millisecond
-	rec := newRecorder()
+	rec := newRecorder(t)
 	f.startStreaming(cfg, rec)
 	start := f.queryString(`SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = '` + f.slot + `'`)
 	deadline := time.Now().Add(waitTimeout)
@@ -854,9 +638,7 @@ func TestHeartbeatAdvancesQuietSlot(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond) // polling the server's state; there is no signal to wait on
 	}
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
-	if rec.progress == 0 {
+	if rec.Snapshot().Progress == 0 {
 		t.Error("Progress was never reported")
 	}
 }
@@ -867,17 +649,17 @@ func TestPublicationTables(t *testing.T) {
 	f.exec(`CREATE SCHEMA app`, `CREATE TABLE app.a (id int PRIMARY KEY)`, `CREATE TABLE b (id int PRIMARY KEY)`, `CREATE TABLE c (id int PRIMARY KEY)`)
 	cfg := f.config()
 	cfg.PublicationTables = []string{"app.a", "b"}
-	rec := newRecorder()
+	rec := newRecorder(t)
 	run := f.startStreaming(cfg, rec)
 	f.exec(`INSERT INTO c VALUES (1)`, `INSERT INTO app.a VALUES (1)`, `INSERT INTO b VALUES (1)`)
-	assertLines(t, rec.waitCommits(t, 2), []string{`insert app.a new=[id=1]`}, []string{`insert public.b new=[id=1]`})
+	assertLines(t, rec.WaitCommits(t, 2), []string{`insert app.a new=[id=1]`}, []string{`insert public.b new=[id=1]`})
 	run.stop(t)
 	// A later run that needs c adds it to the existing publication.
 	cfg.PublicationTables = []string{"app.a", "b", "public.c"}
-	rec2 := newRecorder()
+	rec2 := newRecorder(t)
 	f.startStreaming(cfg, rec2)
 	f.exec(`INSERT INTO c VALUES (2)`)
-	assertLines(t, rec2.waitCommits(t, 1), []string{`insert public.c new=[id=2]`})
+	assertLines(t, rec2.WaitCommits(t, 1), []string{`insert public.c new=[id=2]`})
 }
 
 func TestRunConfigurationErrors(t *testing.T) {
@@ -899,7 +681,7 @@ func TestRunConfigurationErrors(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
-	err = r.Run(ctx, newRecorder())
+	err = r.Run(ctx, newRecorder(t))
 	if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "WITH REPLICATION") {
 		t.Fatalf("Run = %v, want ErrConfig naming ALTER ROLE … WITH REPLICATION", err)
 	}
@@ -907,7 +689,7 @@ func TestRunConfigurationErrors(t *testing.T) {
 	cfg = f.config()
 	cfg.DSN = strings.Replace(f.dsn, "/t_", "/nosuchdb_", 1)
 	r, _ = New(cfg)
-	if err := r.Run(ctx, newRecorder()); !errors.Is(err, ErrConfig) {
+	if err := r.Run(ctx, newRecorder(t)); !errors.Is(err, ErrConfig) {
 		t.Fatalf("Run on a missing database = %v, want ErrConfig", err)
 	}
 }

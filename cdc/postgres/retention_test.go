@@ -13,11 +13,11 @@ func TestRetainedBytes(t *testing.T) {
 	f.exec(`CREATE TABLE t (id int PRIMARY KEY, pad text)`)
 	cfg := f.config()
 	cfg.RetentionInterval = 50 * time.Millisecond
-	rec := newRecorder()
-	rec.ackMax = 1 // acknowledge nothing
+	rec := newRecorder(t)
+	rec.SetAckMax(1) // acknowledge nothing
 	run := f.startStreaming(cfg, rec)
 	f.exec(`INSERT INTO t SELECT g, repeat('x', 1000) FROM generate_series(1, 2000) g`)
-	rec.waitCommits(t, 1)
+	rec.WaitCommits(t, 1)
 	deadline := time.Now().Add(waitTimeout)
 	for {
 		n, ok := run.reader.RetainedBytes()

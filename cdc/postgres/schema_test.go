@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/tagstream/tagstream/cdc/cdctest"
 	"github.com/tagstream/tagstream/rules"
 )
 
@@ -44,8 +45,8 @@ func TestSchemaChangesWhileStreaming(t *testing.T) {
 	f := setup(t)
 	f.exec(`CREATE TABLE t (id int PRIMARY KEY, a text, b int)`)
 	logs := &countingLog{}
-	rec := newRecorder()
-	rec.render = tagRenderer(t, "rules:\n  - name: cols\n    table: t\n    tags: [\"id:{id}\", \"a:{a}\", \"b:{b}\", \"c:{c}\"]\n",
+	rec := newRecorder(t)
+	rec.Render = tagRenderer(t, "rules:\n  - name: cols\n    table: t\n    tags: [\"id:{id}\", \"a:{a}\", \"b:{b}\", \"c:{c}\"]\n",
 		rules.Options{Logger: slog.New(logs)})
 	f.startStreaming(f.config(), rec)
 
@@ -107,20 +108,18 @@ func TestSchemaChangesWhileStreaming(t *testing.T) {
 	stop()
 	n := <-written
 	f.exec(`INSERT INTO t (id, a, b, c) VALUES (7, 'q', 8, 9)`) // after
-	rec.waitFor(t, "every row", func() bool {
+	rec.WaitFor(t, "every row", func(s *cdctest.State) bool {
 		rows := 0
-		for _, c := range rec.commits {
-			rows += len(c.lines)
+		for _, c := range s.Commits {
+			rows += len(c.Lines)
 		}
 		return rows == len(steps)+1+n
 	})
 
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
 	seen := map[string]bool{}
 	ids := map[string]bool{}
-	for _, c := range rec.commits {
-		for _, l := range c.lines {
+	for _, c := range rec.Snapshot().Commits {
+		for _, l := range c.Lines {
 			seen[l] = true
 			for _, tag := range strings.Fields(l) {
 				if strings.HasPrefix(tag, "id:") {

@@ -107,10 +107,10 @@ func TestCanonicalValues(t *testing.T) {
 	f.reconnect() // the database's TimeZone applies to new sessions
 
 	e := compileRules(t, "rules:\n  - table: vals\n    tags: [\"v:{v}\"]\n")
-	rec := newRecorder()
+	rec := newRecorder(t)
 	var got []cdc.Value
 	var table *cdc.Table
-	rec.render = func(c *cdc.Change) string {
+	rec.Render = func(c *cdc.Change) string {
 		table = c.Table
 		for _, v := range c.New {
 			got = append(got, cdc.Value{Kind: v.Kind, Text: []byte(string(v.Text))})
@@ -119,7 +119,7 @@ func TestCanonicalValues(t *testing.T) {
 	}
 	f.startStreaming(f.config(), rec)
 	f.exec(`INSERT INTO vals VALUES (1, ` + strings.Join(lits, ", ") + `)`)
-	rec.waitCommits(t, 1)
+	rec.WaitCommits(t, 1)
 
 	for i, c := range cases {
 		v := got[i+1]
@@ -192,8 +192,8 @@ func TestToastAndGeneratedColumns(t *testing.T) {
 	f.exec(`CREATE TABLE docs (id int PRIMARY KEY, body text, n int, g int GENERATED ALWAYS AS (n * 2) STORED)`,
 		`ALTER TABLE docs ALTER body SET STORAGE EXTERNAL`, // out of line, uncompressed
 		`INSERT INTO docs (id, body, n) SELECT 1, string_agg(md5(i::text), ''), 1 FROM generate_series(1, 200) i`)
-	rec := newRecorder()
-	rec.render = tagRenderer(t, `rules:
+	rec := newRecorder(t)
+	rec.Render = tagRenderer(t, `rules:
   - name: body-changed
     table: docs
     columns: [body]
@@ -207,7 +207,7 @@ func TestToastAndGeneratedColumns(t *testing.T) {
 		`ALTER TABLE docs REPLICA IDENTITY FULL`,
 		`UPDATE docs SET n = 3 WHERE id = 1`, // the old image carries the body
 		`UPDATE docs SET body = 'short' WHERE id = 1`)
-	assertLines(t, rec.waitCommits(t, 3),
+	assertLines(t, rec.WaitCommits(t, 3),
 		[]string{"g:* head:* n:* n:2"},
 		// The body is known through the old image: its tag is over 256
 		// bytes, so the rule's wildcard form stands for it.
