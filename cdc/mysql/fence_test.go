@@ -14,17 +14,6 @@ import (
 	"github.com/tagstream/tagstream/cdc/mysql"
 )
 
-// positions lists the positions of the recorded commits.
-func (r *recorder) positions() []cdc.Position {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var ps []cdc.Position
-	for _, c := range r.commits {
-		ps = append(ps, c.pos)
-	}
-	return ps
-}
-
 // binlogEnd is the server's binlog head as a position.
 func binlogEnd(t testing.TB, c *client.Conn) cdc.Position {
 	t.Helper()
@@ -76,15 +65,15 @@ func TestFenceMariaDB(t *testing.T) {
 	e := setup(t)
 	e.exec("CREATE TABLE t (id INT PRIMARY KEY)")
 	e.cfg.FenceTimeout = time.Minute
-	rec := newRecorder(e.schema)
+	rec := newRecorder(t, e.schema)
 	run := e.start(rec)
 	r := run.r
 	ctx := context.Background()
 
 	e.exec("INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (2)", "INSERT INTO t VALUES (3)")
-	rec.lines(t, 3)
+	rec.Lines(t, 3)
 	var batch []cdc.Commit
-	for _, p := range rec.positions() {
+	for _, p := range rec.Positions() {
 		batch = append(batch, cdc.Commit{Position: p})
 	}
 	q := mysql.FenceQueries(r)
@@ -108,8 +97,8 @@ func TestFenceMariaDB(t *testing.T) {
 	wantReturn(t, done)
 
 	// Rotation: the status names the new file at its header's end.
-	rec.lines(t, 4)
-	ps := rec.positions()
+	rec.Lines(t, 4)
+	ps := rec.Positions()
 	old := ps[len(ps)-1]
 	e.exec("FLUSH BINARY LOGS")
 	q = mysql.FenceQueries(r)
@@ -129,7 +118,7 @@ func TestFenceMariaDB(t *testing.T) {
 
 	// Timeout and cancellation, with a short fence timeout.
 	e.cfg.FenceTimeout = 100 * time.Millisecond
-	r2 := e.start(newRecorder(e.schema)).r
+	r2 := e.start(newRecorder(t, e.schema)).r
 	far := binlogEnd(t, e.conn) + 1000
 	start := time.Now()
 	err := r2.WaitVisible(ctx, []cdc.Commit{{Position: far}})
@@ -150,7 +139,7 @@ func TestFenceMariaDB(t *testing.T) {
 // once.
 func TestFenceAfterRunEnds(t *testing.T) {
 	e := setup(t)
-	run := e.start(newRecorder(e.schema))
+	run := e.start(newRecorder(t, e.schema))
 	if err := run.stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -181,11 +170,11 @@ func TestFenceLeastPrivilege(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.cfg.DSN = fmt.Sprintf("mysql://%s:pw@%s/%s", user, d.Addr(), d.Database)
-	rec := newRecorder(e.schema)
+	rec := newRecorder(t, e.schema)
 	r := e.start(rec).r
 	e.exec("INSERT INTO t VALUES (1)")
-	rec.lines(t, 1)
-	pos := rec.positions()[0]
+	rec.Lines(t, 1)
+	pos := rec.Positions()[0]
 	if err := r.WaitVisible(context.Background(), []cdc.Commit{{Position: pos}}); err != nil {
 		t.Fatalf("WaitVisible with the reader's grants = %v", err)
 	}

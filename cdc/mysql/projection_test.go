@@ -14,11 +14,6 @@ import (
 	"github.com/tagstream/tagstream/rules"
 )
 
-// projTx is a recorder transaction that is a cdc.Projection.
-type projTx struct{ *recTx }
-
-func (t *projTx) Reads(tbl *cdc.Table, op cdc.Op) []bool { return t.r.reads(tbl, op) }
-
 // moreValueCases: values beyond mysqlValueCases whose text must be the
 // server's, chosen for the decoder's edges: fractional digits the column
 // declares but the value does not use, zero parts of dates, DECIMAL group
@@ -70,11 +65,11 @@ func TestProjectedValues(t *testing.T) {
 	}
 	e.exec("SET NAMES utf8mb4")
 	e.exec("CREATE TABLE vals (id INT PRIMARY KEY, " + strings.Join(cols, ", ") + ") DEFAULT CHARSET utf8mb4")
-	rec := newRecorder(e.schema)
+	rec := newRecorder(t, e.schema)
 	var mu sync.Mutex
 	parity := 0
 	var images [][]cdc.Value // every image delivered, copied
-	rec.reads = func(tbl *cdc.Table, _ cdc.Op) []bool {
+	rec.Reads = func(tbl *cdc.Table, _ cdc.Op) []bool {
 		mu.Lock()
 		defer mu.Unlock()
 		reads := make([]bool, len(tbl.Columns))
@@ -83,7 +78,7 @@ func TestProjectedValues(t *testing.T) {
 		}
 		return reads
 	}
-	rec.render = func(c *cdc.Change) string {
+	rec.Render = func(c *cdc.Change) string {
 		for _, img := range [][]cdc.Value{c.Old, c.New} {
 			if img == nil {
 				continue
@@ -107,11 +102,11 @@ func TestProjectedValues(t *testing.T) {
 		e.exec("SET time_zone = '+05:00', sql_mode = ''",
 			"INSERT INTO vals VALUES (1, "+strings.Join(lits, ", ")+")")
 		commits++
-		rec.lines(t, commits)
+		rec.Lines(t, commits)
 		compareWithServer(t, e, moreValueCases, images[0][1+len(mysqlValueCases):], 1+len(mysqlValueCases), p)
 		e.exec("UPDATE vals SET id = 2", "DELETE FROM vals")
 		commits += 2
-		rec.lines(t, commits)
+		rec.Lines(t, commits)
 		mu.Lock()
 		got := images
 		mu.Unlock()
@@ -133,7 +128,7 @@ func TestProjectedValues(t *testing.T) {
 				}
 				if v.Kind != kind || string(v.Text) != want {
 					t.Errorf("parity %d, image %d, column %s: %q (kind %d), want %q (kind %d)",
-						p, k, rec.tables["vals"].Columns[i], v.Text, v.Kind, want, kind)
+						p, k, rec.Table("vals").Columns[i], v.Text, v.Kind, want, kind)
 				}
 			}
 		}
@@ -337,7 +332,7 @@ func TestCompressedRows(t *testing.T) {
 		e.exec(fmt.Sprintf("SET GLOBAL log_bin_compress = %s, log_bin_compress_min_len = %d", on, minLen))
 	})
 	e.exec("CREATE TABLE t (id INT PRIMARY KEY, body TEXT, n INT)")
-	rec := newRecorder(e.schema)
+	rec := newRecorder(t, e.schema)
 	e.start(rec)
 	e.exec("SET GLOBAL log_bin_compress = ON, log_bin_compress_min_len = 10")
 	long := strings.Repeat("compressible ", 40)
@@ -346,7 +341,7 @@ func TestCompressedRows(t *testing.T) {
 		"UPDATE t SET n = 5 WHERE id = 1",
 		"DELETE FROM t WHERE id = 2",
 	)
-	got := rec.lines(t, 3)
+	got := rec.Lines(t, 3)
 	want := []string{
 		`insert t new=[id=1 body="` + long + `" n=1] | insert t new=[id=2 body=b n=NULL]`,
 		`update t old=[id=1 body="` + long + `" n=1] new=[id=1 body="` + long + `" n=5]`,

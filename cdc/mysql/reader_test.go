@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,169 +16,20 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/tagstream/tagstream/cdc"
+	"github.com/tagstream/tagstream/cdc/cdctest"
 	"github.com/tagstream/tagstream/cdc/mysql"
 	"github.com/tagstream/tagstream/testcontainers"
 )
 
 func TestMain(m *testing.M) { testcontainers.Main(m) }
 
-// recorder is a cdc.Handler that renders each committed transaction of one
-// schema as text lines.
-type recorder struct {
-	schema string
-	ack    func(cdc.Position)       // called after each commit when set
-	render func(*cdc.Change) string // nil: renderChange
-	// reads, when set, makes its transactions a cdc.Projection that reads
-	// the columns reads returns.
-	reads func(t *cdc.Table, op cdc.Op) []bool
-
-	mu       sync.Mutex
-	commits  []commitRec
-	resumed  []cdc.Position
-	lost     []string
-	progress cdc.Position
-	tables   map[string]*cdc.Table // last *cdc.Table per name
-	changed  chan struct{}
-}
-
-type commitRec struct {
-	pos   cdc.Position
-	lines []string
-}
-
-type recTx struct {
-	r     *recorder
-	lines []string
-}
-
-func newRecorder(schema string) *recorder {
-	return &recorder{schema: schema, tables: map[string]*cdc.Table{}, changed: make(chan struct{}, 1)}
-}
-
-func (r *recorder) Begin() cdc.Tx {
-	tx := &recTx{r: r}
-	if r.reads == nil {
-		return tx
-	}
-	return &projTx{recTx: tx}
-}
-
-func (t *recTx) Add(c *cdc.Change) {
-	if c.Table.Schema != t.r.schema {
-		return
-	}
-	t.r.mu.Lock()
-	t.r.tables[c.Table.Name] = c.Table
-	t.r.mu.Unlock()
-	render := renderChange
-	if t.r.render != nil {
-		render = t.r.render
-	}
-	t.lines = append(t.lines, render(c))
-}
-
-func (t *recTx) Merge(o cdc.Tx) { t.lines = append(t.lines, o.(*recTx).lines...) }
-func (t *recTx) Tags() []string { return nil }
-
-func (r *recorder) Commit(_ context.Context, tx cdc.Tx, c cdc.Commit) error {
-	if c.Time.IsZero() || time.Since(c.Time) > time.Hour {
-		return fmt.Errorf("commit time %v is not now", c.Time)
-	}
-	var lines []string
-	switch tx := tx.(type) {
-	case *recTx:
-		lines = tx.lines
-	case *projTx:
-		lines = tx.lines
-	}
-	r.mu.Lock()
-	if n := len(r.commits); n > 0 && c.Position <= r.commits[n-1].pos {
-		r.mu.Unlock()
-		return fmt.Errorf("position %d after %d: not increasing", c.Position, r.commits[n-1].pos)
-	}
-	if len(lines) > 0 {
-		r.commits = append(r.commits, commitRec{c.Position, lines})
-	}
-	r.mu.Unlock()
-	if r.ack != nil {
-		r.ack(c.Position)
-	}
-	r.signal()
-	return nil
-}
-
-func (r *recorder) Resumed(pos cdc.Position) {
-	r.mu.Lock()
-	r.resumed = append(r.resumed, pos)
-	r.mu.Unlock()
-	r.signal()
-}
-
-func (r *recorder) Progress(end cdc.Position) {
-	r.mu.Lock()
-	r.progress = end
-	r.mu.Unlock()
-	r.signal()
-}
-
-func (r *recorder) Drain(context.Context) {}
-
-func (r *recorder) Lost(_ context.Context, reason string) error {
-	r.mu.Lock()
-	r.lost = append(r.lost, reason)
-	r.mu.Unlock()
-	r.signal()
-	return nil
-}
-
-func (r *recorder) signal() {
-	select {
-	case r.changed <- struct{}{}:
-	default:
-	}
-}
-
-// waitFor waits until cond holds for the recorder's state.
-func (r *recorder) waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.After(20 * time.Second)
-	for {
-		r.mu.Lock()
-		ok := cond()
-		r.mu.Unlock()
-		if ok {
-			return
-		}
-		select {
-		case <-r.changed:
-		case <-deadline:
-			r.mu.Lock()
-			defer r.mu.Unlock()
-			t.Fatalf("timed out waiting for %s; commits:\n%s", what, formatCommits(r.commits))
-		}
-	}
-}
-
-// lines waits for n commits and returns their lines, one commit per
-// string (changes joined by " | ").
-func (r *recorder) lines(t testing.TB, n int) []string {
-	t.Helper()
-	r.waitFor(t, fmt.Sprintf("%d commits", n), func() bool { return len(r.commits) >= n })
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var out []string
-	for _, c := range r.commits {
-		out = append(out, strings.Join(c.lines, " | "))
-	}
-	return out
-}
-
-func formatCommits(cs []commitRec) string {
-	var b strings.Builder
-	for _, c := range cs {
-		fmt.Fprintf(&b, "  %d: %s\n", c.pos, strings.Join(c.lines, " | "))
-	}
-	return b.String()
+// newRecorder is the shared recording handler (cdc/cdctest), keeping the
+// non-empty commits of one schema (the binlog carries the whole server),
+// rendered by renderChange.
+func newRecorder(t testing.TB, schema string) *cdctest.Recorder {
+	r := cdctest.New(t)
+	r.Schema, r.SkipEmpty, r.Render = schema, true, renderChange
+	return r
 }
 
 func renderChange(c *cdc.Change) string {
@@ -292,14 +142,14 @@ func (w testWriter) Write(p []byte) (int, error) {
 // running is a Reader running in the background until stop.
 type running struct {
 	r    *mysql.Reader
-	rec  *recorder
+	rec  *cdctest.Recorder
 	stop func() error
 }
 
 func newReader(e *env) (*mysql.Reader, error) { return mysql.New(e.cfg) }
 
 // start runs a reader and waits until it streams.
-func (e *env) start(rec *recorder) *running {
+func (e *env) start(rec *cdctest.Recorder) *running {
 	e.t.Helper()
 	r, err := newReader(e)
 	if err != nil {
@@ -311,7 +161,7 @@ func (e *env) start(rec *recorder) *running {
 	go func() {
 		runErr = r.Run(ctx, rec)
 		close(finished)
-		rec.signal()
+		rec.Signal()
 	}()
 	stop := func() error {
 		cancel()
@@ -319,15 +169,15 @@ func (e *env) start(rec *recorder) *running {
 		return runErr
 	}
 	e.t.Cleanup(func() { _ = stop() })
-	n := len(rec.resumed)
-	rec.waitFor(e.t, "Resumed", func() bool {
+	n := len(rec.Snapshot().Resumed)
+	rec.WaitFor(e.t, "Resumed", func(s *cdctest.State) bool {
 		select {
 		case <-finished:
 			e.t.Errorf("Run returned before streaming: %v", runErr)
 			return true
 		default:
 		}
-		return len(rec.resumed) > n
+		return len(s.Resumed) > n
 	})
 	if e.t.Failed() {
 		e.t.FailNow()
@@ -341,7 +191,7 @@ func (e *env) start(rec *recorder) *running {
 func TestRowChanges(t *testing.T) {
 	e := setup(t)
 	e.exec("CREATE TABLE t (id INT PRIMARY KEY, n VARCHAR(20), u INT)")
-	rec := newRecorder(e.schema)
+	rec := newRecorder(t, e.schema)
 	e.start(rec)
 	e.exec(
 		"INSERT INTO t VALUES (1, 'a', 7)",
@@ -359,7 +209,7 @@ func TestRowChanges(t *testing.T) {
 		"ROLLBACK",
 		"INSERT INTO t VALUES (6, 'sentinel', NULL)",
 	)
-	got := rec.lines(t, 7)
+	got := rec.Lines(t, 7)
 	want := []string{
 		"insert t new=[id=1 n=a u=7]",
 		"update t old=[id=1 n=a u=7] new=[id=1 n=b u=9]",
@@ -373,21 +223,21 @@ func TestRowChanges(t *testing.T) {
 		t.Fatalf("commits:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 	// Idle: heartbeats report the binlog head, at or past the last commit.
-	last := rec.commits[len(rec.commits)-1].pos
-	rec.waitFor(t, "Progress past the last commit", func() bool { return rec.progress >= last })
+	last := rec.Positions()[len(got)-1]
+	rec.WaitFor(t, "Progress past the last commit", func(s *cdctest.State) bool { return s.Progress >= last })
 }
 
 func TestMinimalImageColumnsAreAbsent(t *testing.T) {
 	e := setup(t)
 	e.exec("CREATE TABLE t (id INT PRIMARY KEY, n VARCHAR(20), u INT)", "INSERT INTO t VALUES (1, 'a', 7)")
-	rec := newRecorder(e.schema)
+	rec := newRecorder(t, e.schema)
 	e.start(rec)
 	e.exec(
 		"SET SESSION binlog_row_image = 'MINIMAL'",
 		"UPDATE t SET n = 'b' WHERE id = 1",
 		"DELETE FROM t WHERE id = 1",
 	)
-	got := rec.lines(t, 2)
+	got := rec.Lines(t, 2)
 	want := []string{
 		"update t old=[id=1 n=? u=?] new=[id=? n=b u=?]",
 		"delete t old=[id=1 n=? u=?]",
@@ -404,7 +254,7 @@ func TestDDL(t *testing.T) {
 		"CREATE TABLE c (id INT PRIMARY KEY)", "CREATE TABLE d (id INT PRIMARY KEY)",
 		"CREATE TABLE e (id INT PRIMARY KEY)",
 	)
-	rec := newRecorder(e.schema)
+	rec := newRecorder(t, e.schema)
 	e.start(rec)
 	e.exec(
 		"INSERT INTO a VALUES (1)",
@@ -416,7 +266,7 @@ func TestDDL(t *testing.T) {
 		"INSERT INTO a VALUES (2, 'hi')",
 		"DROP TABLE IF EXISTS c2, `"+e.schema+"`.d2",
 	)
-	got := rec.lines(t, 7)
+	got := rec.Lines(t, 7)
 	want := []string{
 		"insert a new=[id=1]",
 		"truncate a",
@@ -434,29 +284,23 @@ func TestDDL(t *testing.T) {
 func TestAlterTableNewLayoutNewTable(t *testing.T) {
 	e := setup(t)
 	e.exec("CREATE TABLE t (id INT PRIMARY KEY)")
-	rec := newRecorder(e.schema)
+	rec := newRecorder(t, e.schema)
 	e.start(rec)
 	e.exec("INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (2)")
-	rec.lines(t, 2)
-	rec.mu.Lock()
-	first := rec.tables["t"]
-	rec.mu.Unlock()
+	rec.Lines(t, 2)
+	first := rec.Table("t")
 	e.exec("INSERT INTO t VALUES (3)")
-	rec.lines(t, 3)
-	rec.mu.Lock()
-	same := rec.tables["t"]
-	rec.mu.Unlock()
+	rec.Lines(t, 3)
+	same := rec.Table("t")
 	if same != first {
 		t.Fatal("an unchanged layout got a new *cdc.Table")
 	}
 	e.exec("ALTER TABLE t ADD COLUMN label VARCHAR(5) DEFAULT 'x'", "INSERT INTO t (id) VALUES (4)")
-	got := rec.lines(t, 4)
+	got := rec.Lines(t, 4)
 	if got[3] != "insert t new=[id=4 label=x]" {
 		t.Fatalf("after ALTER TABLE: %q", got[3])
 	}
-	rec.mu.Lock()
-	changed := rec.tables["t"]
-	rec.mu.Unlock()
+	changed := rec.Table("t")
 	if changed == first || !slices.Equal(first.Columns, []string{"id"}) {
 		t.Fatalf("ALTER TABLE: old table %v, new table %v", first, changed)
 	}
@@ -471,7 +315,7 @@ func TestTypes(t *testing.T) {
 		js JSON, en ENUM('small','large'), st SET('r','g','b'), bt BIT(5),
 		vb VARBINARY(8), bl BLOB, ch CHAR(4), fl FLOAT, db DOUBLE, nul VARCHAR(3)
 	)`)
-	rec := newRecorder(e.schema)
+	rec := newRecorder(t, e.schema)
 	e.start(rec)
 	e.exec(
 		"SET time_zone = '+05:00'",
@@ -481,7 +325,7 @@ func TestTypes(t *testing.T) {
 		'{"a": [1, "x,y"], "b": null}', 'large', 'r,b', b'10101',
 		x'00ff41', 'blob\ndata', 'ab', 1.5, 0.1, NULL)`,
 	)
-	got := rec.lines(t, 1)
+	got := rec.Lines(t, 1)
 	want := "insert v new=[id=1" +
 		" d=1234567890123456789.1234567890123456789 neg=-0.50 ub=18446744073709551615 sb=-9223372036854775808 ti=1 si=65535" +
 		` dt="2024-02-29 23:59:58.123456" dt0="2024-01-02 03:04:05" ts="2024-01-02 05:00:00.250" dd=2024-12-31 tm=-12:30:01 y=2024` +
@@ -503,7 +347,7 @@ func TestTemporalAndIntegerEdges(t *testing.T) {
 		ut TINYINT UNSIGNED, us SMALLINT UNSIGNED, um MEDIUMINT UNSIGNED, ui INT UNSIGNED, ub BIGINT UNSIGNED,
 		st TINYINT, sm MEDIUMINT, si INT
 	)`)
-	rec := newRecorder(e.schema)
+	rec := newRecorder(t, e.schema)
 	e.start(rec)
 	e.exec(
 		"SET time_zone = '-03:30', sql_mode = ''",
@@ -512,7 +356,7 @@ func TestTemporalAndIntegerEdges(t *testing.T) {
 		`INSERT INTO v VALUES (2, '0000-00-00 00:00:00.000', '1000-01-01 00:00:00.5', '0000-00-00 00:00:00', '1970-01-01 03:30:01.5', '9999-12-31 23:59:59',
 		0, 1, 2, 3, 4, 127, 8388607, 2147483647)`,
 	)
-	got := rec.lines(t, 2)
+	got := rec.Lines(t, 2)
 	want := []string{
 		`insert v new=[id=1 dt3="2024-02-29 23:59:58.123" dt1="1969-12-31 23:59:59.9" ts="2001-02-03 07:35:06" ts6="2038-01-19 03:14:07.000001" dt="0000-00-00 00:00:00"` +
 			` ut=255 us=65535 um=16777215 ui=4294967295 ub=18446744073709551615 st=-128 sm=-8388608 si=-2147483648]`,
@@ -527,56 +371,54 @@ func TestTemporalAndIntegerEdges(t *testing.T) {
 func TestRestartFromCheckpoint(t *testing.T) {
 	e := setup(t)
 	e.exec("CREATE TABLE t (id INT PRIMARY KEY)")
-	rec := newRecorder(e.schema)
+	rec := newRecorder(t, e.schema)
 	run := e.start(rec)
 	e.exec("INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (2)")
-	rec.lines(t, 2)
-	run.r.Ack(rec.commits[0].pos) // the hub accepted only the first
+	rec.Lines(t, 2)
+	run.r.Ack(rec.Snapshot().Commits[0].Pos) // the hub accepted only the first
 	if err := run.stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
 	e.exec("INSERT INTO t VALUES (3)") // while stopped
 
-	rec2 := newRecorder(e.schema)
+	rec2 := newRecorder(t, e.schema)
 	run2 := e.start(rec2)
-	if rec2.resumed[0] != rec.commits[0].pos {
-		t.Fatalf("Resumed(%d), want the acked position %d", rec2.resumed[0], rec.commits[0].pos)
+	if rec2.Snapshot().Resumed[0] != rec.Snapshot().Commits[0].Pos {
+		t.Fatalf("Resumed(%d), want the acked position %d", rec2.Snapshot().Resumed[0], rec.Snapshot().Commits[0].Pos)
 	}
 	e.exec("INSERT INTO t VALUES (4)")
-	got := rec2.lines(t, 3)
+	got := rec2.Lines(t, 3)
 	want := []string{"insert t new=[id=2]", "insert t new=[id=3]", "insert t new=[id=4]"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("after restart:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
-	if rec2.commits[0].pos != rec.commits[1].pos {
-		t.Fatalf("re-delivered at %d, first delivered at %d", rec2.commits[0].pos, rec.commits[1].pos)
+	if rec2.Snapshot().Commits[0].Pos != rec.Snapshot().Commits[1].Pos {
+		t.Fatalf("re-delivered at %d, first delivered at %d", rec2.Snapshot().Commits[0].Pos, rec.Snapshot().Commits[1].Pos)
 	}
 	// Everything acked: the next start delivers nothing old.
-	rec2.mu.Lock()
-	last := rec2.commits[2].pos
-	rec2.mu.Unlock()
+	last := rec2.Snapshot().Commits[2].Pos
 	run2.r.Ack(last)
 	if err := run2.stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	rec3 := newRecorder(e.schema)
+	rec3 := newRecorder(t, e.schema)
 	e.start(rec3)
 	e.exec("INSERT INTO t VALUES (5)")
-	if got := rec3.lines(t, 1); !slices.Equal(got, []string{"insert t new=[id=5]"}) {
+	if got := rec3.Lines(t, 1); !slices.Equal(got, []string{"insert t new=[id=5]"}) {
 		t.Fatalf("third start: %q", got)
 	}
-	if rec3.resumed[0] != last {
-		t.Fatalf("Resumed(%d), want %d", rec3.resumed[0], last)
+	if rec3.Snapshot().Resumed[0] != last {
+		t.Fatalf("Resumed(%d), want %d", rec3.Snapshot().Resumed[0], last)
 	}
 }
 
 func TestReconnectAfterKill(t *testing.T) {
 	e := setup(t)
 	e.exec("CREATE TABLE t (id INT PRIMARY KEY)")
-	rec := newRecorder(e.schema)
+	rec := newRecorder(t, e.schema)
 	e.start(rec)
 	e.exec("INSERT INTO t VALUES (1)")
-	rec.lines(t, 1)
+	rec.Lines(t, 1)
 
 	admin := e.connect()
 	killed := 0
@@ -594,25 +436,25 @@ func TestReconnectAfterKill(t *testing.T) {
 		t.Fatal("no binlog dump thread to kill")
 	}
 	e.exec("INSERT INTO t VALUES (2)", "BEGIN", "INSERT INTO t VALUES (3)", "INSERT INTO t VALUES (4)", "COMMIT")
-	got := rec.lines(t, 3)
+	got := rec.Lines(t, 3)
 	want := []string{"insert t new=[id=1]", "insert t new=[id=2]", "insert t new=[id=3] | insert t new=[id=4]"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("after KILL:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
-	if len(rec.resumed) != 1 || len(rec.lost) != 0 {
-		t.Fatalf("a reconnect is not a restart: resumed %v, lost %v", rec.resumed, rec.lost)
+	if s := rec.Snapshot(); len(s.Resumed) != 1 || len(s.Lost) != 0 {
+		t.Fatalf("a reconnect is not a restart: resumed %v, lost %v", s.Resumed, s.Lost)
 	}
 }
 
 func TestPurgedBinlogIsContinuityLoss(t *testing.T) {
 	e := setup(t)
 	e.exec("CREATE TABLE t (id INT PRIMARY KEY)")
-	rec := newRecorder(e.schema)
-	rec2 := newRecorder(e.schema)
+	rec := newRecorder(t, e.schema)
+	rec2 := newRecorder(t, e.schema)
 	run := e.start(rec)
 	e.exec("INSERT INTO t VALUES (1)")
-	rec.lines(t, 1)
-	run.r.Ack(rec.commits[0].pos)
+	rec.Lines(t, 1)
+	run.r.Ack(rec.Snapshot().Commits[0].Pos)
 	if err := run.stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -627,20 +469,19 @@ func TestPurgedBinlogIsContinuityLoss(t *testing.T) {
 	purgeTo(t, e.conn, file)
 
 	e.start(rec2)
-	rec2.waitFor(t, "Lost", func() bool { return len(rec2.lost) > 0 })
-	rec2.mu.Lock()
-	lost, resumed := slices.Clone(rec2.lost), slices.Clone(rec2.resumed)
-	rec2.mu.Unlock()
+	rec2.WaitFor(t, "Lost", func(s *cdctest.State) bool { return len(s.Lost) > 0 })
+	s2 := rec2.Snapshot()
+	lost, resumed := s2.Lost, s2.Resumed
 	if len(lost) != 1 || !strings.Contains(lost[0], "continuity lost") {
 		t.Fatalf("lost = %q, want one continuity loss", lost)
 	}
 	// Resumed once from the checkpoint (before the error) or once at the
 	// head; the last Resumed is at the head, past the purged binlog.
-	if last := resumed[len(resumed)-1]; last <= rec.commits[0].pos || uint64(last)>>32 != fileSeqOf(file) {
+	if last := resumed[len(resumed)-1]; last <= rec.Snapshot().Commits[0].Pos || uint64(last)>>32 != fileSeqOf(file) {
 		t.Fatalf("resumed %v, want the head of %s", resumed, file)
 	}
 	e.exec("INSERT INTO t VALUES (3)")
-	if got := rec2.lines(t, 1); !slices.Equal(got, []string{"insert t new=[id=3]"}) {
+	if got := rec2.Lines(t, 1); !slices.Equal(got, []string{"insert t new=[id=3]"}) {
 		t.Fatalf("after the loss: %q", got)
 	}
 }
@@ -682,7 +523,7 @@ func TestStartupCheckNamesTheFix(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	err = r.Run(ctx, newRecorder(e.schema))
+	err = r.Run(ctx, newRecorder(t, e.schema))
 	if !errors.Is(err, mysql.ErrConfig) || !strings.Contains(err.Error(), "SET GLOBAL binlog_format = 'ROW'") {
 		t.Fatalf("Run = %v, want ErrConfig naming SET GLOBAL binlog_format = 'ROW'", err)
 	}
@@ -729,7 +570,7 @@ func TestCheck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Run(ctx, newRecorder(e.schema)); !errors.Is(err, mysql.ErrConfig) || !strings.Contains(err.Error(), fix) {
+	if err := r.Run(ctx, newRecorder(t, e.schema)); !errors.Is(err, mysql.ErrConfig) || !strings.Contains(err.Error(), fix) {
 		t.Fatalf("Run with MINIMAL row images = %v, want ErrConfig naming %q", err, fix)
 	}
 }
@@ -737,12 +578,12 @@ func TestCheck(t *testing.T) {
 func TestDropDatabaseInvalidatesItsTables(t *testing.T) {
 	e := setup(t)
 	e.exec("CREATE TABLE t (id INT PRIMARY KEY)", "CREATE TABLE u (id INT PRIMARY KEY)")
-	rec := newRecorder(e.schema)
+	rec := newRecorder(t, e.schema)
 	e.start(rec)
 	e.exec("INSERT INTO t VALUES (1)", "INSERT INTO u VALUES (1)")
-	rec.lines(t, 2)
+	rec.Lines(t, 2)
 	e.exec("DROP DATABASE `" + e.schema + "`")
-	got := rec.lines(t, 3)
+	got := rec.Lines(t, 3)
 	want := []string{"insert t new=[id=1]", "insert u new=[id=1]", "truncate t | truncate u"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("commits:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -770,17 +611,17 @@ func TestLeastPrivilegeUser(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	err = r.Run(ctx, newRecorder(e.schema))
+	err = r.Run(ctx, newRecorder(t, e.schema))
 	fix := "GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO '" + user + "'@'127.0.0.1';"
 	if !errors.Is(err, mysql.ErrConfig) || !strings.Contains(err.Error(), fix) {
 		t.Fatalf("Run = %v\nwant ErrConfig naming %s", err, fix)
 	}
 
 	e.exec("GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO '" + user + "'@'127.0.0.1'")
-	rec := newRecorder(e.schema)
+	rec := newRecorder(t, e.schema)
 	e.start(rec)
 	e.exec("INSERT INTO t VALUES (1)")
-	if got := rec.lines(t, 1); !slices.Equal(got, []string{"insert t new=[id=1]"}) {
+	if got := rec.Lines(t, 1); !slices.Equal(got, []string{"insert t new=[id=1]"}) {
 		t.Fatalf("with the grants: %q", got)
 	}
 }
@@ -795,14 +636,14 @@ func TestReadTimeoutReconnects(t *testing.T) {
 	proxy := newStallProxy(t, d.Addr())
 	e.cfg.DSN = fmt.Sprintf("mysql://%s@%s/%s", d.User, proxy.addr(), d.Database)
 	e.cfg.ReadTimeout = time.Second
-	rec := newRecorder(e.schema)
+	rec := newRecorder(t, e.schema)
 	e.start(rec)
 	e.exec("INSERT INTO t VALUES (1)")
-	rec.lines(t, 1)
+	rec.Lines(t, 1)
 
 	proxy.stall() // the binlog connection goes silent, heartbeats included
 	e.exec("INSERT INTO t VALUES (2)")
-	got := rec.lines(t, 2)
+	got := rec.Lines(t, 2)
 	if want := []string{"insert t new=[id=1]", "insert t new=[id=2]"}; !slices.Equal(got, want) {
 		t.Fatalf("after the stall: %q, want %q", got, want)
 	}
@@ -814,14 +655,14 @@ func TestRetainedBytes(t *testing.T) {
 	e := setup(t)
 	e.exec("CREATE TABLE t (id INT PRIMARY KEY, pad MEDIUMTEXT)")
 	e.cfg.RetentionInterval = 50 * time.Millisecond
-	rec := newRecorder(e.schema)
+	rec := newRecorder(t, e.schema)
 	run := e.start(rec)
 	values := make([]string, 20)
 	for i := range values {
 		values[i] = fmt.Sprintf("(%d, REPEAT('x', 100000))", i+1)
 	}
 	e.exec("INSERT INTO t VALUES " + strings.Join(values, ", "))
-	rec.lines(t, 1)
+	rec.Lines(t, 1)
 	waitRetained := func(what string, ok func(int64) bool) {
 		t.Helper()
 		deadline := time.Now().Add(20 * time.Second)
@@ -837,6 +678,6 @@ func TestRetainedBytes(t *testing.T) {
 		}
 	}
 	waitRetained("at least the 2 MB written", func(n int64) bool { return n >= 2_000_000 })
-	run.r.Ack(rec.commits[0].pos)
+	run.r.Ack(rec.Snapshot().Commits[0].Pos)
 	waitRetained("almost nothing once acknowledged", func(n int64) bool { return n < 10_000 })
 }

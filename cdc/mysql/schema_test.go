@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/tagstream/tagstream/cdc"
+	"github.com/tagstream/tagstream/cdc/cdctest"
 	"github.com/tagstream/tagstream/rules"
 )
 
@@ -41,8 +42,8 @@ func TestPartitionedTable(t *testing.T) {
 		`CREATE TABLE h (id INT, k INT, PRIMARY KEY (id, k)) PARTITION BY RANGE (id) SUBPARTITION BY HASH (k) SUBPARTITIONS 2 (
 			PARTITION q0 VALUES LESS THAN (100), PARTITION q1 VALUES LESS THAN MAXVALUE)`,
 		`CREATE TABLE swap (id INT PRIMARY KEY, user_id INT)`)
-	rec := newRecorder(e.schema)
-	rec.render = tagRenderer(t, e.schema, `rules:
+	rec := newRecorder(t, e.schema)
+	rec.Render = tagRenderer(t, e.schema, `rules:
   - table: m
     tags: ["m:{id}", "user:{user_id}"]
   - table: h
@@ -60,7 +61,7 @@ func TestPartitionedTable(t *testing.T) {
 		"ALTER TABLE m DROP PARTITION pmax",
 		"ALTER TABLE m ADD PARTITION (PARTITION p2 VALUES LESS THAN (300))", // moves nothing
 		"INSERT INTO m VALUES (250, 3)")
-	got := rec.lines(t, 8)
+	got := rec.Lines(t, 8)
 	want := []string{
 		"m:1 user:7 | m:150 user:8 | m:500 user:9",
 		"m:1 m:101 user:6 user:7",
@@ -103,8 +104,8 @@ func TestSchemaChangesWhileStreaming(t *testing.T) {
 	e := setup(t)
 	e.exec("CREATE TABLE t (id INT PRIMARY KEY, a VARCHAR(10), b INT)")
 	logs := &warnLog{}
-	rec := newRecorder(e.schema)
-	rec.render = tagRenderer(t, e.schema, "rules:\n  - name: cols\n    table: t\n    tags: [\"id:{id}\", \"a:{a}\", \"b:{b}\", \"c:{c}\"]\n", slog.New(logs))
+	rec := newRecorder(t, e.schema)
+	rec.Render = tagRenderer(t, e.schema, "rules:\n  - name: cols\n    table: t\n    tags: [\"id:{id}\", \"a:{a}\", \"b:{b}\", \"c:{c}\"]\n", slog.New(logs))
 	e.start(rec)
 
 	writer := e.connect()
@@ -165,19 +166,17 @@ func TestSchemaChangesWhileStreaming(t *testing.T) {
 	<-done
 	n := count
 	e.exec("INSERT INTO t VALUES (7, 'q', 9, 8)") // after
-	rec.waitFor(t, "every row", func() bool {
+	rec.WaitFor(t, "every row", func(s *cdctest.State) bool {
 		rows := 0
-		for _, c := range rec.commits {
-			rows += len(c.lines)
+		for _, c := range s.Commits {
+			rows += len(c.Lines)
 		}
 		return rows == len(steps)+1+n
 	})
 
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
 	seen, ids := map[string]bool{}, map[string]bool{}
-	for _, c := range rec.commits {
-		for _, l := range c.lines {
+	for _, c := range rec.Snapshot().Commits {
+		for _, l := range c.Lines {
 			seen[l] = true
 			for _, tag := range strings.Fields(l) {
 				if strings.HasPrefix(tag, "id:") {

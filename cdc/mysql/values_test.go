@@ -124,9 +124,9 @@ func TestCanonicalValues(t *testing.T) {
 	}
 	e.exec("SET NAMES utf8mb4") // the labels of ENUM and SET are text too
 	e.exec("CREATE TABLE vals (id INT PRIMARY KEY, " + strings.Join(cols, ", ") + ") DEFAULT CHARSET utf8mb4")
-	rec := newRecorder(e.schema)
+	rec := newRecorder(t, e.schema)
 	var got []cdc.Value
-	rec.render = func(c *cdc.Change) string {
+	rec.Render = func(c *cdc.Change) string {
 		for _, v := range c.New {
 			got = append(got, cdc.Value{Kind: v.Kind, Text: []byte(string(v.Text))})
 		}
@@ -135,7 +135,7 @@ func TestCanonicalValues(t *testing.T) {
 	e.start(rec)
 	e.exec("SET time_zone = '+05:00', sql_mode = ''",
 		"INSERT INTO vals VALUES (1, "+strings.Join(lits, ", ")+")")
-	rec.lines(t, 1)
+	rec.Lines(t, 1)
 
 	e.exec("SET time_zone = '+00:00'")
 	set, err := rules.Parse([]byte("rules:\n  - table: vals\n    tags: [\"v:{v}\"]\n"), "rules.yaml")
