@@ -24,3 +24,17 @@ bench: deps
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
+
+# lint runs golangci-lint with .golangci.yml (gofmt included) at a pinned
+# version, installed through the Go module proxy into bin/ on first use.
+# Not part of `make test`.
+.PHONY: lint
+GOLANGCI_LINT_VERSION ?= v2.15.0
+GOLANGCI_LINT := bin/golangci-lint-$(GOLANGCI_LINT_VERSION)
+
+lint: $(GOLANGCI_LINT)
+	$(GOLANGCI_LINT) run ./...
+
+$(GOLANGCI_LINT):
+	GOBIN=$(CURDIR)/bin/.golangci-lint $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+	mv bin/.golangci-lint/golangci-lint $@
