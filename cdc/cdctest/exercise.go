@@ -234,9 +234,10 @@ func lost(t *testing.T, db DB) {
 	if stopped {
 		Start(t, db, rec)
 	}
-	rec.WaitFor(t, "Lost, then Resumed past it", func(s *State) bool {
-		return len(s.Lost) > 0 && s.Resumed[len(s.Resumed)-1] > first.Pos
-	})
+	rec.WaitFor(t, "Lost, then Resumed", (*State).ResumedAfterLost)
+	if s := rec.Snapshot(); s.Resumed[len(s.Resumed)-1] <= first.Pos {
+		t.Errorf("resumed at %v after the loss, want past the last commit %d", s.Resumed, first.Pos)
+	}
 	db.Exec(t, "INSERT INTO t VALUES (3, 'c')")
 	AssertCommits(t, rec.WaitCommits(t, 2), "insert t id=1 v=a", "insert t id=3 v=c")
 	if s := rec.Snapshot(); len(s.Lost) != 1 {

@@ -30,20 +30,24 @@ type Committed struct {
 // State is what a Recorder has received so far. WaitFor hands it to its
 // condition under the Recorder's lock; the slices must not be kept.
 type State struct {
-	Commits  []Committed
-	Resumed  []cdc.Position
-	Lost     []string
-	Progress cdc.Position
-	Begins   int
-	Drains   int
+	Commits []Committed
+	Resumed []cdc.Position
+	Lost    []string
+	// LostAfter holds, per Lost call, how many Resumed calls came before
+	// it: the source resumed after the loss once len(Resumed) exceeds it.
+	LostAfter []int
+	Progress  cdc.Position
+	Begins    int
+	Drains    int
 }
 
 // Recorder is a cdc.Handler that renders each committed transaction as text
 // lines. Its transactions keep one entry per distinct line with a count, so
 // a transaction of a million rows that render alike stays one entry.
 //
-// Commit checks what every reader owes its handler: a commit time, and
-// positions that strictly increase; a violation fails the test and stops the
+// Commit checks what every reader owes its handler: a commit time (within
+// an hour of now, which catches time zone mistakes), and positions that
+// strictly increase; a violation fails the test and stops the
 // reader. Set the options before the reader starts.
 type Recorder struct {
 	// Render turns a change into a line; nil: Render.
@@ -168,6 +172,9 @@ func (r *Recorder) Commit(_ context.Context, tx cdc.Tx, c cdc.Commit) error {
 	if c.Time.IsZero() {
 		return r.fail("commit %d without a time", c.Position)
 	}
+	if d := time.Since(c.Time); d > time.Hour || d < -time.Hour {
+		return r.fail("commit %d at %v: not within an hour of now (time zone?)", c.Position, c.Time)
+	}
 	r.mu.Lock()
 	if n := len(r.st.Commits); n > 0 && c.Position <= r.st.Commits[n-1].Pos {
 		prev := r.st.Commits[n-1].Pos
@@ -213,6 +220,7 @@ func (r *Recorder) Progress(end cdc.Position) {
 func (r *Recorder) Lost(_ context.Context, reason string) error {
 	r.mu.Lock()
 	r.st.Lost = append(r.st.Lost, reason)
+	r.st.LostAfter = append(r.st.LostAfter, len(r.st.Resumed))
 	r.mu.Unlock()
 	r.signal()
 	return nil
@@ -246,6 +254,7 @@ func (r *Recorder) Snapshot() State {
 	s.Commits = slices.Clone(s.Commits)
 	s.Resumed = slices.Clone(s.Resumed)
 	s.Lost = slices.Clone(s.Lost)
+	s.LostAfter = slices.Clone(s.LostAfter)
 	return s
 }
 
@@ -282,6 +291,12 @@ func (r *Recorder) WaitCommits(t testing.TB, n int) []Committed {
 	t.Helper()
 	r.WaitFor(t, fmt.Sprintf("%d commits", n), func(s *State) bool { return len(s.Commits) >= n })
 	return r.Snapshot().Commits
+}
+
+// ResumedAfterLost reports whether the source resumed after its last Lost.
+func (s *State) ResumedAfterLost() bool {
+	n := len(s.LostAfter)
+	return n > 0 && len(s.Resumed) > s.LostAfter[n-1]
 }
 
 // WaitResumed waits for at least n calls of Resumed and returns them all.
