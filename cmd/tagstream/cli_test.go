@@ -187,7 +187,7 @@ const explainRules = `rules:
 `
 
 // TestExplain: the tags one change produces, exact stdout, stderr and exit
-// status, as Part B "More commands" says.
+// status, as docs/cli.md "explain" says.
 func TestExplain(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "rules.yaml")
 	if err := os.WriteFile(path, []byte(explainRules), 0o644); err != nil {
