@@ -15,13 +15,20 @@ type Harness interface {
 	Setup(t *testing.T) DB
 }
 
-// DB is one scenario's database.
-type DB interface {
-	// Schema is the schema (MySQL: database) unqualified tables live in.
-	Schema() string
-	// Exec runs statements one after the other on one connection, so that
+// Session is one connection to a scenario's database.
+type Session interface {
+	// Exec runs statements one after the other on the connection, so that
 	// BEGIN … COMMIT spans them.
 	Exec(t testing.TB, stmts ...string)
+}
+
+// DB is one scenario's database; as a Session, its main connection.
+type DB interface {
+	Session
+	// Schema is the schema (MySQL: database) unqualified tables live in.
+	Schema() string
+	// Session opens another connection, closed by t's cleanup.
+	Session(t testing.TB) Session
 	// InsertSeries is one statement inserting the rows (i, 'big') into
 	// table (id, v), for i from first to first+n-1.
 	InsertSeries(table string, first, n int) string
@@ -42,6 +49,7 @@ type DB interface {
 func Exercise(t *testing.T, h Harness) {
 	t.Run("Operations", func(t *testing.T) { operations(t, h.Setup(t)) })
 	t.Run("Rollback", func(t *testing.T) { rollback(t, h.Setup(t)) })
+	t.Run("CommitOrder", func(t *testing.T) { commitOrder(t, h.Setup(t)) })
 	t.Run("LargeTransaction", func(t *testing.T) { largeTransaction(t, h.Setup(t)) })
 	t.Run("RestartResume", func(t *testing.T) { restartResume(t, h.Setup(t)) })
 	t.Run("Lost", func(t *testing.T) { lost(t, h.Setup(t)) })
@@ -171,6 +179,23 @@ func rollback(t *testing.T, db DB) {
 	db.Exec(t, "BEGIN", "INSERT INTO t VALUES (2, 'x')", "UPDATE t SET v = 'gone' WHERE id = 2", "ROLLBACK")
 	db.Exec(t, "INSERT INTO t VALUES (3, 'kept')")
 	AssertCommits(t, rec.WaitCommits(t, 1), "insert t id=3 v=kept")
+}
+
+// commitOrder: transactions arrive in commit order, not in the order they
+// began or wrote.
+func commitOrder(t *testing.T, db DB) {
+	db.Exec(t, createTable)
+	rec := newRecorder(t, db)
+	Start(t, db, rec)
+	other := db.Session(t)
+	db.Exec(t, "BEGIN", "INSERT INTO t VALUES (1, 'first begun')")
+	other.Exec(t, "BEGIN", "INSERT INTO t VALUES (2, 'second begun')")
+	db.Exec(t, "INSERT INTO t VALUES (3, 'first again')")
+	other.Exec(t, "COMMIT")
+	db.Exec(t, "COMMIT")
+	AssertCommits(t, rec.WaitCommits(t, 2),
+		"insert t id=2 v=second begun",
+		"insert t id=1 v=first begun | insert t id=3 v=first again")
 }
 
 func largeTransaction(t *testing.T, db DB) {

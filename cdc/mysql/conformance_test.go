@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/go-mysql-org/go-mysql/client"
+
 	"github.com/tagstream/tagstream/cdc"
 	"github.com/tagstream/tagstream/cdc/cdctest"
 )
@@ -24,6 +26,13 @@ type myDB struct{ e *env }
 func (d myDB) Schema() string { return d.e.schema }
 
 func (d myDB) Exec(_ testing.TB, stmts ...string) { d.e.exec(stmts...) }
+
+func (d myDB) Session(testing.TB) cdctest.Session { return mySession{d.e.connect()} }
+
+// mySession is another connection to an env's database.
+type mySession struct{ conn *client.Conn }
+
+func (s mySession) Exec(t testing.TB, stmts ...string) { t.Helper(); execOn(t, s.conn, stmts...) }
 
 // InsertSeries numbers rows by crossing a table of the ten digits with
 // itself once per decimal digit of n (no recursion limit to meet).

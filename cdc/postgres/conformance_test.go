@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/tagstream/tagstream/cdc"
 	"github.com/tagstream/tagstream/cdc/cdctest"
 )
@@ -26,6 +28,28 @@ type pgDB struct{ f *fixture }
 func (pgDB) Schema() string { return "public" }
 
 func (d pgDB) Exec(_ testing.TB, stmts ...string) { d.f.exec(stmts...) }
+
+func (d pgDB) Session(t testing.TB) cdctest.Session {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), d.f.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close(context.Background()) })
+	return pgSession{conn}
+}
+
+// pgSession is another connection to a fixture's database.
+type pgSession struct{ conn *pgx.Conn }
+
+func (s pgSession) Exec(t testing.TB, stmts ...string) {
+	t.Helper()
+	for _, q := range stmts {
+		if _, err := s.conn.Exec(context.Background(), q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+}
 
 func (pgDB) InsertSeries(table string, first, n int) string {
 	return fmt.Sprintf("INSERT INTO %s SELECT g, 'big' FROM generate_series(%d, %d) g", table, first, first+n-1)
