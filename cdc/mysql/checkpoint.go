@@ -20,7 +20,12 @@ type checkpoint struct {
 	Position cdc.Position `json:"position"`           // (file sequence << 32) | pos
 }
 
+// loadCheckpoint reads the checkpoint at path: nil when there is none, or
+// path is "" (a dry run starts at the binlog head).
 func loadCheckpoint(path string) (*checkpoint, error) {
+	if path == "" {
+		return nil, nil
+	}
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -36,8 +41,11 @@ func loadCheckpoint(path string) (*checkpoint, error) {
 }
 
 // saveCheckpoint writes cp atomically: a crash leaves the old file or the
-// new one, never a torn one.
+// new one, never a torn one. A dry run (path "") writes nothing.
 func saveCheckpoint(path string, cp *checkpoint) error {
+	if path == "" {
+		return nil
+	}
 	b, err := json.Marshal(cp)
 	if err != nil {
 		return err

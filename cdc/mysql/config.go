@@ -47,7 +47,12 @@ type Config struct {
 	// FenceTimeout bounds WaitVisible: how long it waits for the engine
 	// commit of a batch to be proven (default 1s).
 	FenceTimeout time.Duration
-	Logger       *slog.Logger
+	// DryRun (`tagstream tail`) starts at the binlog head and reads or
+	// writes no checkpoint file: it leaves nothing behind. Give it a
+	// ServerID of its own: a replica registering with another's server_id
+	// disconnects that one.
+	DryRun bool
+	Logger *slog.Logger
 }
 
 // Defaults.

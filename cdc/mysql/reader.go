@@ -78,6 +78,9 @@ func New(cfg Config) (*Reader, error) {
 		path: checkpointPath(cfg.StateDir, d),
 		wake: make(chan struct{}, 1),
 	}
+	if cfg.DryRun {
+		r.path = "" // no checkpoint read or written
+	}
 	r.fence.r = r
 	return r, nil
 }
@@ -88,7 +91,7 @@ func (r *Reader) DefaultSchema() string { return r.dsn.Database }
 // ServerID is the replica server_id the reader registers with.
 func (r *Reader) ServerID() uint32 { return r.cfg.ServerID }
 
-// CheckpointPath is the file that holds the resume point.
+// CheckpointPath is the file that holds the resume point ("" in a dry run).
 func (r *Reader) CheckpointPath() string { return r.path }
 
 // Ready reports whether the reader is streaming.

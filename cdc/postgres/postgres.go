@@ -91,6 +91,13 @@ type Config struct {
 	// FenceTimeout bounds WaitVisible: how long it waits for a fresh
 	// snapshot to see a batch of commits (default 1s).
 	FenceTimeout time.Duration
+	// Temporary makes a dry run that leaves nothing durable (`tagstream
+	// tail`): a TEMPORARY slot, dropped by the server when the connection
+	// ends, and no publication created or altered (a missing one is an
+	// ErrConfig error naming the SQL). Slot must not name an existing slot.
+	// Every reconnect starts a new slot at the server's head and reports
+	// Lost.
+	Temporary bool
 	// Logger receives operational logs (default: discarded).
 	Logger *slog.Logger
 }

@@ -128,6 +128,9 @@ func checkServer(si serverInfo) error {
 // (publish_via_partition_root), resolved by the server with the catalog as
 // it was when the row changed.
 func (r *Reader) ensurePublication(ctx context.Context, conn *pgx.Conn, version int) error {
+	if r.cfg.Temporary {
+		return r.requirePublication(ctx, conn, version)
+	}
 	pub := r.cfg.Publication
 	var allTables bool
 	err := conn.QueryRow(ctx, `SELECT puballtables FROM pg_publication WHERE pubname = $1`, pub).Scan(&allTables)
@@ -295,6 +298,9 @@ func querySlot(ctx context.Context, conn *pgx.Conn, slot string) (slotInfo, erro
 // Run was using it, means changes were lost: the handler hears Lost and the
 // slot is recreated at the server's current position.
 func (r *Reader) ensureSlot(ctx context.Context, sqlConn *pgx.Conn, repl *pgconn.PgConn, db string, h cdc.Handler) (pglogrepl.LSN, error) {
+	if r.cfg.Temporary {
+		return r.createTemporarySlot(ctx, repl, h)
+	}
 	slot := r.cfg.Slot
 	si, err := querySlot(ctx, sqlConn, slot)
 	if err != nil {

@@ -44,8 +44,8 @@ func TestConfigErrors(t *testing.T) {
 		args []string
 		want string // the whole stderr line
 	}{
-		{"no command", nil, nil, "tagstream: missing command (run, check, explain or version); see 'tagstream help'"},
-		{"unknown command", nil, []string{"nope"}, `tagstream: unknown command "nope" (run, check, explain or version); see 'tagstream help'`},
+		{"no command", nil, nil, "tagstream: missing command (run, check, explain, tail or version); see 'tagstream help'"},
+		{"unknown command", nil, []string{"nope"}, `tagstream: unknown command "nope" (run, check, explain, tail or version); see 'tagstream help'`},
 		{"unknown flag", nil, []string{"run", "--nope"}, "tagstream: tagstream run: flag provided but not defined: -nope (see 'tagstream run -h')"},
 		{"no rules", nil, []string{"run", "--db", "postgres://localhost/x"}, "tagstream: run: --rules is required (or TAGSTREAM_RULES)"},
 		{"no db", nil, []string{"run", "--rules", good}, "tagstream: --db is required (or TAGSTREAM_DB): postgres://user@host:5432/db or mysql://user:pass@host:3306/db"},
@@ -262,9 +262,9 @@ func TestExplainRulesErrors(t *testing.T) {
 	}{
 		{"no rules", nil, []string{"explain", "--table", "t", "--op", "insert"}, "tagstream: explain: --rules is required (or TAGSTREAM_RULES)\n"},
 		{"invalid rules", nil, []string{"explain", "--rules", bad, "--table", "todos", "--op", "insert"},
-			"tagstream: explain: " + bad + `:3:12: rule 1: tags[0] "todo:{id": unbalanced "{" at byte 6 (write "{{" for a literal brace) (run 'tagstream check --rules ` + bad + "' for every error)\n"},
+			"tagstream: explain: " + bad + `:3:12: rule 1: tags[0] "todo:{id": unbalanced "{" at byte 6 (write "{{" for a literal brace)` + "\n"},
 		{"rules from env", []string{"TAGSTREAM_RULES=" + bad}, []string{"explain", "--table", "todos", "--op", "insert"},
-			"tagstream: explain: " + bad + `:3:12: rule 1: tags[0] "todo:{id": unbalanced "{" at byte 6 (write "{{" for a literal brace) (run 'tagstream check --rules ` + bad + "' for every error)\n"},
+			"tagstream: explain: " + bad + `:3:12: rule 1: tags[0] "todo:{id": unbalanced "{" at byte 6 (write "{{" for a literal brace)` + "\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, stdout, stderr := runBinary(t, tc.env, tc.args...)

@@ -47,11 +47,7 @@ func runExplain(_ context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	set, err := rules.Load(*rulesPath)
 	if err != nil {
-		var perr rules.Errors
-		if errors.As(err, &perr) && len(perr) > 0 {
-			return usageErrorf("explain: %v (run 'tagstream check --rules %s' for every error)", perr[0], *rulesPath)
-		}
-		return usageErrorf("explain: %v", err)
+		return usageErrorf("explain: %s", oneLine(err))
 	}
 	byRule := rules.Compile(set, rules.Options{DefaultSchema: *schema, OldImages: oi}).EvalByRule(ch)
 	if len(byRule) == 0 {

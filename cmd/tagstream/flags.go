@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -41,9 +42,18 @@ func (u *usageOutput) Write(p []byte) (int, error) {
 	return u.w.Write(p)
 }
 
-// parseFlags parses args, turning flag errors into usage errors. It returns
+// parseFlags parses args, turning flag errors into usage errors, then gives
+// every flag not on the command line its TAGSTREAM_* variable. It returns
 // errHelp (exit 0) after printing usage for -h.
 func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	return applyEnv(fs, nil)
+}
+
+// parseArgs is parseFlags without the environment.
+func parseArgs(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			printUsage(fs)
@@ -54,7 +64,7 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	if fs.NArg() > 0 {
 		return usageErrorf("%s: unexpected argument %q (see '%s -h')", fs.Name(), fs.Arg(0), fs.Name())
 	}
-	return applyEnv(fs)
+	return nil
 }
 
 // printUsage prints fs's usage to the output newFlagSet gave it.
@@ -83,12 +93,13 @@ func envName(flagName string) string {
 
 // applyEnv gives every flag not set on the command line the value of its
 // environment variable, when that is set: flags override the environment.
-func applyEnv(fs *flag.FlagSet) error {
+// With only, just the flags named there.
+func applyEnv(fs *flag.FlagSet, only []string) error {
 	onCmdLine := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { onCmdLine[f.Name] = true })
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
-		if err != nil || onCmdLine[f.Name] {
+		if err != nil || onCmdLine[f.Name] || (only != nil && !slices.Contains(only, f.Name)) {
 			return
 		}
 		name := envName(f.Name)

@@ -28,7 +28,7 @@ func main() {
 // so tests can call it.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return usageErrorf("missing command (run, check, explain or version); see 'tagstream help'")
+		return usageErrorf("missing command (run, check, explain, tail or version); see 'tagstream help'")
 	}
 	switch args[0] {
 	case "run":
@@ -37,6 +37,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runCheck(ctx, args[1:], stdout, stderr)
 	case "explain":
 		return runExplain(ctx, args[1:], stdout, stderr)
+	case "tail":
+		return runTail(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "tagstream", version)
 		return nil
@@ -44,7 +46,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(stdout, usage)
 		return nil
 	}
-	return usageErrorf("unknown command %q (run, check, explain or version); see 'tagstream help'", args[0])
+	return usageErrorf("unknown command %q (run, check, explain, tail or version); see 'tagstream help'", args[0])
 }
 
 const usage = `tagstream turns database commits into cache invalidations over Server-Sent Events.
@@ -54,6 +56,7 @@ Usage:
   tagstream check --rules FILE [--db DSN]                 validate rules (with --db: against the database)
   tagstream explain --rules FILE --table [SCHEMA.]TABLE --op OP [--old JSON] [--new JSON] [-v]
                                                           the tags one change produces (offline)
+  tagstream tail  --db DSN --rules FILE                   print each transaction's rows and tags (a dry run)
   tagstream version
 
 Run 'tagstream COMMAND -h' for every flag of a command.

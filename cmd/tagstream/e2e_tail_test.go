@@ -1,0 +1,269 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	gomysql "github.com/go-mysql-org/go-mysql/client"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tagstream/tagstream/testcontainers"
+)
+
+// tailProc is a running `tagstream tail` process.
+type tailProc struct {
+	cmd    *exec.Cmd
+	lines  chan string // stdout, line by line; closed at EOF
+	stderr *lockedBuffer
+	done   chan struct{}
+	err    error
+}
+
+// startTail runs `tagstream tail args…` in dir with env and waits until it
+// says on stderr that it is streaming.
+func startTail(t *testing.T, dir string, env []string, args ...string) *tailProc {
+	t.Helper()
+	p := &tailProc{lines: make(chan string, 100), stderr: &lockedBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(binary, append([]string{"tail"}, args...)...)
+	p.cmd.Dir = dir
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stderr = p.stderr
+	out, err := p.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			p.lines <- sc.Text()
+		}
+		close(p.lines)
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("tagstream tail stderr:\n%s", p.stderr)
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(p.stderr.String(), "tagstream tail: streaming from position ") {
+		select {
+		case <-p.done:
+			t.Fatalf("tail exited early: %v\n%s", p.err, p.stderr)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tail not streaming within 30s\n%s", p.stderr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return p
+}
+
+var tailLine = regexp.MustCompile(`^position=([0-9]+) (rows=.*)$`)
+
+// next returns the next stdout line split into its position and the rest.
+func (p *tailProc) next(t *testing.T) (uint64, string) {
+	t.Helper()
+	select {
+	case l, ok := <-p.lines:
+		if !ok {
+			t.Fatalf("tail stdout ended: %v", p.err)
+		}
+		m := tailLine.FindStringSubmatch(l)
+		if m == nil {
+			t.Fatalf("tail printed %q", l)
+		}
+		pos, err := strconv.ParseUint(m[1], 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pos, m[2]
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no tail line within 30s\n%s", p.stderr)
+	}
+	return 0, ""
+}
+
+// interrupt sends SIGINT and asserts exit status 0 and that nothing more
+// was printed.
+func (p *tailProc) interrupt(t *testing.T) {
+	t.Helper()
+	p.cmd.Process.Signal(syscall.SIGINT)
+	var rest []string
+	for l := range p.lines {
+		rest = append(rest, l)
+	}
+	<-p.done
+	if p.err != nil || len(rest) > 0 {
+		t.Fatalf("after SIGINT: exit %v, more lines %q\n%s", p.err, rest, p.stderr)
+	}
+}
+
+// tailRules adds a table without rules to the todo schema's rules.
+const tailSchemaPG = `CREATE TABLE other (id int PRIMARY KEY);`
+
+// TestTailPostgres: tail on a temporary slot prints each transaction's
+// position, rows per table and tags; SIGINT exits 0 and no slot remains.
+func TestTailPostgres(t *testing.T) {
+	dsn, db, rulesFile := setupPG(t)
+	execSQL(t, db, tailSchemaPG)
+	ctx := context.Background()
+
+	// No publication: tail creates none, says how, exits 2.
+	code, stdout, stderr := runBinary(t, nil, "tail", "--db", dsn, "--rules", rulesFile)
+	want := `tagstream: postgres: configuration error: publication "tagstream" does not exist, and a dry run creates nothing durable: run CREATE PUBLICATION "tagstream" FOR ALL TABLES WITH (publish_via_partition_root = true); or name an existing publication (--publication)` + "\n"
+	if code != 2 || stdout != "" || stderr != want {
+		t.Fatalf("without a publication: exit %d stdout %q stderr\n got %q\nwant %q", code, stdout, stderr, want)
+	}
+	execSQL(t, db, `CREATE PUBLICATION tail_pub FOR ALL TABLES`)
+
+	p := startTail(t, t.TempDir(), nil, "--db", dsn, "--rules", rulesFile, "--publication", "tail_pub", "--temporary-slot", "tail_e2e")
+	var temporary bool
+	if err := db.QueryRow(ctx, `SELECT temporary FROM pg_replication_slots WHERE slot_name = 'tail_e2e'`).Scan(&temporary); err != nil || !temporary {
+		t.Fatalf("while tailing: slot temporary=%v err %v", temporary, err)
+	}
+
+	var last uint64
+	step := func(want string, sql ...string) {
+		t.Helper()
+		execSQL(t, db, sql...)
+		var end uint64
+		if err := db.QueryRow(ctx, `SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint`).Scan(&end); err != nil {
+			t.Fatal(err)
+		}
+		pos, rest := p.next(t)
+		if rest != want || pos <= last || pos > end {
+			t.Fatalf("after %q:\n got position=%d %s\nwant position in (%d, %d] %s", sql, pos, rest, last, end, want)
+		}
+		last = pos
+	}
+	step("rows=public.todos:1 tags=todo:42,todos,user:7:todos", `INSERT INTO todos (id, user_id, title) VALUES (42, 7, 'write tests')`)
+	step("rows=public.todos:1 tags=todo:42,todos,user:7:todos,user:9:todos", `UPDATE todos SET user_id = 9 WHERE id = 42`)
+	// The columns filter: a row changed, no tag.
+	step("rows=public.todos:1 tags=", `UPDATE todos SET updated_at = now() + interval '1 hour' WHERE id = 42`)
+	// A rolled-back transaction prints nothing; the next line is the
+	// transaction after it.
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO todos (id, user_id) VALUES (43, 7)`); err != nil {
+		t.Fatal(err)
+	}
+	tx.Rollback(ctx)
+	step("rows=public.markers:1,public.todos:2 tags=marker:1,todo:1,todo:2,todos,user:7:todos,user:8:todos",
+		`BEGIN`, `INSERT INTO todos (id, user_id) VALUES (1, 7), (2, 8)`, `INSERT INTO markers VALUES (1)`, `COMMIT`)
+	step("rows=public.other:1 tags=", `INSERT INTO other VALUES (1)`)
+	step("rows=public.todos:1 tags=todo:*,todos,user:*:todos", `TRUNCATE todos`)
+
+	p.interrupt(t)
+	// The server drops a temporary slot once its walsender has exited,
+	// which it does after the process left.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var n int
+		if err := db.QueryRow(ctx, `SELECT count(*) FROM pg_replication_slots WHERE database = current_database()`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d slot(s) remain after tail exited", n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var pubs []string
+	rows, err := db.Query(ctx, `SELECT pubname::text FROM pg_publication ORDER BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubs, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || len(pubs) != 1 || pubs[0] != "tail_pub" {
+		t.Fatalf("publications %q (%v), want only tail_pub", pubs, err)
+	}
+}
+
+// binlogPosition is the binlog head as a tagstream position:
+// (file sequence << 32) | offset.
+func binlogPosition(t *testing.T, conn *gomysql.Conn) uint64 {
+	t.Helper()
+	r, err := conn.Execute("SHOW MASTER STATUS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	file, _ := r.GetString(0, 0)
+	off, _ := r.GetUint(0, 1)
+	seq, err := strconv.ParseUint(file[strings.LastIndexByte(file, '.')+1:], 10, 64)
+	if err != nil {
+		t.Fatalf("binlog file %q: %v", file, err)
+	}
+	return seq<<32 | off
+}
+
+// TestTailMariaDB: tail from the binlog head prints each transaction with
+// its exact position; SIGINT exits 0 and no checkpoint file was written.
+func TestTailMariaDB(t *testing.T) {
+	dsn := testcontainers.MySQL(t)
+	db := mysqlConn(t, dsn)
+	execMySQL(t, db,
+		`CREATE TABLE todos (id int PRIMARY KEY, user_id int, title varchar(200) NOT NULL DEFAULT '', done tinyint(1) NOT NULL DEFAULT 0, updated_at datetime(6) NULL)`,
+		`CREATE TABLE markers (id int PRIMARY KEY)`,
+		`CREATE TABLE other (id int PRIMARY KEY)`)
+	schema := strings.TrimPrefix(dsn[strings.LastIndexByte(dsn, '/'):], "/")
+	rulesFile := filepath.Join(t.TempDir(), "rules.yaml")
+	if err := os.WriteFile(rulesFile, []byte(todoRules), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A state directory from the environment, and the working directory
+	// (default ./.tagstream): tail writes into neither.
+	work, state := t.TempDir(), t.TempDir()
+	p := startTail(t, work, []string{"TAGSTREAM_STATE_DIR=" + state, "TAGSTREAM_SERVER_ID=4242"}, "--db", dsn, "--rules", rulesFile)
+
+	step := func(want string, stmts ...string) {
+		t.Helper()
+		execMySQL(t, db, stmts...)
+		end := binlogPosition(t, db)
+		pos, rest := p.next(t)
+		want = strings.ReplaceAll(want, "DB.", schema+".")
+		if rest != want || pos != end {
+			t.Fatalf("after %q:\n got position=%d %s\nwant position=%d %s", stmts, pos, rest, end, want)
+		}
+	}
+	step("rows=DB.todos:1 tags=todo:42,todos,user:7:todos", `INSERT INTO todos (id, user_id, title) VALUES (42, 7, 'write tests')`)
+	step("rows=DB.todos:1 tags=todo:42,todos,user:7:todos,user:9:todos", `UPDATE todos SET user_id = 9 WHERE id = 42`)
+	step("rows=DB.todos:1 tags=", `UPDATE todos SET updated_at = '2026-01-01 00:00:00' WHERE id = 42`)
+	execMySQL(t, db, `BEGIN`, `INSERT INTO todos (id, user_id) VALUES (43, 7)`, `ROLLBACK`)
+	step("rows=DB.markers:1,DB.todos:2 tags=marker:1,todo:1,todo:2,todos,user:7:todos,user:8:todos",
+		`BEGIN`, `INSERT INTO todos (id, user_id) VALUES (1, 7), (2, 8)`, `INSERT INTO markers VALUES (1)`, `COMMIT`)
+	step("rows=DB.other:1 tags=", `INSERT INTO other VALUES (1)`)
+	step("rows=DB.todos:1 tags=todo:*,todos,user:*:todos", `TRUNCATE TABLE todos`)
+
+	p.interrupt(t)
+	for _, dir := range []string{work, state} {
+		entries, err := os.ReadDir(dir)
+		if err != nil || len(entries) != 0 {
+			t.Fatalf("%s after tail: %v %v, want empty", dir, entries, err)
+		}
+	}
+}
