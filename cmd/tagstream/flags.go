@@ -79,6 +79,11 @@ func printUsage(fs *flag.FlagSet) {
 	u.open = false
 }
 
+// flagAliases maps a flag's former name to the flag it sets now. An alias
+// has no environment variable of its own, and on the command line it
+// counts as its flag (it overrides that flag's variable).
+var flagAliases = map[string]string{"heartbeat-interval": "pg-heartbeat"}
+
 // envNames maps the flags whose environment variable is not simply
 // TAGSTREAM_ + the flag's name in upper case with _ for -.
 var envNames = map[string]string{"webhook": "TAGSTREAM_WEBHOOKS"}
@@ -96,14 +101,25 @@ func envName(flagName string) string {
 // With only, just the flags named there.
 func applyEnv(fs *flag.FlagSet, only []string) error {
 	onCmdLine := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { onCmdLine[f.Name] = true })
+	fs.Visit(func(f *flag.Flag) {
+		onCmdLine[f.Name] = true
+		if to, ok := flagAliases[f.Name]; ok {
+			onCmdLine[to] = true
+		}
+	})
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
-		if err != nil || onCmdLine[f.Name] || (only != nil && !slices.Contains(only, f.Name)) {
+		if _, alias := flagAliases[f.Name]; alias || err != nil || onCmdLine[f.Name] || (only != nil && !slices.Contains(only, f.Name)) {
 			return
 		}
 		name := envName(f.Name)
 		v, ok := os.LookupEnv(name)
+		for alias, to := range flagAliases {
+			if !ok && to == f.Name {
+				name = envName(alias) // the former variable, when the new one is unset
+				v, ok = os.LookupEnv(name)
+			}
+		}
 		if !ok {
 			return
 		}
@@ -121,6 +137,16 @@ func applyEnv(fs *flag.FlagSet, only []string) error {
 }
 
 var errHelp = errors.New("help shown")
+
+// runFlagSet is the flag set of `tagstream run`, bound to d, kf and ef.
+func runFlagSet(stdout io.Writer, d *instance, kf *sinkFlags, ef *edgeFlags) *flag.FlagSet {
+	fs := newFlagSet("run", stdout)
+	d.sf.register(fs)
+	d.df.register(fs)
+	kf.register(fs)
+	ef.register(fs)
+	return fs
+}
 
 // envOr returns the environment variable's value, or def when it is unset.
 func envOr(name, def string) string {

@@ -102,14 +102,12 @@ type instance struct {
 }
 
 func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("run", stdout)
-	var d instance
-	d.sf.register(fs)
-	d.df.register(fs)
-	var kf sinkFlags
-	kf.register(fs)
-	var ef edgeFlags
-	ef.register(fs)
+	var (
+		d  instance
+		kf sinkFlags
+		ef edgeFlags
+	)
+	fs := runFlagSet(stdout, &d, &kf, &ef)
 	if err := parseFlags(fs, args); err != nil {
 		if errors.Is(err, errHelp) {
 			return nil

@@ -33,7 +33,8 @@ func (sf *sourceFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&sf.slot, "slot", envOr("TAGSTREAM_SLOT", "tagstream"), "Postgres: logical replication slot, created when missing")
 	fs.StringVar(&sf.publication, "publication", envOr("TAGSTREAM_PUBLICATION", "tagstream"), "Postgres: publication, created when missing")
 	fs.StringVar(&sf.publicationTables, "publication-tables", envOr("TAGSTREAM_PUBLICATION_TABLES", "all"), "Postgres: a publication created by tagstream covers `all` tables or only the tables the rules name (rules)")
-	fs.DurationVar(&sf.pgHeartbeat, "heartbeat-interval", 0, "Postgres: emit a logical message this often so a quiet database's slot keeps advancing (0 = off)")
+	fs.DurationVar(&sf.pgHeartbeat, "pg-heartbeat", 0, "Postgres: write a logical message this often so that a quiet database's slot keeps advancing (0 = off; not the SSE --heartbeat)")
+	fs.DurationVar(&sf.pgHeartbeat, "heartbeat-interval", 0, "the former name of --pg-heartbeat")
 	fs.UintVar(&sf.serverID, "server-id", 0, "MySQL: replica server_id (default: derived from the host name, 1000..2^31)")
 	fs.StringVar(&sf.stateDir, "state-dir", envOr("TAGSTREAM_STATE_DIR", "./.tagstream"), "MySQL: directory of the checkpoint file")
 }
