@@ -26,6 +26,52 @@ type Options struct {
 	// Logger receives one warning per rule and table layout that lacks a
 	// column the rule reads (default: discarded).
 	Logger *slog.Logger
+	// Fires counts the changes that fired each rule, by name; Engines
+	// compiled with the same FireCounts (reloads) add to the same counts.
+	// nil: the Engine counts on its own.
+	Fires *FireCounts
+}
+
+// FireCounts counts, per rule (Rule.DisplayName), the changes that fired it:
+// the rule's op and columns filter let it through. Safe for concurrent use;
+// counting is one atomic add.
+type FireCounts struct {
+	mu sync.Mutex
+	m  map[string]*atomic.Uint64
+}
+
+// counter returns the count of the rule named name, creating it at 0.
+func (f *FireCounts) counter(name string) *atomic.Uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.m == nil {
+		f.m = map[string]*atomic.Uint64{}
+	}
+	c, ok := f.m[name]
+	if !ok {
+		c = new(atomic.Uint64)
+		f.m[name] = c
+	}
+	return c
+}
+
+// Each calls fn with every rule name counted (rules of every Engine
+// compiled with f, also those a reload removed) and its count, by name.
+func (f *FireCounts) Each(fn func(rule string, fires uint64)) {
+	f.mu.Lock()
+	names := make([]string, 0, len(f.m))
+	for n := range f.m {
+		names = append(names, n)
+	}
+	counts := make([]*atomic.Uint64, len(names))
+	slices.Sort(names)
+	for i, n := range names {
+		counts[i] = f.m[n]
+	}
+	f.mu.Unlock()
+	for i, n := range names {
+		fn(n, counts[i].Load())
+	}
 }
 
 // OldImages is what an update that arrives without an old image (Postgres
@@ -87,6 +133,7 @@ type Engine struct {
 
 	cache    sync.Map // *cdc.Table → *tableRules
 	cacheLen atomic.Int64
+	fires    *FireCounts
 
 	longTags, collapses, tables, missing atomic.Uint64
 }
@@ -99,7 +146,8 @@ type crule struct {
 	table     string
 	ops       uint8
 	tmpls     []*template
-	wildcards []string // every template's wildcard form
+	wildcards []string       // every template's wildcard form
+	fired     *atomic.Uint64 // changes that fired the rule (Options.Fires)
 }
 
 // tableRules are the candidate rules of one relation, with column indexes
@@ -145,7 +193,10 @@ const maxCachedTables = 4096
 // equally valid); a hand-built template that does not parse compiles to the
 // tag `*`.
 func Compile(s *Set, opts Options) *Engine {
-	e := &Engine{set: s, maxTags: opts.MaxTags, oldImages: opts.OldImages, log: opts.Logger}
+	e := &Engine{set: s, maxTags: opts.MaxTags, oldImages: opts.OldImages, log: opts.Logger, fires: opts.Fires}
+	if e.fires == nil {
+		e.fires = &FireCounts{}
+	}
 	if e.maxTags <= 0 {
 		e.maxTags = DefaultMaxTags
 	}
@@ -153,7 +204,7 @@ func Compile(s *Set, opts Options) *Engine {
 		e.log = slog.New(slog.DiscardHandler)
 	}
 	for i, r := range s.Rules {
-		c := &crule{r: r, idx: i, schema: r.Schema, table: r.Table, ops: opMask(r.On), tmpls: r.templates()}
+		c := &crule{r: r, idx: i, schema: r.Schema, table: r.Table, ops: opMask(r.On), tmpls: r.templates(), fired: e.fires.counter(r.DisplayName())}
 		if r.On == nil {
 			c.ops = opMask(allOps)
 		}
@@ -173,6 +224,9 @@ func Compile(s *Set, opts Options) *Engine {
 
 // Set returns the rules the Engine was compiled from.
 func (e *Engine) Set() *Set { return e.set }
+
+// Fires returns the per-rule fire counts (Options.Fires, or the Engine's own).
+func (e *Engine) Fires() *FireCounts { return e.fires }
 
 // Stats returns the counters; safe from any goroutine.
 func (e *Engine) Stats() Stats {
@@ -453,6 +507,7 @@ func (e *Engine) eval(dst [][]byte, c *cdc.Change, tx *Tx) [][]byte {
 		if !br.fires(c) {
 			continue
 		}
+		br.c.fired.Add(1)
 		if tx != nil {
 			tx.touch(br.c.idx)
 			if tx.collapsed {

@@ -68,3 +68,48 @@ func TestEvalByRule(t *testing.T) {
 func eqRuleTags(a, b RuleTags) bool {
 	return a.Rule == b.Rule && a.Fired == b.Fired && slices.Equal(a.Tags, b.Tags)
 }
+
+// TestFireCounts: each change that fires a rule counts once for that rule
+// (by display name); Engines compiled with the same FireCounts (a reload)
+// add to the same counts; counting allocates nothing.
+func TestFireCounts(t *testing.T) {
+	fires := &FireCounts{}
+	const yaml = `
+  - name: todo
+    table: todos
+    columns: [done]
+    tags: [todos]
+  - table: todos
+    on: [delete]
+    tags: ["gone:{id}"]
+`
+	e := mustCompile(t, yaml, Options{DefaultSchema: "public", Fires: fires})
+	tbl := &cdc.Table{Schema: "public", Name: "todos", Columns: []string{"id", "done"}}
+	ins := &cdc.Change{Table: tbl, Op: cdc.Insert, New: row(txt("1"), txt("f"))}
+	filtered := &cdc.Change{Table: tbl, Op: cdc.Update, Old: row(txt("1"), txt("f")), New: row(txt("1"), txt("f"))}
+	del := &cdc.Change{Table: tbl, Op: cdc.Delete, Old: row(txt("1"), txt("f"))}
+	tx := e.NewTx()
+	for _, c := range []*cdc.Change{ins, ins, filtered, del} {
+		tx.Add(c)
+	}
+	// A reload: the same names go on counting.
+	e2 := mustCompile(t, yaml, Options{DefaultSchema: "public", Fires: fires})
+	e2.Eval(nil, del)
+	type count struct {
+		rule  string
+		fires uint64
+	}
+	var got []count
+	fires.Each(func(rule string, n uint64) { got = append(got, count{rule, n}) })
+	want := []count{{"rule 2", 2}, {"todo", 4}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("fires %v, want %v", got, want)
+	}
+	if e2.Fires() != fires || mustCompile(t, yaml, Options{}).Fires() == nil {
+		t.Fatal("Engine.Fires")
+	}
+	var dst [][]byte
+	if allocs := testing.AllocsPerRun(100, func() { dst = e.Eval(dst[:0], del) }); allocs != 0 {
+		t.Fatalf("Eval with fire counts: %v allocs", allocs)
+	}
+}

@@ -35,6 +35,7 @@ type Reader struct {
 
 	ready   atomic.Bool
 	running atomic.Bool
+	streams atomic.Uint64 // binlog connections attempted (Reconnects)
 
 	mu          sync.Mutex
 	pending     []checkpoint // handed to the handler, not yet acknowledged, by position
@@ -96,6 +97,10 @@ func (r *Reader) CheckpointPath() string { return r.path }
 
 // Ready reports whether the reader is streaming.
 func (r *Reader) Ready() bool { return r.ready.Load() }
+
+// Reconnects counts the binlog connections attempted after the first (a
+// lost connection, a server that is down: each retry counts).
+func (r *Reader) Reconnects() uint64 { return max(r.streams.Load(), 1) - 1 }
 
 // While running, the checkpoint file trails the newest acknowledged
 // transaction by checkpointLag (sampled every checkpointTick): after a crash
@@ -438,6 +443,7 @@ func (r *Reader) syncerConfig(info *serverInfo) replication.BinlogSyncerConfig {
 // stream runs one binlog connection until it fails or ctx ends. connected
 // says whether events arrived (for the backoff).
 func (r *Reader) stream(ctx context.Context, h cdc.Handler, info *serverInfo, resumed *bool, resumeFrom cdc.Position) (connected bool, err error) {
+	r.streams.Add(1)
 	syncer := replication.NewBinlogSyncer(r.syncerConfig(info))
 	defer syncer.Close()
 	st := &r.st

@@ -108,8 +108,9 @@ type Reader struct {
 	tables []qualifiedName
 	log    *slog.Logger
 
-	acked atomic.Uint64
-	ready atomic.Bool
+	acked    atomic.Uint64
+	ready    atomic.Bool
+	sessions atomic.Uint64 // connections attempted (Reconnects)
 
 	retained      atomic.Int64 // WAL bytes the slot holds back, last read
 	retainedKnown atomic.Bool
@@ -247,6 +248,10 @@ func (r *Reader) Ack(pos cdc.Position) {
 
 // Ready reports whether the reader is streaming.
 func (r *Reader) Ready() bool { return r.ready.Load() }
+
+// Reconnects counts the connections attempted after the first (a lost
+// connection, a busy slot, a server that is down: each retry counts).
+func (r *Reader) Reconnects() uint64 { return max(r.sessions.Load(), 1) - 1 }
 
 // errHandler marks an error returned by the handler: it stops Run.
 type errHandler struct{ err error }

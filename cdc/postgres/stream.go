@@ -56,6 +56,7 @@ type session struct {
 // session runs one connection: setup, START_REPLICATION, stream. streamed
 // reports whether streaming started (the backoff resets then).
 func (r *Reader) session(ctx context.Context, h cdc.Handler) (streamed bool, err error) {
+	r.sessions.Add(1)
 	sqlConn, err := r.connectSQL(ctx)
 	if err != nil {
 		return false, err

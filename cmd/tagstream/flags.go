@@ -164,6 +164,14 @@ const (
 	dbMySQL
 )
 
+// String names the kind in metrics labels: postgres or mysql.
+func (k dbKind) String() string {
+	if k == dbMySQL {
+		return "mysql"
+	}
+	return "postgres"
+}
+
 func parseDBKind(dsn string) (dbKind, error) {
 	scheme, _, ok := strings.Cut(dsn, "://")
 	if !ok {

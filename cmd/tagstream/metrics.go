@@ -8,7 +8,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/tagstream/tagstream/cdc"
+	"github.com/tagstream/tagstream/cdc/mysql"
+	"github.com/tagstream/tagstream/cdc/postgres"
 	"github.com/tagstream/tagstream/pipeline"
+	"github.com/tagstream/tagstream/rules"
 	"github.com/tagstream/tagstream/stream"
 )
 
@@ -149,4 +153,36 @@ func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descHubDropped, hs.Dropped)
 	counter(descHubOverflows, hs.Overflows)
 	counter(descHubResets, hs.Resets)
+}
+
+var (
+	descRuleFires  = desc("tagstream_rule_fires_total", "Row changes that fired a rule (its op and columns filter let them through), by rule name (`rule N` when unnamed); counted across reloads.", "rule")
+	descReconnects = desc("tagstream_source_reconnects_total", "Connections to the database the source attempted after its first (each retry counts).", "source")
+)
+
+// reconnecter is what a source tells about its retries (both readers have it).
+type reconnecter interface{ Reconnects() uint64 }
+
+var (
+	_ reconnecter = (*postgres.Reader)(nil)
+	_ reconnecter = (*mysql.Reader)(nil)
+)
+
+// sourceCollector exposes the per-rule fire counts and the source's
+// reconnects; both are atomic counters that the collector reads.
+type sourceCollector struct {
+	fires  *rules.FireCounts
+	source cdc.Source
+	name   string // postgres or mysql
+}
+
+func (c sourceCollector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
+
+func (c sourceCollector) Collect(ch chan<- prometheus.Metric) {
+	c.fires.Each(func(rule string, n uint64) {
+		ch <- prometheus.MustNewConstMetric(descRuleFires, prometheus.CounterValue, float64(n), rule)
+	})
+	if r, ok := c.source.(reconnecter); ok {
+		ch <- prometheus.MustNewConstMetric(descReconnects, prometheus.CounterValue, float64(r.Reconnects()), c.name)
+	}
 }

@@ -157,7 +157,7 @@ func (d *instance) assemble(kf *sinkFlags) error {
 		return usageErrorf("run: --listen %s: %v", d.df.listen, err)
 	}
 	d.ln, d.closers = ln, closers
-	d.ruleOpts = rules.Options{DefaultSchema: src.defaultSchema, MaxTags: d.df.maxTxTags, OldImages: d.df.oldMode, Logger: d.log}
+	d.ruleOpts = rules.Options{DefaultSchema: src.defaultSchema, MaxTags: d.df.maxTxTags, OldImages: d.df.oldMode, Logger: d.log, Fires: &rules.FireCounts{}}
 	d.hub = stream.NewHub(d.edge.hubOptions(stream.Options{
 		ReplaySize: d.df.replaySize,
 		ReplayAge:  d.df.replayAge,
@@ -171,7 +171,8 @@ func (d *instance) assemble(kf *sinkFlags) error {
 		targets[i].ObserveDelay = d.metrics.observer(targets[i].Name)
 	}
 	d.pipe = pipeline.New(d.reader, rules.Compile(set, d.ruleOpts), targets, pipeline.Options{Logger: d.log, Fence: d.df.fence})
-	d.metrics.reg.MustRegister(statsCollector{pipe: d.pipe, hub: d.hub}, healthCollector{d.health}, accessCollector{d.hub})
+	d.metrics.reg.MustRegister(statsCollector{pipe: d.pipe, hub: d.hub}, healthCollector{d.health}, accessCollector{d.hub},
+		sourceCollector{fires: d.ruleOpts.Fires, source: d.reader, name: src.kind.String()})
 	d.srv = &http.Server{Handler: d.routes(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelWarn)}
 	d.edge.configure(d.srv)
 	sinks := make([]string, len(targets))

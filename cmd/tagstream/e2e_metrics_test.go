@@ -1,0 +1,51 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestOperabilityMetrics: /metrics of the real binary has the per-rule fire
+// counts, the source's reconnects and the replication lag gauges, under
+// these exact names and types.
+func TestOperabilityMetrics(t *testing.T) {
+	dsn, db, rulesFile := setupPG(t)
+	d := startDaemon(t, "--db", dsn, "--rules", rulesFile, "--slot", "opsmetrics", "--publication", "opsmetrics")
+	c := subscribe(t, d.base, "tags=todos,marker:*", "")
+	c.expect(t, `ready {"resumed":false}`)
+
+	execSQL(t, db, `INSERT INTO todos (id, user_id) VALUES (42, 7)`)
+	c.expect(t, "invalidate todos")
+	// The columns filter holds this update back: rule todo does not fire.
+	execSQL(t, db, `UPDATE todos SET updated_at = now() + interval '1 hour' WHERE id = 42`, `INSERT INTO markers VALUES (1)`)
+	c.expect(t, "invalidate marker:1")
+
+	body := metricsBody(t, d)
+	for _, want := range []string{
+		"# TYPE tagstream_rule_fires_total counter",
+		`tagstream_rule_fires_total{rule="marker"} 1`,
+		`tagstream_rule_fires_total{rule="todo"} 1`,
+		"# TYPE tagstream_source_reconnects_total counter",
+		`tagstream_source_reconnects_total{source="postgres"} 0`,
+		"# TYPE tagstream_replication_lag_bytes gauge",
+		"# TYPE tagstream_replication_lag_seconds gauge",
+		"# TYPE tagstream_publish_delay_seconds histogram",
+	} {
+		if !strings.Contains("\n"+body, "\n"+want+"\n") {
+			t.Errorf("/metrics lacks the line %q", want)
+		}
+	}
+	for _, name := range []string{"tagstream_replication_lag_bytes", "tagstream_replication_lag_seconds"} {
+		if v := d.metric(t, name); v < 0 {
+			t.Errorf("%s = %v", name, v)
+		}
+	}
+
+	// The server ends the replication connection: the reader connects
+	// again, and says so.
+	execSQL(t, db, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'opsmetrics'`)
+	d.waitMetric(t, `tagstream_source_reconnects_total{source="postgres"}`, func(v float64) bool { return v >= 1 })
+	execSQL(t, db, `INSERT INTO markers VALUES (2)`)
+	d.waitMetric(t, `tagstream_rule_fires_total{rule="marker"}`, func(v float64) bool { return v == 2 })
+	d.stop(t)
+}
