@@ -125,6 +125,9 @@ type Reader struct {
 	// haveSlot: this Run has seen the slot; finding it missing afterwards
 	// means it was dropped under us (continuity lost).
 	haveSlot bool
+	// lostTemporary: Lost was reported for a Temporary reader's slot that
+	// is not replaced yet.
+	lostTemporary bool
 
 	fence fence
 }

@@ -42,11 +42,13 @@ func (r *Reader) requirePublication(ctx context.Context, conn *pgx.Conn, version
 // second session cannot resume where the first stopped (its slot is gone),
 // so h hears Lost.
 func (r *Reader) createTemporarySlot(ctx context.Context, repl *pgconn.PgConn, h cdc.Handler) (pglogrepl.LSN, error) {
-	if r.haveSlot {
+	again := r.haveSlot
+	if again && !r.lostTemporary {
 		reason := fmt.Sprintf("temporary replication slot %q ended with its connection: changes since may be missing", r.cfg.Slot)
 		if err := h.Lost(ctx, reason); err != nil {
 			return 0, errHandler{fmt.Errorf("postgres: %w: %s: %w", cdc.ErrContinuityLost, reason, err)}
 		}
+		r.lostTemporary = true // once per lost slot, not per attempt to replace it
 	}
 	res, err := pglogrepl.CreateReplicationSlot(ctx, repl, r.cfg.Slot, "pgoutput",
 		pglogrepl.CreateReplicationSlotOptions{Temporary: true, Mode: pglogrepl.LogicalReplication, SnapshotAction: "NOEXPORT_SNAPSHOT"})
@@ -55,7 +57,12 @@ func (r *Reader) createTemporarySlot(ctx context.Context, repl *pgconn.PgConn, h
 		case codeInsufficientPriv:
 			return 0, fmt.Errorf("postgres: create temporary replication slot: %w: %v", ErrConfig, err)
 		case codeDuplicateObject:
-			return 0, fmt.Errorf("postgres: create temporary replication slot: %w: slot %q exists: pick another --slot", ErrConfig, r.cfg.Slot)
+			if again {
+				// The previous connection's slot: the server drops it
+				// once that walsender has exited.
+				return 0, fmt.Errorf("postgres: create temporary replication slot: the previous one is not dropped yet: %w", err)
+			}
+			return 0, fmt.Errorf("postgres: create temporary replication slot: %w: slot %q exists: pick another name", ErrConfig, r.cfg.Slot)
 		}
 		return 0, fmt.Errorf("postgres: create temporary replication slot: %w", err)
 	}
@@ -63,7 +70,7 @@ func (r *Reader) createTemporarySlot(ctx context.Context, repl *pgconn.PgConn, h
 	if err != nil {
 		return 0, fmt.Errorf("postgres: create temporary replication slot: consistent point %q: %w", res.ConsistentPoint, err)
 	}
-	r.haveSlot = true
+	r.haveSlot, r.lostTemporary = true, false
 	r.log.Info("created temporary replication slot", logSlot, r.cfg.Slot, logLSN, lsn.String())
 	return lsn, nil
 }

@@ -79,6 +79,21 @@ func startTail(t *testing.T, dir string, env []string, args ...string) *tailProc
 	return p
 }
 
+// raw returns the next stdout line as it is.
+func (p *tailProc) raw(t *testing.T) string {
+	t.Helper()
+	select {
+	case l, ok := <-p.lines:
+		if !ok {
+			t.Fatalf("tail stdout ended: %v", p.err)
+		}
+		return l
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no tail line within 30s\n%s", p.stderr)
+	}
+	return ""
+}
+
 var tailLine = regexp.MustCompile(`^position=([0-9]+) (rows=.*)$`)
 
 // next returns the next stdout line split into its position and the rest.
@@ -176,10 +191,41 @@ func TestTailPostgres(t *testing.T) {
 	step("rows=public.other:1 tags=", `INSERT INTO other VALUES (1)`)
 	step("rows=public.todos:1 tags=todo:*,todos,user:*:todos", `TRUNCATE todos`)
 
+	// A second tail cannot take a slot name in use.
+	code, stdout, stderr = runBinary(t, nil, "tail", "--db", dsn, "--rules", rulesFile, "--publication", "tail_pub", "--temporary-slot", "tail_e2e")
+	want = `tagstream: postgres: create temporary replication slot: configuration error: slot "tail_e2e" exists: pick another name` + "\n"
+	if code != 2 || stdout != "" || stderr != want {
+		t.Fatalf("same slot: exit %d stdout %q stderr\n got %q\nwant %q", code, stdout, stderr, want)
+	}
+
+	// The connection ends: its slot is gone with it, so tail says that
+	// transactions may be missing, then goes on with a new slot.
+	var pid int32
+	if err := db.QueryRow(ctx, `SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'tail_e2e'`).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	execSQL(t, db, `SELECT pg_terminate_backend(`+strconv.Itoa(int(pid))+`)`)
+	if l := p.raw(t); l != `reset reason="temporary replication slot \"tail_e2e\" ended with its connection: changes since may be missing"` {
+		t.Fatalf("after the connection ended: %q", l)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var active *int32
+		err := db.QueryRow(ctx, `SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'tail_e2e'`).Scan(&active)
+		if err == nil && active != nil && *active != pid {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no new slot within 30s (%v)", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	step("rows=public.markers:1 tags=marker:2", `INSERT INTO markers VALUES (2)`)
+
 	p.interrupt(t)
 	// The server drops a temporary slot once its walsender has exited,
 	// which it does after the process left.
-	deadline := time.Now().Add(30 * time.Second)
+	deadline = time.Now().Add(30 * time.Second)
 	for {
 		var n int
 		if err := db.QueryRow(ctx, `SELECT count(*) FROM pg_replication_slots WHERE database = current_database()`).Scan(&n); err != nil {
