@@ -1,8 +1,11 @@
 package main
 
 import (
+	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/tagstream/tagstream/testcontainers"
 )
 
 // TestOperabilityMetrics: /metrics of the real binary has the per-rule fire
@@ -47,5 +50,39 @@ func TestOperabilityMetrics(t *testing.T) {
 	d.waitMetric(t, `tagstream_source_reconnects_total{source="postgres"}`, func(v float64) bool { return v >= 1 })
 	execSQL(t, db, `INSERT INTO markers VALUES (2)`)
 	d.waitMetric(t, `tagstream_rule_fires_total{rule="marker"}`, func(v float64) bool { return v == 2 })
+	d.stop(t)
+}
+
+// TestReconnectsMetricMySQL: the binlog reader counts its reconnects under
+// source="mysql" (MariaDB too).
+func TestReconnectsMetricMySQL(t *testing.T) {
+	dsn := testcontainers.MySQL(t)
+	db := mysqlConn(t, dsn)
+	execMySQL(t, db, `CREATE TABLE markers (id int PRIMARY KEY)`)
+	rulesFile := writeFile(t, "rules.yaml", "rules:\n  - name: marker\n    table: markers\n    tags: [\"marker:{id}\"]\n")
+	d := startDaemon(t, "--db", dsn, "--rules", rulesFile, "--state-dir", t.TempDir(), "--server-id", "4343")
+	c := subscribe(t, d.base, "tags=marker:*", "")
+	c.expect(t, `ready {"resumed":false}`)
+	if v := d.metric(t, `tagstream_source_reconnects_total{source="mysql"}`); v != 0 {
+		t.Fatalf("reconnects %v before any", v)
+	}
+	// End the server side of the binlog connection of server_id 4343.
+	r, err := db.Execute(`SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	killed := 0
+	for i := 0; i < r.RowNumber(); i++ {
+		id, _ := r.GetInt(i, 0)
+		if _, err := db.Execute("KILL " + strconv.FormatInt(id, 10)); err == nil {
+			killed++
+		}
+	}
+	if killed == 0 {
+		t.Fatal("no binlog dump thread to end")
+	}
+	d.waitMetric(t, `tagstream_source_reconnects_total{source="mysql"}`, func(v float64) bool { return v >= 1 })
+	execMySQL(t, db, `INSERT INTO markers VALUES (1)`)
+	c.expect(t, "invalidate marker:1")
 	d.stop(t)
 }
