@@ -261,6 +261,9 @@ func TestExplainRulesErrors(t *testing.T) {
 		want string
 	}{
 		{"no rules", nil, []string{"explain", "--table", "t", "--op", "insert"}, "tagstream: explain: --rules is required (or TAGSTREAM_RULES)\n"},
+		// The change comes from the command line only, never the environment.
+		{"no table from env", []string{"TAGSTREAM_RULES=" + bad, "TAGSTREAM_TABLE=todos", "TAGSTREAM_OP=insert"}, []string{"explain"}, "tagstream: explain: --op is required: insert, update, delete or truncate\n"},
+		{"old-images from env", []string{"TAGSTREAM_OLD_IMAGES=some"}, []string{"explain", "--rules", bad, "--table", "todos", "--op", "insert"}, "tagstream: explain: --old-images: \"some\" is not wildcard or new-only\n"},
 		{"invalid rules", nil, []string{"explain", "--rules", bad, "--table", "todos", "--op", "insert"},
 			"tagstream: explain: " + bad + `:3:12: rule 1: tags[0] "todo:{id": unbalanced "{" at byte 6 (write "{{" for a literal brace)` + "\n"},
 		{"rules from env", []string{"TAGSTREAM_RULES=" + bad}, []string{"explain", "--table", "todos", "--op", "insert"},

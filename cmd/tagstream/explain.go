@@ -19,19 +19,23 @@ import (
 // bad flags, bad JSON, an unknown op or a table no rule names.
 func runExplain(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("explain", stdout)
-	rulesPath := fs.String("rules", envOr("TAGSTREAM_RULES", ""), "rules `FILE` (env TAGSTREAM_RULES)")
+	rulesPath := fs.String("rules", "", "rules `FILE` (env TAGSTREAM_RULES)")
 	table := fs.String("table", "", "the changed table, `[SCHEMA.]TABLE`")
 	schema := fs.String("schema", "public", "the `SCHEMA` of an unqualified --table and of the rules' unqualified tables (MySQL: the DSN's database)")
 	opName := fs.String("op", "", "the change: insert, update, delete or truncate")
 	oldJSON := fs.String("old", "", "the old row as a `JSON` object of column -> string or null; a column not listed is absent (update, delete). Omitted on an update: no old image was sent (REPLICA IDENTITY DEFAULT)")
 	newJSON := fs.String("new", "", "the new row as a `JSON` object of column -> string or null; a column not listed is absent (insert, update)")
 	key := fs.String("key", "", "comma-separated replica identity key `COLUMNS`: on an update without --old, their old values are the new ones")
-	oldImages := fs.String("old-images", "wildcard", "an update without an old image: wildcard or new-only, as for run")
+	oldImages := fs.String("old-images", "wildcard", "an update without an old image: wildcard or new-only, as for run (env TAGSTREAM_OLD_IMAGES)")
 	verbose := fs.Bool("v", false, "verbose: print each tag as its rule's name, a tab, and the tag")
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseArgs(fs, args); err != nil {
 		if errors.Is(err, errHelp) {
 			return nil
 		}
+		return err
+	}
+	// The change itself comes from the command line only.
+	if err := applyEnv(fs, []string{"rules", "old-images"}); err != nil {
 		return err
 	}
 	if *rulesPath == "" {
