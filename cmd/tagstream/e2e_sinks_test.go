@@ -227,8 +227,11 @@ func TestWebhookRetriedInOrderThenAcknowledged(t *testing.T) {
 		t.Fatalf("failures %v, want at least 3", v)
 	}
 	d.stop(t)
-	if got, want := slotLSN(t, db, "hook"), position(t, last); got != want {
-		t.Fatalf("slot confirmed %s after a clean stop, want the last delivered %s", pglogrepl.LSN(got), pglogrepl.LSN(want))
+	// At least the last delivered commit; beyond it only when the server's
+	// keepalive reported WAL past it with nothing left to deliver (the
+	// reader confirms such an end when nothing is pending).
+	if got, want := slotLSN(t, db, "hook"), position(t, last); got < want {
+		t.Fatalf("slot confirmed %s after a clean stop, want at least the last delivered %s", pglogrepl.LSN(got), pglogrepl.LSN(want))
 	}
 }
 
