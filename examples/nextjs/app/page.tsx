@@ -1,0 +1,30 @@
+import { Suspense } from 'react';
+import { connection } from 'next/server';
+import { TagstreamRefresh } from '@tagstream/client/next';
+import { getTodos } from '@/lib/todos';
+
+export default function Page() {
+  return (
+    <main>
+      <h1>Todos</h1>
+      <Suspense fallback={<p>Loading…</p>}>
+        <Todos />
+      </Suspense>
+    </main>
+  );
+}
+
+async function Todos() {
+  await connection(); // rendered per request; the data itself is cached
+  const todos = await getTodos();
+  return (
+    <>
+      <ul id="todos">
+        {todos.map((t) => (
+          <li key={t.id}>{t.title}</li>
+        ))}
+      </ul>
+      <TagstreamRefresh url={`${process.env.TAGSTREAM_URL}/events`} tags={['todos']} />
+    </>
+  );
+}
