@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -253,16 +254,37 @@ func readLines(r io.Reader) *lines {
 // expect waits for the next line and asserts it equals want.
 func (l *lines) expect(t *testing.T, p *proc, want string) {
 	t.Helper()
+	if got := l.next(t, p, want); got != want {
+		t.Fatalf("%s said %q, want %q\n%s", p.name, got, want, p.log)
+	}
+}
+
+// expectAnyOrder waits for len(want) lines and asserts they are want in
+// any order.
+func (l *lines) expectAnyOrder(t *testing.T, p *proc, want ...string) {
+	t.Helper()
+	left := slices.Clone(want)
+	for range want {
+		got := l.next(t, p, strings.Join(left, " | "))
+		i := slices.Index(left, got)
+		if i < 0 {
+			t.Fatalf("%s said %q, want one of %q\n%s", p.name, got, left, p.log)
+		}
+		left = slices.Delete(left, i, i+1)
+	}
+}
+
+func (l *lines) next(t *testing.T, p *proc, want string) string {
+	t.Helper()
 	select {
 	case got, ok := <-l.ch:
 		if !ok {
 			<-p.done
 			t.Fatalf("%s ended (%v) before %q\n%s", p.name, p.err, want, p.log)
 		}
-		if got != want {
-			t.Fatalf("%s said %q, want %q\n%s", p.name, got, want, p.log)
-		}
+		return got
 	case <-time.After(120 * time.Second):
 		t.Fatalf("%s did not say %q within 120s\n%s", p.name, want, p.log)
 	}
+	return ""
 }
