@@ -1,12 +1,16 @@
 package examples
 
 import (
+	"io"
 	"testing"
 
 	"github.com/tagstream/tagstream/testcontainers"
 )
 
 const redwoodDir = "redwood"
+
+// redwoodResetKeys are the root fields of the live queries (README.md shows them).
+const redwoodResetKeys = "Query.auctions,Query.auction"
 
 const auctionSchema = `
 CREATE TABLE auctions (id int PRIMARY KEY, title text NOT NULL);
@@ -30,7 +34,7 @@ func TestRedwood(t *testing.T) {
 	redis := testcontainers.Redis(t)
 	dsn, db, rules := postgres(t, auctionSchema, auctionRules)
 	startTagstream(t, "--db", dsn, "--rules", rules,
-		"--redis-publish", redis.URL(0), "--redis-reset-keys", "Query.auctions,Query.auction")
+		"--redis-publish", redis.URL(0), "--redis-reset-keys", redwoodResetKeys)
 
 	api := newProc("redwood api", redwoodDir, []string{"DATABASE_URL=" + dsn, "REDIS_URL=" + redis.URL(0)}, "node", "live.mjs")
 	api.cmd.Stdout = nil
@@ -39,7 +43,7 @@ func TestRedwood(t *testing.T) {
 		t.Fatal(err)
 	}
 	api.run(t)
-	said := readLines(out)
+	said := readLines(io.TeeReader(out, api.log))
 	said.expectAnyOrder(t, api, "list 1:lamp", "one 1:lamp")
 
 	// A new auction: Query.auctions and Auction:2 — the list, not auction(id: 1).

@@ -1,4 +1,4 @@
-// instrumentation.ts — each instance subscribes itself: no webhook list to keep as instances come and go
+// examples/nextjs/instrumentation.ts — each instance subscribes itself: no webhook list to keep as instances come and go
 export async function register() {
   if (process.env.NEXT_RUNTIME === 'nodejs' && process.env.TAGSTREAM_REVALIDATE_URL) {
     const { startSubscriber } = await import('@tagstream/client/next/server');

@@ -1,3 +1,4 @@
+// examples/nextjs/app/page.tsx — the live client component renders nothing and refreshes the page
 import { Suspense } from 'react';
 import { connection } from 'next/server';
 import { TagstreamRefresh } from '@tagstream/client/next';

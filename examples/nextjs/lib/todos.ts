@@ -1,3 +1,4 @@
+// examples/nextjs/lib/todos.ts — the app's data, cached until tagstream says `todos` changed
 import { cacheTag } from 'next/cache';
 import { query, type Todo } from './db';
 
