@@ -50,7 +50,7 @@ func TestREADMESnippets(t *testing.T) {
 	for _, name := range []string{
 		"clients/js/examples/browser.js", "clients/js/examples/tanstack.js", "clients/js/examples/token.js",
 		"examples/nextjs/lib/todos.ts", "examples/nextjs/app/api/tagstream/route.ts",
-		"examples/nextjs/instrumentation.ts", "examples/nextjs/app/page.tsx", "examples/redwood/live.mjs",
+		"examples/nextjs/instrumentation.ts", "examples/nextjs/app/page.tsx", "examples/nextjs/app/seen.tsx", "examples/redwood/live.mjs",
 	} {
 		if !shown[name] {
 			t.Errorf("README.md shows no snippet of %s", name)

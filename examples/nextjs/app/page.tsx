@@ -3,6 +3,7 @@ import { Suspense } from 'react';
 import { connection } from 'next/server';
 import { TagstreamRefresh } from '@tagstream/client/next';
 import { getTodos } from '@/lib/todos';
+import { Seen } from './seen';
 
 export default function Page() {
   return (
@@ -26,6 +27,7 @@ async function Todos() {
         ))}
       </ul>
       <TagstreamRefresh url={`${process.env.TAGSTREAM_URL}/events`} tags={['todos']} />
+      <Seen url={`${process.env.TAGSTREAM_URL}/events`} />
     </>
   );
 }

@@ -1,6 +1,7 @@
-// Drives Debian's Chromium (playwright-core, headless) for examples/e2e_test.go:
+// Drives Debian's Chromium (playwright-core, headless) for examples/nextjs_test.go:
 // opens the page, says "opened", waits for the text given on stdin to appear
-// in #todos WITHOUT a reload (a marker set on window survives), says "updated".
+// in #todos WITHOUT a reload (a marker set on window survives) and the hook's
+// counter, over one shared /events connection, says "updated".
 import { chromium } from 'playwright-core';
 import readline from 'node:readline';
 
@@ -14,6 +15,8 @@ const browser = await chromium.launch({
 try {
   const page = await browser.newPage();
   page.on('console', (m) => console.error(`console.${m.type()}: ${m.text()}`));
+  const streams = []; // requests to tagstream's /events: one per page, shared by both components
+  page.on('request', (r) => { if (new URL(r.url()).pathname === '/events' && r.method() === 'GET') streams.push(r.url()); });
   let loads = 0; // full document loads; router.refresh() is none
   page.on('load', () => loads++);
   await page.goto(url);
@@ -30,7 +33,10 @@ try {
   const want = await new Promise((ok) => rl.once('line', ok));
   rl.close();
   await page.locator('#todos', { hasText: want }).waitFor({ timeout: 60_000 });
+  await page.locator('#seen', { hasText: 'changes seen: 1' }).waitFor({ timeout: 60_000 });
   const marker = await page.evaluate(() => window.__marker);
+  if (streams.length !== 1) throw new Error(`want one /events connection for the page, got ${streams.length}: ${streams.join(' ')}`);
+  if (!streams[0].includes('tags=todo%3A*%2Ctodos')) throw new Error(`the shared connection watches ${streams[0]}`);
   if (marker !== 'kept' || loads !== 1) throw new Error(`the page was reloaded (marker ${marker}, ${loads} loads)`);
   console.log('updated');
 } finally {
