@@ -21,7 +21,7 @@ test: deps
 # (two instances and Chromium) and Redwood (live queries over Redis) tests.
 e2e-js: deps
 	cd clients/js && npm test
-	$(GO) test -race -count=1 -timeout 20m -v -run 'TestNextJS|TestRedwood|TestREADME' ./examples/
+	$(GO) test -race -count=1 -timeout 20m -v -run 'TestNextJS|TestRedwood|TestREADME|TestClientAgainstTagstream' ./examples/
 
 demo: deps build
 	$(GO) run ./cmd/demo --tagstream bin/tagstream --rules rules.example.yaml

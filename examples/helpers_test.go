@@ -197,10 +197,15 @@ func poll(p *proc, url, want string, limit time.Duration) error {
 func startTagstream(t *testing.T, args ...string) (*proc, string) {
 	t.Helper()
 	addr := freeAddr(t)
+	return startTagstreamOn(t, addr, args...), "http://" + addr
+}
+
+// startTagstreamOn is startTagstream listening on addr.
+func startTagstreamOn(t *testing.T, addr string, args ...string) *proc {
+	t.Helper()
 	p := start(t, "tagstream", ".", nil, tagstreamBinary(t), append([]string{"run", "--listen", addr}, args...)...)
-	base := "http://" + addr
-	p.waitHTTP(t, base+"/readyz", "")
-	return p, base
+	p.waitHTTP(t, "http://"+addr+"/readyz", "")
+	return p
 }
 
 // postgres returns a fresh database with schema applied, a connection to it
