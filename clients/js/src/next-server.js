@@ -102,7 +102,9 @@ function text(status, body) {
  * like tagstream's webhook, to its own revalidate route (revalidateTag only
  * works inside a request). Batches that pile up while a request is in flight
  * go as one union; a failing route is retried with full-jitter backoff. The
- * last id is kept in memory, so a reconnect resumes.
+ * last id is kept in memory, so a reconnect resumes. The first ready
+ * revalidates everything once (a reset with reason "subscribed"): what the
+ * server cached before its subscription was live may be stale.
  * Call it from instrumentation.ts register() (Node runtime).
  * @param {import('./next-server').SubscriberOptions} options
  * @returns {{ close(): void, client: Tagstream }}
@@ -123,11 +125,11 @@ export function startSubscriber(options) {
   const flush = async () => {
     if (sending || closed || (pending.size === 0 && !reset)) return;
     sending = true;
-    const body = reset
-      ? JSON.stringify({ reset: true, reason: reset, position })
-      : JSON.stringify({ tags: [...pending].sort(), position, ts });
-    const sent = new Set(pending);
-    const wasReset = reset;
+    const sentReset = reset; // an object: a newer reset is another one
+    const sent = new Set(pending); // a reset covers these too
+    const body = sentReset
+      ? JSON.stringify({ reset: true, reason: sentReset.reason, position })
+      : JSON.stringify({ tags: [...sent].sort(), position, ts });
     try {
       const resp = await (options.fetch ?? fetch)(revalidateUrl, {
         method: 'POST',
@@ -137,8 +139,7 @@ export function startSubscriber(options) {
       if (!resp.ok) throw new Error(`${revalidateUrl} answered ${resp.status}`);
       await resp.body?.cancel();
       for (const t of sent) pending.delete(t);
-      if (wasReset === reset) reset = null;
-      if (wasReset) pending.clear(); // everything was revalidated
+      if (reset === sentReset) reset = null;
       attempt = 0;
       sending = false;
       flush();
@@ -151,17 +152,19 @@ export function startSubscriber(options) {
     }
   };
 
+  // Without a cursor, whatever this server cached before the subscription
+  // was live may be stale: its first ready revalidates everything once.
+  let fresh = client.lastEventId === undefined;
   const unsubscribe = client.subscribe(tags, (e) => {
     if (e.type === 'invalidate') {
       for (const t of e.eventTags) pending.add(t);
       position = e.id;
       ts = e.ts;
-    } else if (e.type === 'reset') {
-      reset = e.reason || 'reset';
+    } else if (e.type === 'reset' || (e.type === 'ready' && fresh)) {
+      reset = { reason: e.type === 'reset' ? e.reason || 'reset' : 'subscribed' };
       position = e.id;
-    } else {
-      return;
     }
+    if (e.type === 'ready') fresh = false;
     flush();
   });
   return {

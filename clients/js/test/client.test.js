@@ -78,6 +78,8 @@ test('one connection for many subscribers; each gets the entries it watches', as
   t.after(() => c.close());
   const a = collector();
   const b = collector();
+  const raw = collector();
+  c.on('event', (e) => raw.push(e.event));
   c.subscribe(['todos', 'user:7:*'], (e) => a.push(e));
   c.subscribe(['todo:42'], (e) => b.push(e));
   const r = await srv.nth(0);
@@ -98,7 +100,7 @@ test('one connection for many subscribers; each gets the entries it watches', as
     { type: 'ready', resumed: false, id: '10' },
     { type: 'invalidate', tags: ['todo:42'], eventTags: ['todo:*', 'todos'], id: '11', ts: '2026-12-03T07:00:00Z' },
   ]);
-  await new Promise((ok) => setImmediate(ok));
+  assert.deepEqual(await raw.take(4), ['ready', 'invalidate', 'invalidate', 'ping']);
   assert.equal(c.lastEventId, '13');
   assert.equal(storage.m.get(`tagstream:last-event-id:${srv.url}`), '13');
   assert.equal(srv.requests.length, 1);
@@ -187,18 +189,21 @@ test('backoff: failures wait full-jitter delays; a 401 is retried with a new tok
 
 test('a silent connection is dropped after the idle timeout and resumed', async (t) => {
   const srv = await sseServer(t);
-  const c = new Tagstream({ url: srv.url, storage: null, idleTimeoutMs: 50, random: () => 0 });
+  // Every connection gets ready and then silence (no ping).
+  srv.handleAll(({ res }) => {
+    start(res);
+    frame(res, 'ready', '3', { resumed: false });
+  });
+  const c = new Tagstream({ url: srv.url, storage: null, idleTimeoutMs: 100, random: () => 0 });
   t.after(() => c.close());
-  const got = collector();
-  c.subscribe(['todos'], (e) => got.push(e));
-  const r0 = await srv.nth(0);
-  start(r0.res);
-  frame(r0.res, 'ready', '3', { resumed: false });
-  await got.take(1);
-  // No ping: the half-open connection is abandoned.
-  const r1 = await srv.nth(1);
-  assert.equal(r1.lastEventId, '3');
-  assert.ok(!r0.res.writableEnded);
+  const dropped = new Promise((ok) => c.on('status', (s) => s.state === 'waiting' && ok(s.error.message)));
+  c.subscribe(['todos'], () => {});
+  assert.equal(await dropped, 'tagstream: no data within the idle timeout');
+  // Some later connection resumes from the id the silent one delivered.
+  for (let i = 1; ; i++) {
+    const r = await srv.nth(i);
+    if (r.lastEventId === '3') break;
+  }
 });
 
 test('the tag set follows subscribers; the reconnect resumes; the stored id survives a new client', async (t) => {

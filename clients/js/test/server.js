@@ -7,6 +7,7 @@ export async function sseServer(t) {
   const waiting = [];
   const handlers = [];
   const open = new Set();
+  let fallback = null;
   const server = http.createServer((req, res) => {
     const r = { url: new URL(req.url, 'http://x'), headers: req.headers, req, res };
     r.tags = r.url.searchParams.get('tags');
@@ -14,7 +15,7 @@ export async function sseServer(t) {
     requests.push(r);
     open.add(res);
     res.on('close', () => open.delete(res));
-    const h = handlers.shift();
+    const h = handlers.shift() ?? fallback;
     if (h) h(r);
     for (const w of [...waiting]) {
       if (requests.length > w.i) {
@@ -32,6 +33,10 @@ export async function sseServer(t) {
   return {
     url: `http://127.0.0.1:${server.address().port}/events`,
     requests,
+    /** Handles every request that no scripted handler takes. */
+    handleAll(fn) {
+      fallback = fn;
+    },
     /** Scripts the next request. */
     handle(fn) {
       handlers.push(fn);
