@@ -109,4 +109,16 @@ func TestNextJS(t *testing.T) {
 		}
 	}
 	said.expect(t, browser, "updated")
+
+	// A truncate names no id: todo:* revalidates each instance's layout,
+	// which reaches getTodo(1), cached under todo:1 alone.
+	execSQL(t, db, `TRUNCATE todos`)
+	for _, p := range []struct {
+		proc *proc
+		base string
+	}{{a, baseA}, {b, baseB}} {
+		if err := poll(p.proc, p.base+"/", "first: <!-- -->none", 60e9); err != nil {
+			t.Fatalf("%s: %v\ntagstream:\n%s", p.proc.name, err, ts.log)
+		}
+	}
 }

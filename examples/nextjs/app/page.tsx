@@ -2,7 +2,7 @@
 import { Suspense } from 'react';
 import { connection } from 'next/server';
 import { TagstreamRefresh } from '@tagstream/client/next';
-import { getTodos } from '@/lib/todos';
+import { getTodo, getTodos } from '@/lib/todos';
 import { Seen } from './seen';
 
 export default function Page() {
@@ -18,7 +18,7 @@ export default function Page() {
 
 async function Todos() {
   await connection(); // rendered per request; the data itself is cached
-  const todos = await getTodos();
+  const [todos, first] = await Promise.all([getTodos(), getTodo(1)]);
   return (
     <>
       <ul id="todos">
@@ -26,6 +26,7 @@ async function Todos() {
           <li key={t.id}>{t.title}</li>
         ))}
       </ul>
+      <p id="first">first: {first?.title ?? 'none'}</p>
       <TagstreamRefresh url={`${process.env.TAGSTREAM_URL}/events`} tags={['todos']} />
       <Seen url={`${process.env.TAGSTREAM_URL}/events`} />
     </>
