@@ -1,7 +1,7 @@
 # tagstream — see README.md.
 GO ?= go
 
-.PHONY: test demo build bench deps fmt vet
+.PHONY: test e2e-js demo build bench deps fmt vet
 
 build:
 	$(GO) build -o bin/tagstream ./cmd/tagstream
@@ -10,9 +10,18 @@ build:
 deps:
 	@bash scripts/ensure-deps.sh
 
+# test runs everything: the Go packages (examples/ included: the Next.js and Redwood
+# end-to-end tests) and the JavaScript client's unit tests.
 test: deps
 	$(GO) vet ./...
+	cd clients/js && npm test
 	$(GO) test -race -count=1 -timeout 30m ./...
+
+# e2e-js runs the JavaScript side alone: the client's unit tests, then the Next.js
+# (two instances and Chromium) and Redwood (live queries over Redis) tests.
+e2e-js: deps
+	cd clients/js && npm test
+	$(GO) test -race -count=1 -timeout 20m -v -run 'TestNextJS|TestRedwood|TestREADME|TestClientAgainstTagstream' ./examples/
 
 demo: deps build
 	$(GO) run ./cmd/demo --tagstream bin/tagstream --rules rules.example.yaml

@@ -3,12 +3,23 @@
 // Redwood's RedisLiveQueryStore expects on `live-query-invalidations`
 // ("Auction:42", "Query.auctions"), and what anything that SUBSCRIBEs can
 // read.
+//
+// Redwood's store matches a published key against the keys of its live
+// queries exactly: a wildcard tag such as `Auction:*` (a change whose key
+// tagstream could not know, a truncate) reaches no query. So whenever a
+// batch holds a wildcard tag, the reset keys are published with it
+// (`--redis-reset-keys Query.auctions,…`: the keys that make every live
+// query refetch). Without reset keys a wildcard tag under-invalidates, which
+// New warns about once.
 package redispub
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -20,6 +31,9 @@ import (
 // DefaultChannel is the channel Redwood's live-query store listens on.
 const DefaultChannel = "live-query-invalidations"
 
+// NoResetKeysWarning is logged by New when no reset keys are configured.
+const NoResetKeysWarning = "redis publish: no reset keys: wildcard tags (Auction:*) and resets cannot reach Redwood live queries, which match keys exactly; set --redis-reset-keys to the keys your live queries watch (Query.auctions,…)"
+
 // ErrConfig is wrapped by configuration errors.
 var ErrConfig = errors.New("redis publish: invalid configuration")
 
@@ -27,8 +41,12 @@ var ErrConfig = errors.New("redis publish: invalid configuration")
 type Config struct {
 	URL     string // redis://[user:pass@]host:port[/db] (rediss:// for TLS)
 	Channel string // default DefaultChannel
-	// ResetKeys are published when continuity is lost (nothing when empty).
+	// ResetKeys are published when continuity is lost, and with every
+	// batch that holds a wildcard tag (nothing when empty).
 	ResetKeys []string
+	// Logger receives the warning that, without ResetKeys, wildcard tags
+	// and resets reach no Redwood live query (nil: no warning).
+	Logger *slog.Logger
 	// Timeout bounds each round trip (default 5 s).
 	Timeout time.Duration
 }
@@ -60,6 +78,9 @@ func New(cfg Config) (*Sink, error) {
 	opts.ReadTimeout = cfg.Timeout
 	opts.WriteTimeout = cfg.Timeout
 	opts.PoolSize = 2
+	if len(cfg.ResetKeys) == 0 && cfg.Logger != nil {
+		cfg.Logger.Warn(NoResetKeysWarning, "channel", cfg.Channel)
+	}
 	return &Sink{cfg: cfg, client: redis.NewClient(opts), target: opts.Addr}, nil
 }
 
@@ -67,9 +88,25 @@ func New(cfg Config) (*Sink, error) {
 func (s *Sink) String() string { return "redis " + s.target }
 
 // Deliver publishes the union of the batch's tags in one pipelined round
-// trip; Redis has accepted them when it returns nil.
+// trip, and the reset keys too when a tag is a wildcard; Redis has accepted
+// them when it returns nil.
 func (s *Sink) Deliver(ctx context.Context, batch []sink.Txn) error {
-	return s.publish(ctx, sink.Union(batch))
+	return s.publish(ctx, s.withResetKeys(sink.Union(batch)))
+}
+
+// withResetKeys appends the reset keys tags lacks when one of tags is a
+// wildcard. tags may be shared: a new slice is returned.
+func (s *Sink) withResetKeys(tags []string) []string {
+	if len(s.cfg.ResetKeys) == 0 || !slices.ContainsFunc(tags, func(t string) bool { return strings.Contains(t, "*") }) {
+		return tags
+	}
+	out := slices.Clip(tags)
+	for _, k := range s.cfg.ResetKeys {
+		if !slices.Contains(tags, k) && !slices.Contains(out[len(tags):], k) {
+			out = append(out, k)
+		}
+	}
+	return out
 }
 
 // Reset publishes every reset key.

@@ -3,6 +3,7 @@ package redispub
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -111,5 +112,57 @@ func TestConfigError(t *testing.T) {
 	_, err := New(Config{URL: "http://localhost:6379"})
 	if !errors.Is(err, ErrConfig) || err.Error() != "redis publish: invalid configuration: want redis://[user:pass@]host:port[/db]: redis: invalid URL scheme: http" {
 		t.Fatalf("error %v", err)
+	}
+}
+
+// TestWildcardPublishesResetKeys: Redwood matches keys exactly, so a batch
+// with a wildcard tag also publishes the reset keys (once each, after the
+// tags), and one without a wildcard does not.
+func TestWildcardPublishesResetKeys(t *testing.T) {
+	srv := testcontainers.Redis(t)
+	next := subscribe(t, srv.URL(0), DefaultChannel)
+	var logs strings.Builder
+	s, err := New(Config{URL: srv.URL(0), ResetKeys: []string{"Query.auctions", "Query.bids"},
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	shared := []string{"Auction:*", "Query.auctions"}
+	if err := s.Deliver(ctx, []sink.Txn{{Position: 1, Time: time.Now(), Tags: shared}}); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := next(3), []string{"Auction:*", "Query.auctions", "Query.bids"}; !slices.Equal(got, want) {
+		t.Fatalf("published %q, want %q", got, want)
+	}
+	if !slices.Equal(shared, []string{"Auction:*", "Query.auctions"}) {
+		t.Fatalf("the batch's shared tags were changed: %q", shared)
+	}
+	if err := s.Deliver(ctx, []sink.Txn{{Position: 2, Time: time.Now(), Tags: []string{"Bid:7"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := next(1), []string{"Bid:7"}; !slices.Equal(got, want) {
+		t.Fatalf("published %q, want %q", got, want)
+	}
+	if logs.Len() != 0 {
+		t.Fatalf("logged with reset keys: %s", logs.String())
+	}
+
+	// Without reset keys: the wildcard as it is, and the warning once, at New.
+	logs.Reset()
+	s2, err := New(Config{URL: srv.URL(0), Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if err := s2.Deliver(ctx, []sink.Txn{{Position: 3, Time: time.Now(), Tags: []string{"Auction:*"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := next(1), []string{"Auction:*"}; !slices.Equal(got, want) {
+		t.Fatalf("published %q, want %q", got, want)
+	}
+	if n := strings.Count(logs.String(), "level=WARN"); n != 1 || !strings.Contains(logs.String(), "--redis-reset-keys") {
+		t.Fatalf("want one warning naming --redis-reset-keys, got:\n%s", logs.String())
 	}
 }

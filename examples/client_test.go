@@ -1,0 +1,53 @@
+package examples
+
+import (
+	"io"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestClientAgainstTagstream: @tagstream/client against the real binary.
+// An unparseable cursor (a stored id from who knows where) gets reset and
+// ready resumed:false; after a restart of tagstream the client reconnects
+// with its last id, resumes (no reset) and receives the change it missed.
+func TestClientAgainstTagstream(t *testing.T) {
+	need(t, "node", "to run @tagstream/client")
+	dsn, db, rules := postgres(t, todoSchema, todoRules)
+	addr := freeAddr(t)
+	args := []string{"--db", dsn, "--rules", rules}
+	ts := startTagstreamOn(t, addr, args...)
+
+	c := newProc("client", "../clients/js", nil, "node", "test/live/follow.mjs", "http://"+addr+"/events", "not-a-position")
+	c.cmd.Stdout = nil
+	out, err := c.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.run(t)
+	said := readLines(io.TeeReader(out, c.log))
+	said.expect(t, c, "reset")
+	said.expect(t, c, "ready false")
+	execSQL(t, db, `INSERT INTO todos (id, title) VALUES (2, 'two')`)
+	said.expect(t, c, "invalidate todos,todo:*")
+
+	ts.stop(t)
+	execSQL(t, db, `INSERT INTO todos (id, title) VALUES (3, 'three')`)
+	startTagstreamOn(t, addr, args...)
+	// Replayed before ready, or streamed live just after it: no reset either way.
+	said.expectAnyOrder(t, c, "invalidate todos,todo:*", "ready true")
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (p *proc) stop(t *testing.T) {
+	t.Helper()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s did not stop within 30s\n%s", p.name, p.log)
+	}
+	if p.err != nil {
+		t.Fatalf("%s exit: %v\n%s", p.name, p.err, p.log)
+	}
+}
