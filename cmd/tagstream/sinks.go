@@ -95,12 +95,9 @@ func (f *sinkFlags) build(log *slog.Logger) ([]pipeline.Target, []io.Closer, err
 	var closers []io.Closer
 	if f.redisURL != "" {
 		keys := splitList(f.redisResetKeys)
-		s, err := redispub.New(redispub.Config{URL: f.redisURL, Channel: f.redisChannel, ResetKeys: keys})
+		s, err := redispub.New(redispub.Config{URL: f.redisURL, Channel: f.redisChannel, ResetKeys: keys, Logger: log})
 		if err != nil {
 			return nil, nil, usageErrorf("--redis-publish: %s", strings.TrimPrefix(err.Error(), redispub.ErrConfig.Error()+": "))
-		}
-		if len(keys) == 0 {
-			log.Warn("--redis-reset-keys is empty: when continuity is lost, Redis subscribers are not told (set the keys your live queries watch, e.g. Query.auctions)")
 		}
 		targets = append(targets, pipeline.Target{Name: s.String(), Sink: s, GiveUp: f.redisGiveUp})
 		closers = append(closers, s)
