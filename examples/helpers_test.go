@@ -72,7 +72,7 @@ func tagstreamBinary(t *testing.T) string {
 		binary = filepath.Join(dir, "tagstream")
 		out, err := exec.Command("go", "build", "-o", binary, "../cmd/tagstream").CombinedOutput()
 		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+			buildErr = fmt.Errorf("go build: %w\n%s", err, out)
 		}
 	})
 	if buildErr != nil {
@@ -172,7 +172,7 @@ func poll(p *proc, url, want string, limit time.Duration) error {
 	for {
 		select {
 		case <-p.done:
-			return fmt.Errorf("exited: %v", p.err)
+			return fmt.Errorf("exited: %w", p.err)
 		default:
 		}
 		resp, err := client.Get(url)

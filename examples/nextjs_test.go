@@ -39,7 +39,7 @@ func nextBuild(t *testing.T) {
 		cmd.Dir = nextDir
 		cmd.Env = append(os.Environ(), "NEXT_TELEMETRY_DISABLED=1")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			nextBuildErr = fmt.Errorf("next build: %v\n%s", err, out)
+			nextBuildErr = fmt.Errorf("next build: %w\n%s", err, out)
 		}
 	})
 	if nextBuildErr != nil {

@@ -2,6 +2,7 @@ package rules
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"strings"
 	"testing"
@@ -36,8 +37,8 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("Parse returned set %v and error %v", s, err)
 		}
 		if err != nil {
-			errs, ok := err.(Errors)
-			if !ok || len(errs) == 0 {
+			var errs Errors
+			if !errors.As(err, &errs) || len(errs) == 0 {
 				t.Fatalf("error %T %v is not a non-empty Errors", err, err)
 			}
 			for _, e := range errs {

@@ -143,7 +143,7 @@ func (p *parser) parse(data []byte) *Set {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			p.errs = append(p.errs, &Error{File: p.file, Line: 1, Column: 1, Msg: `rules: missing (the file is empty; want a top-level "rules:" list)`})
 		} else {
 			p.syntaxError(err)
@@ -153,7 +153,7 @@ func (p *parser) parse(data []byte) *Set {
 	var extra yaml.Node
 	if err := dec.Decode(&extra); err == nil {
 		p.errorf(&extra, "", "only one YAML document is allowed")
-	} else if err != io.EOF {
+	} else if !errors.Is(err, io.EOF) {
 		p.syntaxError(err)
 	}
 

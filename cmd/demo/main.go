@@ -125,6 +125,31 @@ func demo(ctx context.Context, log *slog.Logger, listen, bin, rulesPath string) 
 		}
 	}()
 
+	mux := routes(pool, daemonAddr)
+
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	log.Info("demo ready: open the page, add, toggle and delete todos, watch the events", "url", "http://"+ln.Addr().String()+"/")
+
+	select {
+	case <-ctx.Done():
+	case err := <-daemonDone:
+		daemonDone <- err
+		return fmt.Errorf("tagstream exited: %w", err)
+	}
+	shut, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	srv.Shutdown(shut)
+	return nil
+}
+
+// routes serves the page and the todo API, and passes /events and /readyz
+// through to the daemon.
+func routes(pool *pgxpool.Pool, daemonAddr string) *http.ServeMux {
 	target := &url.URL{Scheme: "http", Host: daemonAddr}
 	proxy := httputil.NewSingleHostReverseProxy(target)
 	proxy.FlushInterval = -1 // SSE: pass every event through at once
@@ -143,25 +168,7 @@ func demo(ctx context.Context, log *slog.Logger, listen, bin, rulesPath string) 
 	mux.HandleFunc("POST /api/todos/{id}/move", api.move)
 	mux.HandleFunc("DELETE /api/todos/{id}", api.remove)
 	mux.HandleFunc("POST /api/truncate", api.truncate)
-
-	ln, err := net.Listen("tcp", listen)
-	if err != nil {
-		return err
-	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln)
-	log.Info("demo ready: open the page, add, toggle and delete todos, watch the events", "url", "http://"+ln.Addr().String()+"/")
-
-	select {
-	case <-ctx.Done():
-	case err := <-daemonDone:
-		daemonDone <- err
-		return fmt.Errorf("tagstream exited: %v", err)
-	}
-	shut, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	srv.Shutdown(shut)
-	return nil
+	return mux
 }
 
 func freeAddr() (string, error) {

@@ -64,7 +64,7 @@ var _ sink.Sink = (*Sink)(nil)
 func New(cfg Config) (*Sink, error) {
 	opts, err := redis.ParseURL(cfg.URL)
 	if err != nil {
-		return nil, fmt.Errorf("%w: want redis://[user:pass@]host:port[/db]: %v", ErrConfig, err)
+		return nil, fmt.Errorf("%w: want redis://[user:pass@]host:port[/db]: %w", ErrConfig, err)
 	}
 	if cfg.Channel == "" {
 		cfg.Channel = DefaultChannel

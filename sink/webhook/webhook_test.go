@@ -209,7 +209,7 @@ func TestVerify(t *testing.T) {
 		{"v1=abc", body, at, ErrNoSignature},
 		{"t=1700000000", body, at, ErrNoSignature},
 	} {
-		if err := Verify(secret, c.header, c.body, c.now, 5*time.Minute); err != c.want {
+		if err := Verify(secret, c.header, c.body, c.now, 5*time.Minute); !errors.Is(err, c.want) {
 			t.Errorf("Verify(%q, %s, %v) = %v, want %v", c.header, c.body, c.now.Sub(at), err, c.want)
 		}
 	}
