@@ -116,7 +116,9 @@ type Pipeline struct {
 
 var _ cdc.Handler = (*Pipeline)(nil)
 
-// New starts a pipeline from src through engine to the targets.
+// New starts a pipeline from src through engine to the targets. engine may
+// be nil when the source commits transactions already tagged (an edge node
+// reading the broker): Begin is then not to be called.
 func New(src cdc.Source, engine *rules.Engine, targets []Target, opts Options) *Pipeline {
 	log := opts.Logger
 	if log == nil {
@@ -176,6 +178,9 @@ func withDefaults(t Target) Target {
 // the engine they began with.
 func (p *Pipeline) SetEngine(e *rules.Engine) {
 	old := p.engine.Swap(e)
+	if old == nil {
+		return
+	}
 	p.rulesMu.Lock()
 	st := old.Stats()
 	p.rulesBase.LongTags += st.LongTags
@@ -188,7 +193,10 @@ func (p *Pipeline) SetEngine(e *rules.Engine) {
 func (p *Pipeline) RulesStats() rules.Stats {
 	p.rulesMu.Lock()
 	defer p.rulesMu.Unlock()
-	st := p.engine.Load().Stats()
+	var st rules.Stats
+	if e := p.engine.Load(); e != nil {
+		st = e.Stats()
+	}
 	st.LongTags += p.rulesBase.LongTags
 	st.Collapses += p.rulesBase.Collapses
 	return st
@@ -219,6 +227,9 @@ func (p *Pipeline) Begin() cdc.Tx { return p.engine.Load().NewTx() }
 // every sink has accepted it. A position handed over before (a source
 // re-reading after a reconnect) is dropped: it is already on its way.
 func (p *Pipeline) Commit(ctx context.Context, tx cdc.Tx, c cdc.Commit) error {
+	if err := p.ctx.Err(); err != nil {
+		return err
+	}
 	if c.Position <= p.handed {
 		p.duplicates.Add(1)
 		return nil
@@ -311,12 +322,25 @@ func (p *Pipeline) Drain(ctx context.Context) {
 		}
 		select {
 		case <-p.ackSig:
+		case <-p.ctx.Done():
+			return // abandoned or closed: nothing more will be accepted
 		case <-ctx.Done():
 			p.log.Warn("stopping before every sink accepted what it was handed; it is read again at the next start",
 				"handed", p.handedA.Load(), "acknowledged", p.lastAck)
 			return
 		}
 	}
+}
+
+// Abandon stops delivering at once: what the sinks have not accepted is
+// dropped (never acknowledged), Drain returns without waiting and Commit
+// fails. A writer that lost its lease on the broker calls it, so that it
+// neither waits for appends that are refused nor holds the source; another
+// process reads the dropped transactions again from the database's
+// acknowledged position. Close is still to be called.
+func (p *Pipeline) Abandon() {
+	p.log.Warn("abandoning the transactions in flight: they are read again by whoever streams next")
+	p.cancel()
 }
 
 // Close stops the fence and the sinks' goroutines. Call it after the

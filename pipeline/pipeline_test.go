@@ -402,3 +402,52 @@ func TestDrainWaitsForEverySink(t *testing.T) {
 		}
 	})
 }
+
+// TestAbandonDropsWhatIsInFlight: a writer that lost its broker lease
+// abandons: Drain returns at once, nothing more is accepted or
+// acknowledged, and Commit fails.
+func TestAbandonDropsWhatIsInFlight(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := &source{}
+		fast := &recorder{}
+		refused := &recorder{failOn: func() bool { return true }}
+		p := newPipeline(t, src, Options{}, Target{Name: "sse", Sink: fast}, Target{Name: "broker", Sink: refused})
+		p.Resumed(1)
+		mustCommit(t, p, 2, "a")
+		mustCommit(t, p, 3, "b")
+		synctest.Wait()
+		p.Abandon()
+		p.Drain(context.Background()) // returns: the sinks are stopped
+		if got := src.ackedPos(); got != 0 {
+			t.Fatalf("acknowledged %d although the broker accepted nothing", got)
+		}
+		if err := p.Commit(context.Background(), tx{"c"}, commit(4)); !errors.Is(err, context.Canceled) {
+			t.Fatalf("commit after Abandon: %v, want context.Canceled", err)
+		}
+		if want := []string{"floor@1", "2[a]", "3[b]"}; !slices.Equal(fast.got(), want) {
+			t.Fatalf("the hub got %q, want %q", fast.got(), want)
+		}
+	})
+}
+
+// TestNilEngineForTaggedCommits: a source that commits transactions
+// already tagged (an edge reading the broker) needs no rules.
+func TestNilEngineForTaggedCommits(t *testing.T) {
+	src := &source{}
+	rec := &recorder{}
+	p := New(src, nil, []Target{{Name: "sse", Sink: rec}}, Options{})
+	defer p.Close()
+	p.Resumed(5)
+	mustCommit(t, p, 6, "x")
+	p.Drain(context.Background())
+	if got := src.ackedPos(); got != 6 {
+		t.Fatalf("acknowledged %d, want 6", got)
+	}
+	if st := p.RulesStats(); st.LongTags != 0 || st.Collapses != 0 {
+		t.Fatalf("rules stats without rules: %+v", st)
+	}
+	p.SetEngine(rules.Compile(&rules.Set{}, rules.Options{}))
+	if want := []string{"floor@5", "6[x]"}; !slices.Equal(rec.got(), want) {
+		t.Fatalf("got %q, want %q", rec.got(), want)
+	}
+}
