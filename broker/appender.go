@@ -129,10 +129,20 @@ func NewAppender(cfg AppenderConfig) (*Appender, error) {
 // String names the sink in logs and metrics.
 func (a *Appender) String() string { return "broker " + a.target }
 
-// Resumed records the position the source resumed from: it is appended as
-// a floor entry before the next batch (skipped when the stream is already
-// past it, as after a takeover).
-func (a *Appender) Resumed(pos cdc.Position) { a.floor, a.hasFloor = pos, true }
+// Resumed appends the position the source resumed from as a floor entry
+// (skipped when the stream is already past it, as after a takeover), so
+// that edges judge cursors by it before the first transaction arrives.
+// When the broker does not take it now, it goes before the next batch.
+func (a *Appender) Resumed(pos cdc.Position) {
+	a.floor, a.hasFloor = pos, true
+	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.Timeout)
+	defer cancel()
+	if err := a.append(ctx, []any{entryID(pos), kindFloor, now(), "", ""}); err != nil {
+		a.log.Warn("broker: appending the floor failed; it goes with the next transaction", logErr, err)
+		return
+	}
+	a.hasFloor = false
+}
 
 // Deliver appends the batch.
 func (a *Appender) Deliver(ctx context.Context, batch []sink.Txn) error {

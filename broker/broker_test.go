@@ -305,3 +305,32 @@ func TestGapResets(t *testing.T) {
 		t.Fatalf("stream %q, want %q", got, want)
 	}
 }
+
+// TestKeepSurvivesBrokerRestart: the holder takes a vanished lease back and
+// goes on renewing it.
+func TestKeepSurvivesBrokerRestart(t *testing.T) {
+	b := setup(t)
+	l, _ := b.writer(t, 600*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	kept := make(chan error, 1)
+	go func() { kept <- l.Keep(ctx) }()
+	if err := b.rs.Restart(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// Wait for the lease to be back, then for three TTLs of renewals.
+	for b.admin.Get(context.Background(), DefaultStream+":lease").Val() != l.Token() {
+		time.Sleep(20 * time.Millisecond)
+	}
+	select {
+	case err := <-kept:
+		t.Fatalf("Keep returned %v after the broker restarted", err)
+	case <-time.After(1800 * time.Millisecond):
+	}
+	if got := b.admin.Get(context.Background(), DefaultStream+":lease").Val(); got != l.Token() {
+		t.Fatalf("lease %q, want %q", got, l.Token())
+	}
+	cancel()
+	if err := <-kept; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -161,6 +161,7 @@ func (l *Lease) Keep(ctx context.Context) error {
 			if n == 2 {
 				l.log.Warn("broker: the lease had vanished (the broker restarted empty?); taken back", logToken, tok)
 			}
+			l.log.Debug("broker: lease renewed", logToken, tok, "took", time.Since(sent))
 			lastOK = sent
 		}
 	}

@@ -90,8 +90,15 @@ func startDaemon(t *testing.T, args ...string) *daemon {
 // startDaemonOn is startDaemon listening on addr.
 func startDaemonOn(t *testing.T, addr string, args ...string) *daemon {
 	t.Helper()
+	return launch(t, "run", addr, (*daemon).ready, args...)
+}
+
+// launch runs `tagstream sub --listen addr args…` and waits until up says
+// so (it is asked every 50 ms for 30 s).
+func launch(t *testing.T, sub, addr string, up func(*daemon) bool, args ...string) *daemon {
+	t.Helper()
 	d := &daemon{base: "http://" + addr, stderr: &lockedBuffer{}, done: make(chan struct{})}
-	d.cmd = exec.Command(binary, append([]string{"run", "--listen", addr, "--log-level", "debug"}, args...)...)
+	d.cmd = exec.Command(binary, append([]string{sub, "--listen", addr, "--log-level", "debug"}, args...)...)
 	d.cmd.Stderr = d.stderr
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -105,28 +112,32 @@ func startDaemonOn(t *testing.T, addr string, args ...string) *daemon {
 			<-d.done
 		}
 		if t.Failed() {
-			t.Logf("tagstream stderr:\n%s", d.stderr)
+			t.Logf("tagstream %s stderr:\n%s", sub, d.stderr)
 		}
 	})
 	deadline := time.Now().Add(30 * time.Second)
-	for {
+	for !up(d) {
 		select {
 		case <-d.done:
 			t.Fatalf("tagstream exited early: %v\n%s", d.err, d.stderr)
 		default:
 		}
-		resp, err := http.Get(d.base + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return d
-			}
-		}
 		if time.Now().After(deadline) {
-			t.Fatalf("tagstream not ready within 30s\n%s", d.stderr)
+			t.Fatalf("tagstream %s not up within 30s\n%s", sub, d.stderr)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	return d
+}
+
+// ready reports whether /readyz answers 200.
+func (d *daemon) ready() bool {
+	resp, err := http.Get(d.base + "/readyz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
 }
 
 // stop sends SIGTERM and asserts a clean exit.

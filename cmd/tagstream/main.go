@@ -33,6 +33,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "run":
 		return runDaemon(ctx, args[1:], stdout, stderr)
+	case "serve":
+		return runServe(ctx, args[1:], stdout, stderr)
 	case "check":
 		return runCheck(ctx, args[1:], stdout, stderr)
 	case "explain":
@@ -53,6 +55,7 @@ const usage = `tagstream turns database commits into cache invalidations over Se
 
 Usage:
   tagstream run   --db DSN --rules FILE [--listen ADDR]   run the daemon
+  tagstream serve --broker URL [--listen ADDR]            an edge node: /events from the broker, no database
   tagstream check --rules FILE [--db DSN]                 validate rules (with --db: against the database)
   tagstream explain --rules FILE --table [SCHEMA.]TABLE --op OP [--old JSON] [--new JSON] [-v]
                                                           the tags one change produces (offline)

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tagstream/tagstream/broker"
 	"github.com/tagstream/tagstream/cdc"
 	"github.com/tagstream/tagstream/pipeline"
 	"github.com/tagstream/tagstream/rules"
@@ -42,34 +43,36 @@ type daemonFlags struct {
 
 func (df *daemonFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&df.rules, "rules", "", "rules `FILE` (env TAGSTREAM_RULES); reloaded on SIGHUP and when it changes")
+	df.registerServing(fs)
+	fs.IntVar(&df.maxTxTags, "max-tx-tags", 4096, "distinct tags per transaction before it collapses to its rules' wildcard forms")
+	fs.DurationVar(&df.rulesPoll, "rules-poll", 2*time.Second, "how often the rules file is checked for changes (0 = only on SIGHUP)")
+	fs.BoolVar(&df.fence, "visibility-fence", true, "hand a transaction's tags out only once a fresh read on the database sees its commit")
+	fs.DurationVar(&df.fenceWait, "visibility-fence-timeout", time.Second, "longest wait for the database to prove a batch of commits visible; then it is published anyway and counted")
+	fs.StringVar(&df.oldImages, "old-images", "wildcard", "an update the database sends without its old row (Postgres REPLICA IDENTITY DEFAULT): `wildcard` (the old row's unknown values become *) or new-only (the old side is skipped)")
+}
+
+// registerServing registers the flags of whatever serves /events, run and
+// serve alike: the listener, the hub's and the log's.
+func (df *daemonFlags) registerServing(fs *flag.FlagSet) {
 	fs.StringVar(&df.listen, "listen", "127.0.0.1:8080", "HTTP listen `ADDR` for /events, /healthz, /readyz, /metrics (env TAGSTREAM_LISTEN)")
 	fs.DurationVar(&df.heartbeat, "heartbeat", 15*time.Second, "interval of SSE `ping` events")
 	fs.IntVar(&df.replaySize, "replay-size", 10000, "replay window: most events kept for resuming clients")
 	fs.DurationVar(&df.replayAge, "replay-age", 10*time.Minute, "replay window: oldest event kept for resuming clients")
 	fs.IntVar(&df.queueSize, "queue-size", 0, "events queued per client before it gets a reset instead (0 = the hub's default)")
-	fs.IntVar(&df.maxTxTags, "max-tx-tags", 4096, "distinct tags per transaction before it collapses to its rules' wildcard forms")
-	fs.DurationVar(&df.rulesPoll, "rules-poll", 2*time.Second, "how often the rules file is checked for changes (0 = only on SIGHUP)")
-	fs.BoolVar(&df.fence, "visibility-fence", true, "hand a transaction's tags out only once a fresh read on the database sees its commit")
-	fs.DurationVar(&df.fenceWait, "visibility-fence-timeout", time.Second, "longest wait for the database to prove a batch of commits visible; then it is published anyway and counted")
 	fs.StringVar(&df.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&df.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	fs.StringVar(&df.oldImages, "old-images", "wildcard", "an update the database sends without its old row (Postgres REPLICA IDENTITY DEFAULT): `wildcard` (the old row's unknown values become *) or new-only (the old side is skipped)")
 }
 
 func (df *daemonFlags) validate() error {
-	switch {
-	case df.rules == "":
+	if df.rules == "" {
 		return usageErrorf("run: --rules is required (or TAGSTREAM_RULES)")
-	case df.replaySize < 1:
-		return usageErrorf("run: --replay-size must be at least 1, not %d", df.replaySize)
-	case df.replayAge <= 0:
-		return usageErrorf("run: --replay-age must be positive, not %s", df.replayAge)
-	case df.heartbeat <= 0:
-		return usageErrorf("run: --heartbeat must be positive, not %s", df.heartbeat)
+	}
+	if err := df.validateServing("run"); err != nil {
+		return err
+	}
+	switch {
 	case df.maxTxTags < 1:
 		return usageErrorf("run: --max-tx-tags must be at least 1, not %d", df.maxTxTags)
-	case df.queueSize < 0:
-		return usageErrorf("run: --queue-size must not be negative")
 	case df.fenceWait <= 0:
 		return usageErrorf("run: --visibility-fence-timeout must be positive, not %s", df.fenceWait)
 	}
@@ -81,9 +84,25 @@ func (df *daemonFlags) validate() error {
 	return nil
 }
 
-// instance is `tagstream run` assembled: a reader, the pipeline with its
-// sinks (the hub first), and the HTTP server.
+// validateServing checks the flags registerServing registered.
+func (df *daemonFlags) validateServing(cmd string) error {
+	switch {
+	case df.replaySize < 1:
+		return usageErrorf("%s: --replay-size must be at least 1, not %d", cmd, df.replaySize)
+	case df.replayAge <= 0:
+		return usageErrorf("%s: --replay-age must be positive, not %s", cmd, df.replayAge)
+	case df.heartbeat <= 0:
+		return usageErrorf("%s: --heartbeat must be positive, not %s", cmd, df.heartbeat)
+	case df.queueSize < 0:
+		return usageErrorf("%s: --queue-size must not be negative", cmd)
+	}
+	return nil
+}
+
+// instance is `tagstream run` (or `serve`) assembled: a reader, the
+// pipeline with its sinks (the hub first), and the HTTP server.
 type instance struct {
+	cmd      string // run or serve, in messages
 	log      *slog.Logger
 	df       daemonFlags
 	sf       sourceFlags
@@ -97,8 +116,9 @@ type instance struct {
 	metrics  *metrics
 	src      *source
 	set      *rules.Set
-	health   *sourceHealth
+	health   *sourceHealth // nil on an edge node (serve)
 	edge     *edge
+	lease    *broker.Lease // run --broker: only its holder reads the database
 }
 
 func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -106,8 +126,11 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		d  instance
 		kf sinkFlags
 		ef edgeFlags
+		bf brokerFlags
 	)
+	d.cmd = "run"
 	fs := runFlagSet(stdout, &d, &kf, &ef)
+	bf.register(fs, true)
 	if err := parseFlags(fs, args); err != nil {
 		if errors.Is(err, errHelp) {
 			return nil
@@ -126,7 +149,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer d.edge.close()
-	if err := d.assemble(&kf); err != nil {
+	if err := d.assemble(&kf, &bf); err != nil {
 		return err
 	}
 	return d.serve(ctx)
@@ -134,7 +157,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 // assemble builds every part without starting anything but the pipeline's
 // and the hub's goroutines.
-func (d *instance) assemble(kf *sinkFlags) error {
+func (d *instance) assemble(kf *sinkFlags, bf *brokerFlags) error {
 	set, err := rules.Load(d.df.rules)
 	if err != nil {
 		return usageErrorf("run: %s", oneLine(err))
@@ -152,12 +175,36 @@ func (d *instance) assemble(kf *sinkFlags) error {
 	if err != nil {
 		return err
 	}
+	if bf.url != "" {
+		t, lease, err := bf.appender(d.df.replaySize, d.log)
+		if err != nil {
+			return err
+		}
+		d.lease = lease
+		targets = append(targets, t)
+		closers = append(closers, t.Sink.(io.Closer), lease)
+	}
+	d.ruleOpts = rules.Options{DefaultSchema: src.defaultSchema, MaxTags: d.df.maxTxTags, OldImages: d.df.oldMode, Logger: d.log, Fires: &rules.FireCounts{}}
+	sinks, err := d.wire(targets, closers, rules.Compile(set, d.ruleOpts))
+	if err != nil {
+		return err
+	}
+	d.metrics.reg.MustRegister(sourceCollector{fires: d.ruleOpts.Fires, source: d.reader, name: src.kind.String()})
+	d.log.Info("tagstream started", "version", version, "listen", d.ln.Addr().String(), "db", redact(d.sf.db),
+		"rules", d.df.rules, "rule_count", len(set.Rules), "sinks", sinks, "visibility_fence", d.pipe.Fenced(), "old_images", d.df.oldMode.String())
+	return nil
+}
+
+// wire listens and builds what run and serve share: the hub, the pipeline
+// from d.reader through engine (nil: the reader commits tagged
+// transactions) to the hub and targets, the metrics and the HTTP server.
+// It returns the sinks' names.
+func (d *instance) wire(targets []pipeline.Target, closers []io.Closer, engine *rules.Engine) ([]string, error) {
 	ln, err := net.Listen("tcp", d.df.listen)
 	if err != nil {
-		return usageErrorf("run: --listen %s: %v", d.df.listen, err)
+		return nil, usageErrorf("%s: --listen %s: %v", d.cmd, d.df.listen, err)
 	}
 	d.ln, d.closers = ln, closers
-	d.ruleOpts = rules.Options{DefaultSchema: src.defaultSchema, MaxTags: d.df.maxTxTags, OldImages: d.df.oldMode, Logger: d.log, Fires: &rules.FireCounts{}}
 	d.hub = stream.NewHub(d.edge.hubOptions(stream.Options{
 		ReplaySize: d.df.replaySize,
 		ReplayAge:  d.df.replayAge,
@@ -170,18 +217,18 @@ func (d *instance) assemble(kf *sinkFlags) error {
 	for i := range targets {
 		targets[i].ObserveDelay = d.metrics.observer(targets[i].Name)
 	}
-	d.pipe = pipeline.New(d.reader, rules.Compile(set, d.ruleOpts), targets, pipeline.Options{Logger: d.log, Fence: d.df.fence})
-	d.metrics.reg.MustRegister(statsCollector{pipe: d.pipe, hub: d.hub}, healthCollector{d.health}, accessCollector{d.hub},
-		sourceCollector{fires: d.ruleOpts.Fires, source: d.reader, name: src.kind.String()})
+	d.pipe = pipeline.New(d.reader, engine, targets, pipeline.Options{Logger: d.log, Fence: d.df.fence})
+	d.metrics.reg.MustRegister(statsCollector{pipe: d.pipe, hub: d.hub}, accessCollector{d.hub})
+	if d.health != nil {
+		d.metrics.reg.MustRegister(healthCollector{d.health})
+	}
 	d.srv = &http.Server{Handler: d.routes(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelWarn)}
 	d.edge.configure(d.srv)
 	sinks := make([]string, len(targets))
 	for i, t := range targets {
 		sinks[i] = t.Name
 	}
-	d.log.Info("tagstream started", "version", version, "listen", ln.Addr().String(), "db", redact(d.sf.db),
-		"rules", d.df.rules, "rule_count", len(set.Rules), "sinks", sinks, "visibility_fence", d.pipe.Fenced(), "old_images", d.df.oldMode.String())
-	return nil
+	return sinks, nil
 }
 
 func (d *instance) routes() http.Handler {
@@ -225,13 +272,31 @@ func (d *instance) serve(ctx context.Context) error {
 		}
 	})
 	watchCtx, stopWatch := context.WithCancel(ctx)
-	wg.Go(func() { watchRules(watchCtx, d.df.rules, d.df.rulesPoll, d.ruleOpts, d.pipe, d.log) })
-	wg.Go(func() { d.health.checkAtStartup(watchCtx, d.src, d.set, d.log) })
+	if d.set != nil {
+		wg.Go(func() { watchRules(watchCtx, d.df.rules, d.df.rulesPoll, d.ruleOpts, d.pipe, d.log) })
+		wg.Go(func() { d.health.checkAtStartup(watchCtx, d.src, d.set, d.log) })
+	}
 
-	runErr := d.reader.Run(readCtx, d.pipe)
+	var runErr error
+	leaseLost := make(chan error, 1)
+	if d.holdLease(readCtx, &wg, leaseLost, stopRead) {
+		runErr = d.reader.Run(readCtx, d.pipe)
+	}
 	stopRead()
 	stopWatch()
 	d.pipe.Close()
+	select {
+	case err := <-leaseLost:
+		runErr = err
+	default:
+		if d.lease != nil {
+			// The reader acknowledged what it delivered: a standby takes
+			// over from there at once.
+			rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			d.lease.Release(rctx)
+			cancel()
+		}
+	}
 	d.hub.Close()
 	for _, c := range d.closers {
 		_ = c.Close()
@@ -258,6 +323,31 @@ func (d *instance) serve(ctx context.Context) error {
 	}
 	d.log.Info("tagstream stopped")
 	return nil
+}
+
+// holdLease waits, as a standby, until this process holds the broker's
+// lease (true), or ctx ends (false). Then it keeps the lease until ctx
+// ends; when the lease is lost it abandons what the pipeline has in
+// flight (the broker refuses it anyway), stops the reader and sends the
+// error on lost: another process streams from the database's acknowledged
+// position, and positions on the broker never go backwards. Without
+// --broker it returns true at once.
+func (d *instance) holdLease(ctx context.Context, wg *sync.WaitGroup, lost chan<- error, stopRead func()) bool {
+	if d.lease == nil {
+		return true
+	}
+	if _, err := d.lease.Acquire(ctx); err != nil {
+		return false
+	}
+	wg.Go(func() {
+		if err := d.lease.Keep(ctx); err != nil {
+			d.log.Error("stopping: another process may be streaming now; restart this one to make it a standby", "err", err)
+			lost <- err
+			d.pipe.Abandon()
+			stopRead()
+		}
+	})
+	return true
 }
 
 func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {

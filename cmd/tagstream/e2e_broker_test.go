@@ -1,0 +1,308 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tagstream/tagstream/testcontainers"
+)
+
+// cluster is 2 `run --broker` (an active and a standby) and 2 `serve`
+// edges on one Postgres and one private redis-server.
+type cluster struct {
+	t        *testing.T
+	rs       *testcontainers.RedisServer
+	admin    *redis.Client
+	db       *pgx.Conn
+	runArgs  []string
+	runs     []*daemon
+	edges    [2]*daemon
+	edgeArgs []string
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// logged is a launch condition: the process's log has s.
+func logged(s string) func(*daemon) bool {
+	return func(d *daemon) bool { return strings.Contains(d.stderr.String(), s) }
+}
+
+const standbyLine = "standby: another process holds the lease"
+
+func newCluster(t *testing.T) *cluster {
+	dsn, db, rulesFile := setupPG(t)
+	rs := testcontainers.Redis(t)
+	c := &cluster{t: t, rs: rs, db: db, admin: redis.NewClient(&redis.Options{Addr: rs.Addr})}
+	t.Cleanup(func() { c.admin.Close() })
+	c.runArgs = []string{"--db", dsn, "--rules", rulesFile, "--slot", "broker", "--publication", "broker",
+		"--broker", rs.URL(0), "--lease", "2s"}
+	c.edgeArgs = []string{"--broker", rs.URL(0)}
+	c.runs = append(c.runs, launch(t, "run", freeAddr(t), (*daemon).ready, c.runArgs...))
+	c.startStandby()
+	for i := range c.edges {
+		c.edges[i] = c.startEdge()
+	}
+	return c
+}
+
+func (c *cluster) startStandby() *daemon {
+	d := launch(c.t, "run", freeAddr(c.t), logged(standbyLine), c.runArgs...)
+	c.runs = append(c.runs, d)
+	return d
+}
+
+func (c *cluster) startEdge() *daemon {
+	return launch(c.t, "serve", freeAddr(c.t), (*daemon).ready, c.edgeArgs...)
+}
+
+func (c *cluster) insert(t *testing.T, ids ...int) {
+	t.Helper()
+	for _, id := range ids {
+		if _, err := c.db.Exec(context.Background(), `INSERT INTO todos (id, user_id) VALUES ($1, 1)`, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// entries are the stream's entries: id and the fencing number of the
+// writer that appended it.
+func (c *cluster) entries(t *testing.T) (ids []string, writers []int) {
+	t.Helper()
+	ms, err := c.admin.XRange(context.Background(), "tagstream", "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms {
+		w, _ := m.Values["w"].(string)
+		n, err := strconv.Atoi(strings.Split(w, ":")[0])
+		if err != nil {
+			t.Fatalf("entry %s: writer %q", m.ID, w)
+		}
+		ids = append(ids, m.ID)
+		writers = append(writers, n)
+	}
+	return ids, writers
+}
+
+// assertFenced: a writer appended only while it held the lease: the
+// fencing numbers along the stream (one history: the counter restarts
+// with the broker) never go down.
+func (c *cluster) assertFenced(t *testing.T) []int {
+	t.Helper()
+	ids, writers := c.entries(t)
+	for i := 1; i < len(writers); i++ {
+		if writers[i] < writers[i-1] {
+			t.Fatalf("entry %s appended by writer %d after entry %s by writer %d: a stale writer appended", ids[i], writers[i], ids[i-1], writers[i-1])
+		}
+	}
+	return writers
+}
+
+// todoSet collects the todo ids a client was invalidated for.
+type todoSet struct {
+	seen   map[int]bool
+	lastID string
+	resets int
+}
+
+func (s *todoSet) record(t *testing.T, ev sseEvent) {
+	t.Helper()
+	switch ev.Event {
+	case "reset":
+		s.resets++
+		s.lastID = ev.ID
+	case "invalidate":
+		s.lastID = ev.ID
+		for _, tag := range strings.Fields(strings.TrimPrefix(render(t, ev), "invalidate ")) {
+			n, err := strconv.Atoi(strings.TrimPrefix(tag, "todo:"))
+			if err != nil {
+				t.Fatalf("unexpected tag %q", tag)
+			}
+			s.seen[n] = true
+		}
+	}
+}
+
+// until records the client's events until cond holds.
+func (s *todoSet) until(t *testing.T, c *sseClient, cond func() bool) {
+	t.Helper()
+	for !cond() {
+		s.record(t, c.next(t))
+	}
+}
+
+func (s *todoSet) hasAll(from, to int) func() bool {
+	return func() bool {
+		for id := from; id <= to; id++ {
+			if !s.seen[id] {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+// TestBrokerScaleOut runs the scale-out contract through the binaries: a
+// client moves from a killed edge to the other with its last id and
+// resumes; the active writer is killed under 3,000 writes and the standby
+// takes over without a loss; the broker restarts empty and every client
+// gets a reset, then streaming goes on; a writer paused past its lease
+// cannot append when it wakes up.
+func TestBrokerScaleOut(t *testing.T) {
+	c := newCluster(t)
+
+	// A client on edge 1; kill -9 edge 1; it resumes on edge 2.
+	c1 := subscribe(t, c.edges[0].base, "tags=todo:*", "")
+	c1.expect(t, `ready {"resumed":false}`)
+	c.insert(t, 1, 2, 3)
+	got := c1.expect(t, "invalidate todo:1", "invalidate todo:2", "invalidate todo:3")
+	c.edges[0].kill()
+	for range c1.events {
+	}
+	c.insert(t, 4, 5)
+	c2 := subscribe(t, c.edges[1].base, "tags=todo:*", got[2].ID)
+	s2 := &todoSet{seen: map[int]bool{}}
+	for {
+		ev := c2.next(t)
+		if ev.Event == "ready" {
+			if ev.Data != `{"resumed":true}` {
+				t.Fatalf("resume on edge 2 with the cursor of edge 1: %s", ev)
+			}
+			break
+		}
+		s2.record(t, ev)
+	}
+	s2.until(t, c2, s2.hasAll(4, 5))
+	if len(s2.seen) != 2 || s2.resets != 0 {
+		t.Fatalf("edge 2 after the move: %v, %d resets; want todo:4 and todo:5 only", s2.seen, s2.resets)
+	}
+
+	// kill -9 the active writer under 3,000 writes: the standby takes over.
+	c.edges[0] = c.startEdge()
+	c3 := subscribe(t, c.edges[0].base, "tags=todo:*", "")
+	c3.expect(t, `ready {"resumed":false}`)
+	s3 := &todoSet{seen: map[int]bool{}}
+	const first, last = 6, 3005
+	var committed atomic.Int64
+	writer := make(chan error, 1)
+	go func() {
+		for id := first; id <= last; id++ {
+			if _, err := c.db.Exec(context.Background(), `INSERT INTO todos (id, user_id) VALUES ($1, 1)`, id); err != nil {
+				writer <- err
+				return
+			}
+			committed.Store(int64(id))
+		}
+		writer <- nil
+	}()
+	s2.until(t, c2, func() bool { return len(s2.seen) >= 500 })
+	active, standby := c.runs[0], c.runs[1]
+	active.kill()
+	waitFor(t, standby.ready)
+	if err := <-writer; err != nil {
+		t.Fatal(err)
+	}
+	s2.until(t, c2, s2.hasAll(first, last))
+	s3.until(t, c3, s3.hasAll(first, last))
+	if s2.resets != 0 || s3.resets != 0 {
+		t.Fatalf("resets on a takeover whose continuity is provable: edge 2 %d, edge 1 %d", s2.resets, s3.resets)
+	}
+	writers := c.assertFenced(t)
+	if writers[0] != 1 || writers[len(writers)-1] != 2 {
+		t.Fatalf("writers along the stream %d…%d, want 1…2", writers[0], writers[len(writers)-1])
+	}
+	t.Logf("takeover: %d rows committed, kill at ≥500 seen", committed.Load())
+	// A supervisor restarts the killed writer: it is a standby now.
+	c.startStandby()
+
+	// The broker restarts without persistence: every client gets a reset,
+	// then streaming goes on.
+	if err := c.rs.Restart(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, cl := range []*sseClient{c2, c3} {
+		for ev := cl.next(t); ev.Event != "reset"; ev = cl.next(t) {
+			if ev.Event != "invalidate" {
+				t.Fatalf("before the reset: %s", ev)
+			}
+		}
+	}
+	c.insert(t, 4000)
+	c2.expect(t, "invalidate todo:4000")
+	c3.expect(t, "invalidate todo:4000")
+
+	// The standby may have taken the lease in the restart: the writer that
+	// lost it stopped; its supervisor makes it a standby again.
+	var paused, other *daemon
+	for _, d := range c.runs[1:] {
+		select {
+		case <-d.done:
+			if !strings.Contains(d.stderr.String(), "broker: lease lost: another process holds it now") {
+				t.Fatalf("a writer stopped for another reason: %v", d.err)
+			}
+			continue
+		default:
+		}
+		if d.ready() {
+			paused = d
+		} else {
+			other = d
+		}
+	}
+	if other == nil {
+		other = c.startStandby()
+	}
+	if paused == nil {
+		t.Fatal("no active writer after the broker restarted")
+	}
+	if err := paused.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return logged("lease acquired")(other) })
+	c.insert(t, 4001, 4002)
+	if err := paused.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	<-paused.done
+	if paused.err == nil || !strings.Contains(paused.stderr.String(), "broker: lease lost") {
+		t.Fatalf("the paused writer woke up: exit %v, want an error saying the lease was lost\n%s", paused.err, paused.stderr)
+	}
+	// The other one now gets the slot and streams what was written while
+	// the old writer was paused.
+	c2.expect(t, "invalidate todo:4001", "invalidate todo:4002")
+	c3.expect(t, "invalidate todo:4001", "invalidate todo:4002")
+	writers = c.assertFenced(t)
+	t.Logf("writers along the stream after the pause: %v", compact(writers))
+	for _, e := range c.edges {
+		e.stop(t)
+	}
+	other.stop(t)
+}
+
+// compact shows runs of equal numbers once.
+func compact(ns []int) string {
+	var b strings.Builder
+	for i, n := range ns {
+		if i == 0 || n != ns[i-1] {
+			fmt.Fprintf(&b, "%d ", n)
+		}
+	}
+	return strings.TrimSpace(b.String())
+}
