@@ -310,7 +310,7 @@ func TestGapResets(t *testing.T) {
 // goes on renewing it.
 func TestKeepSurvivesBrokerRestart(t *testing.T) {
 	b := setup(t)
-	l, _ := b.writer(t, 600*time.Millisecond)
+	l, _ := b.writer(t, time.Second)
 	ctx, cancel := context.WithCancel(context.Background())
 	kept := make(chan error, 1)
 	go func() { kept <- l.Keep(ctx) }()
@@ -324,10 +324,15 @@ func TestKeepSurvivesBrokerRestart(t *testing.T) {
 	select {
 	case err := <-kept:
 		t.Fatalf("Keep returned %v after the broker restarted", err)
-	case <-time.After(1800 * time.Millisecond):
+	case <-time.After(3 * time.Second):
 	}
 	if got := b.admin.Get(context.Background(), DefaultStream+":lease").Val(); got != l.Token() {
 		t.Fatalf("lease %q, want %q", got, l.Token())
+	}
+	// The fencing counter restarted with the broker; it is moved past the
+	// token taken back, so the next token is still a larger number.
+	if got := b.admin.Get(context.Background(), DefaultStream+":fence").Val(); got != "1" {
+		t.Fatalf("fence counter %q after taking back token %q, want 1", got, l.Token())
 	}
 	cancel()
 	if err := <-kept; err != nil {

@@ -23,12 +23,17 @@ return tok`)
 
 // renewScript extends the lease of its holder: 1. A lease that vanished
 // (the broker restarted empty) is taken back by the holder whose own clock
-// says it has not expired: 2. Another holder: 0. KEYS lease; ARGV token, ms.
+// says it has not expired, and the counter, restarted with the broker, is
+// moved past its token so that tokens keep growing: 2. Another holder: 0.
+// KEYS lease, fence; ARGV token, ms.
 var renewScript = redis.NewScript(`
 local cur = redis.call('GET', KEYS[1])
 if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-if not cur then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end
-return 0`)
+if cur then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local n = tonumber(string.match(ARGV[1], '^(%d+):'))
+if n and n > tonumber(redis.call('GET', KEYS[2]) or '0') then redis.call('SET', KEYS[2], n) end
+return 2`)
 
 // releaseScript deletes the lease if it is still the caller's.
 var releaseScript = redis.NewScript(`
@@ -148,7 +153,7 @@ func (l *Lease) Keep(ctx context.Context) error {
 		}
 		sent := time.Now()
 		rctx, cancel := context.WithTimeout(ctx, l.ttl-time.Since(lastOK))
-		n, err := renewScript.Run(rctx, l.client, []string{l.keys.lease}, tok, l.ttl.Milliseconds()).Int()
+		n, err := renewScript.Run(rctx, l.client, []string{l.keys.lease, l.keys.fence}, tok, l.ttl.Milliseconds()).Int()
 		cancel()
 		switch {
 		case ctx.Err() != nil:
