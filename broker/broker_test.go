@@ -270,13 +270,7 @@ func TestBrokerRestartedEmptyResets(t *testing.T) {
 	h.expect(t, "floor@10", "10[]", "11[a]", lost)
 	// The pipeline retries until the lease is back; then the new history
 	// starts at the last position the broker had accepted.
-	for {
-		err := a.Deliver(context.Background(), []sink.Txn{txn(12, "b")})
-		if err == nil {
-			break
-		}
-		time.Sleep(50 * time.Millisecond) // the pipeline's backoff
-	}
+	eventually(t, func() bool { return a.Deliver(context.Background(), []sink.Txn{txn(12, "b")}) == nil })
 	h.expect(t, "floor@10", "10[]", "11[a]", lost, "floor@11", "11[]", "12[b]")
 }
 
@@ -318,9 +312,7 @@ func TestKeepSurvivesBrokerRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Wait for the lease to be back, then for three TTLs of renewals.
-	for b.admin.Get(context.Background(), DefaultStream+":lease").Val() != l.Token() {
-		time.Sleep(20 * time.Millisecond)
-	}
+	eventually(t, func() bool { return b.admin.Get(context.Background(), DefaultStream+":lease").Val() == l.Token() })
 	select {
 	case err := <-kept:
 		t.Fatalf("Keep returned %v after the broker restarted", err)
@@ -337,5 +329,42 @@ func TestKeepSurvivesBrokerRestart(t *testing.T) {
 	cancel()
 	if err := <-kept; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestReaderReady: an edge is ready while it reads the broker and a writer
+// holds the lease; not before a writer came, nor once none holds it.
+func TestReaderReady(t *testing.T) {
+	b := setup(t)
+	r, err := NewReader(ReaderConfig{URL: b.url, Block: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHandler()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = r.Run(ctx, h); close(done) }()
+	defer func() { cancel(); <-done; r.Close() }()
+	if r.Ready() {
+		t.Fatal("ready without a writer")
+	}
+	l, a := b.writer(t, 10*time.Second)
+	a.Resumed(7)
+	h.expect(t, "floor@7", "7[]")
+	eventually(t, r.Ready)
+	l.Release(context.Background())
+	// The lease is gone: within the writer window the edge says so.
+	eventually(t, func() bool { return !r.Ready() })
+}
+
+// eventually polls cond for up to 20 s.
+func eventually(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 20s")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -45,8 +45,13 @@ func TestConfigErrors(t *testing.T) {
 		args []string
 		want string // the whole stderr line
 	}{
-		{"no command", nil, nil, "tagstream: missing command (run, check, explain, tail or version); see 'tagstream help'"},
-		{"unknown command", nil, []string{"nope"}, `tagstream: unknown command "nope" (run, check, explain, tail or version); see 'tagstream help'`},
+		{"no command", nil, nil, "tagstream: missing command (run, serve, check, explain, tail or version); see 'tagstream help'"},
+		{"unknown command", nil, []string{"nope"}, `tagstream: unknown command "nope" (run, serve, check, explain, tail or version); see 'tagstream help'`},
+		{"serve without broker", nil, []string{"serve"}, "tagstream: serve: --broker is required (or TAGSTREAM_BROKER): redis://host:port[/db], the broker `tagstream run --broker` appends to"},
+		{"serve bad broker", []string{"TAGSTREAM_BROKER=localhost:6379"}, []string{"serve"}, "tagstream: --broker: want redis://[user:pass@]host:port[/db]: redis: invalid URL scheme: localhost"},
+		{"serve bad replay size", nil, []string{"serve", "--broker", "redis://localhost", "--replay-size", "0"}, "tagstream: serve: --replay-size must be at least 1, not 0"},
+		{"run bad broker", nil, []string{"run", "--rules", good, "--db", "postgres://localhost/x", "--broker", "localhost:6379"}, "tagstream: --broker: want redis://[user:pass@]host:port[/db]: redis: invalid URL scheme: localhost"},
+		{"short lease", nil, []string{"run", "--rules", good, "--db", "postgres://localhost/x", "--broker", "redis://localhost", "--lease", "10ms"}, "tagstream: --lease must be at least 100ms, not 10ms"},
 		{"unknown flag", nil, []string{"run", "--nope"}, "tagstream: tagstream run: flag provided but not defined: -nope (see 'tagstream run -h')"},
 		{"no rules", nil, []string{"run", "--db", "postgres://localhost/x"}, "tagstream: run: --rules is required (or TAGSTREAM_RULES)"},
 		{"no db", nil, []string{"run", "--rules", good}, "tagstream: --db is required (or TAGSTREAM_DB): postgres://user@host:5432/db or mysql://user:pass@host:3306/db"},

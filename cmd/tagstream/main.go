@@ -28,7 +28,7 @@ func main() {
 // so tests can call it.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return usageErrorf("missing command (run, check, explain, tail or version); see 'tagstream help'")
+		return usageErrorf("missing command (run, serve, check, explain, tail or version); see 'tagstream help'")
 	}
 	switch args[0] {
 	case "run":
@@ -48,7 +48,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(stdout, usage)
 		return nil
 	}
-	return usageErrorf("unknown command %q (run, check, explain, tail or version); see 'tagstream help'", args[0])
+	return usageErrorf("unknown command %q (run, serve, check, explain, tail or version); see 'tagstream help'", args[0])
 }
 
 const usage = `tagstream turns database commits into cache invalidations over Server-Sent Events.
