@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -306,4 +307,96 @@ func compact(ns []int) string {
 		}
 	}
 	return strings.TrimSpace(b.String())
+}
+
+// readmeScaleOut returns the command lines of README.md's scale-out.sh:
+// the exported variables and the tagstream commands' arguments.
+func readmeScaleOut(t *testing.T) (env map[string]string, cmds [][]string) {
+	t.Helper()
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const start = "```sh\n# scale-out.sh"
+	i := strings.Index(string(readme), start)
+	if i < 0 {
+		t.Fatal("README.md has no scale-out.sh example")
+	}
+	block := string(readme[i+len("```sh\n"):])
+	block = block[:strings.Index(block, "```")]
+	env = map[string]string{}
+	for line := range strings.SplitSeq(block, "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		line = strings.TrimSuffix(strings.TrimSpace(line), "&")
+		switch fields := strings.Fields(line); {
+		case len(fields) == 0:
+		case fields[0] == "export":
+			k, v, _ := strings.Cut(fields[1], "=")
+			env[k] = v
+		case fields[0] == "tagstream":
+			cmds = append(cmds, fields[1:])
+		default:
+			t.Fatalf("scale-out.sh: unexpected line %q", line)
+		}
+	}
+	return env, cmds
+}
+
+// TestReadmeScaleOut runs README.md's scale-out.sh (its database, rules
+// file, broker and addresses replaced by this test's): both edges' clients
+// get an invalidation; the writer stops cleanly and the standby takes over
+// at once, without a reset.
+func TestReadmeScaleOut(t *testing.T) {
+	dsn, db, rulesFile := setupPG(t)
+	rs := testcontainers.Redis(t)
+	env, cmds := readmeScaleOut(t)
+	if len(env) != 1 || env["TAGSTREAM_BROKER"] == "" || len(cmds) != 4 {
+		t.Fatalf("scale-out.sh: env %v, %d commands; want TAGSTREAM_BROKER and 4 commands", env, len(cmds))
+	}
+	t.Setenv("TAGSTREAM_BROKER", rs.URL(0))
+	var runs, edges []*daemon
+	for _, args := range cmds {
+		var rest []string
+		for i := 1; i < len(args); i++ {
+			switch args[i] {
+			case "--listen":
+				i++ // a free address instead
+			case `"$DB"`:
+				rest = append(rest, dsn)
+			case "rules.yaml":
+				rest = append(rest, rulesFile)
+			default:
+				rest = append(rest, args[i])
+			}
+		}
+		switch {
+		case args[0] == "run" && len(runs) == 0:
+			runs = append(runs, launch(t, "run", freeAddr(t), (*daemon).ready, rest...))
+		case args[0] == "run":
+			runs = append(runs, launch(t, "run", freeAddr(t), logged(standbyLine), rest...))
+		case args[0] == "serve":
+			edges = append(edges, launch(t, "serve", freeAddr(t), (*daemon).ready, rest...))
+		default:
+			t.Fatalf("scale-out.sh: tagstream %s", args[0])
+		}
+	}
+	var clients []*sseClient
+	for _, e := range edges {
+		c := subscribe(t, e.base, "tags=todo:*", "")
+		c.expect(t, `ready {"resumed":false}`)
+		clients = append(clients, c)
+	}
+	execSQL(t, db, `INSERT INTO todos (id, user_id) VALUES (1, 1)`)
+	for _, c := range clients {
+		c.expect(t, "invalidate todo:1")
+	}
+	runs[0].stop(t)
+	waitFor(t, runs[1].ready)
+	execSQL(t, db, `INSERT INTO todos (id, user_id) VALUES (2, 1)`)
+	for _, c := range clients {
+		c.expect(t, "invalidate todo:2")
+	}
+	for _, d := range append(edges, runs[1]) {
+		d.stop(t)
+	}
 }
