@@ -38,7 +38,13 @@ func (b *bench) startDaemon(ctx context.Context, name string, args ...string) (*
 // startDaemonAt is startDaemon listening on addr (a restart where the
 // clients reconnect).
 func (b *bench) startDaemonAt(ctx context.Context, name, addr string, args ...string) (*daemon, error) {
-	args = append([]string{"run"}, args...)
+	return b.startCommand(ctx, "run", name, addr, args...)
+}
+
+// startCommand runs `bin command args… --listen addr` (run, or serve for an
+// edge node) and waits until /healthz answers.
+func (b *bench) startCommand(ctx context.Context, command, name, addr string, args ...string) (*daemon, error) {
+	args = append([]string{command}, args...)
 	args = append(args, "--listen", addr)
 	logPath := filepath.Join(b.tmp, name+".log")
 	logFile, err := os.Create(logPath)

@@ -69,6 +69,8 @@ type config struct {
 	repeat      int
 	workloads   string
 
+	brokerSubs int
+
 	consDuration time.Duration
 	consRates    string
 	consDBs      string
@@ -99,7 +101,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var c config
-	fs.StringVar(&c.sections, "sections", "pg,mysql,latency,memory,consistency", "comma-separated sections to run: pg, mysql, latency, memory, consistency, profile (in-process drains under pprof: PostgreSQL workload a, MariaDB workload b)")
+	fs.StringVar(&c.sections, "sections", "pg,mysql,latency,memory,consistency", "comma-separated sections to run: pg, mysql, latency, memory, consistency, profile (in-process drains under pprof: PostgreSQL workload a, MariaDB workload b), broker (commit → client through run --broker and two serve edges)")
 	fs.StringVar(&c.tagstream, "tagstream", "", "tagstream binary to measure (default: build ./cmd/tagstream into a temp dir)")
 	fs.StringVar(&c.out, "out", "", "also write the markdown report to this file")
 	fs.DurationVar(&c.drainLimit, "drain-timeout", 5*time.Minute, "give up on one drain after this long")
@@ -118,6 +120,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&c.bcastDur, "broadcast-duration", 10*time.Second, "latency: how long the broadcast run writes")
 	fs.IntVar(&c.memSubs, "memory-subscribers", 10000, "fan-out memory: idle subscribers")
 	fs.StringVar(&c.profileDir, "profile-dir", "", "profile: also keep cpu.pprof and allocs.pprof in this directory")
+	fs.IntVar(&c.brokerSubs, "broker-subscribers", 10000, "broker: subscribers, spread over the two edge nodes")
 	fs.DurationVar(&c.consDuration, "consistency-duration", 10*time.Second, "consistency: how long each run writes")
 	fs.StringVar(&c.consRates, "consistency-rates", "500,5000", "consistency: updates per second, comma-separated")
 	fs.StringVar(&c.consDBs, "consistency-dbs", "pg,mariadb", "consistency: databases, comma-separated (pg, mariadb)")
@@ -133,11 +136,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	want := map[string]bool{}
 	for s := range strings.SplitSeq(c.sections, ",") {
 		switch s = strings.TrimSpace(s); s {
-		case "pg", "mysql", "latency", "memory", "consistency", "profile":
+		case "pg", "mysql", "latency", "memory", "consistency", "profile", "broker":
 			want[s] = true
 		case "":
 		default:
-			return fmt.Errorf("-sections: unknown section %q (pg, mysql, latency, memory, consistency, profile)", s)
+			return fmt.Errorf("-sections: unknown section %q (pg, mysql, latency, memory, consistency, profile, broker)", s)
 		}
 	}
 	subs, err := parseInts(c.latSubs)
@@ -196,6 +199,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		section(name, func(ctx context.Context) error { return b.runFanout(ctx, want["latency"], want["memory"], subs) })
 	}
 	section("consistency", b.runConsistency)
+	section("broker", b.runBroker)
 	section("profile", b.runProfile)
 
 	report := b.report(machine, time.Since(start))

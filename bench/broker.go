@@ -1,0 +1,104 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tagstream/tagstream/testcontainers"
+)
+
+// runBroker measures commit → SSE client through the scale-out path: one
+// `run --broker` appending to a private redis-server and two `serve` edges
+// reading it, the subscribers spread over the edges (subscriber k on each
+// edge watches user:k:todos, so each targeted transaction reaches one
+// client per edge). It also reads an edge's memory per idle subscriber.
+func (b *bench) runBroker(ctx context.Context) error {
+	srv, err := testcontainers.StartPostgres(ctx)
+	if err != nil {
+		return fmt.Errorf("start postgres: %w", err)
+	}
+	defer srv.Close()
+	rs, err := testcontainers.StartRedis(ctx)
+	if err != nil {
+		return fmt.Errorf("start redis: %w", err)
+	}
+	defer rs.Stop()
+	dsn, err := srv.CreateDatabase(ctx, "bench_broker")
+	if err != nil {
+		return err
+	}
+	if err := pgWith(ctx, dsn, func(ctx context.Context, c *pgx.Conn) error {
+		if _, err := c.Exec(ctx, "ALTER DATABASE bench_broker SET synchronous_commit = on"); err != nil {
+			return err
+		}
+		_, err := c.Exec(ctx, pgSchema)
+		return err
+	}); err != nil {
+		return err
+	}
+	addr := func() (string, error) {
+		p, err := freePort()
+		return fmt.Sprintf("127.0.0.1:%d", p), err
+	}
+	a, err := addr()
+	if err != nil {
+		return err
+	}
+	writer, err := b.startCommand(ctx, "run", "broker-writer", a, "--db", dsn, "--rules", b.rulesPath,
+		"--slot", "bench_broker", "--publication", "bench_broker", "--broker", rs.URL(0))
+	if err != nil {
+		return err
+	}
+	defer writer.stop()
+	if err := writer.waitHTTP(ctx, "/readyz", 30*time.Second); err != nil {
+		return err
+	}
+	var edges []*daemon
+	for i := range 2 {
+		a, err := addr()
+		if err != nil {
+			return err
+		}
+		e, err := b.startCommand(ctx, "serve", fmt.Sprintf("broker-edge%d", i+1), a, "--broker", rs.URL(0))
+		if err != nil {
+			return err
+		}
+		defer e.stop()
+		if err := e.waitHTTP(ctx, "/readyz", 30*time.Second); err != nil {
+			return err
+		}
+		edges = append(edges, e)
+	}
+	settle(ctx, 2*time.Second)
+	rss0, err := edges[0].rssKiB()
+	if err != nil {
+		return err
+	}
+	rec := newRecorder()
+	rec.start(time.Now().Add(time.Hour))
+	per := max(b.cfg.brokerSubs/2, 1)
+	for _, e := range edges {
+		subs, err := connectSubscribers(ctx, e.addr, per, rec)
+		if err != nil {
+			return fmt.Errorf("edge %s: %w", e.addr, err)
+		}
+		defer subs.close()
+	}
+	b.logf("  %d subscribers live on 2 edges", 2*per)
+	settle(ctx, 3*time.Second)
+	if rss1, err := edges[0].rssKiB(); err == nil {
+		b.memory = append(b.memory, memoryRow{Subscribers: per, Before: rss0, After: rss1, Extra: "an edge node (`serve --broker`)"})
+	}
+	row, err := b.loadRun(ctx, writer, dsn, rec, "targeted", 2*per, b.cfg.latRate, b.cfg.latDuration, 2,
+		"INSERT INTO todos (user_id, title) VALUES ($1, 'buy milk')", func(i int) []any { return []any{i%per + 1} })
+	if err != nil {
+		return err
+	}
+	row.Mode = "targeted via the broker (run --broker → 2 × serve)"
+	b.latency = append(b.latency, row)
+	b.note("broker: daemon CPU is the writer's (`run --broker`); the two edges and redis-server share the same cores")
+	return nil
+}
