@@ -3,6 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -98,7 +102,51 @@ func (b *bench) runBroker(ctx context.Context) error {
 		return err
 	}
 	row.Mode = "targeted via the broker (run --broker → 2 × serve)"
+	b.note("broker: p99 of commit → accepted per hop (publish-delay histogram buckets, whole run): writer → Redis %s; writer's own SSE hub %s; edge 1 hub %s; edge 2 hub %s",
+		delayP99(writer, "broker"), delayP99(writer, "sse"), delayP99(edges[0], "sse"), delayP99(edges[1], "sse"))
 	b.latency = append(b.latency, row)
 	b.note("broker: daemon CPU is the writer's (`run --broker`); the two edges and redis-server share the same cores")
 	return nil
+}
+
+// delayP99 reads a daemon's tagstream_publish_delay_seconds histogram for
+// the sink whose label starts with sink and returns the upper bound of the
+// bucket holding its 99th percentile ("" when absent): where the time goes
+// between the hops.
+func delayP99(d *daemon, sink string) string {
+	client := &http.Client{Timeout: 2 * time.Second}
+	resp, err := client.Get("http://" + d.addr + "/metrics")
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	type bucket struct {
+		le string
+		n  float64
+	}
+	var buckets []bucket
+	prefix := `tagstream_publish_delay_seconds_bucket{sink="` + sink
+	for line := range strings.SplitSeq(string(body), "\n") {
+		if !strings.HasPrefix(line, prefix) {
+			continue
+		}
+		_, rest, _ := strings.Cut(line, `le="`)
+		le, val, _ := strings.Cut(rest, `"} `)
+		n, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
+		if err != nil {
+			continue
+		}
+		buckets = append(buckets, bucket{le, n})
+	}
+	if len(buckets) == 0 || buckets[len(buckets)-1].n == 0 {
+		return ""
+	}
+	total := buckets[len(buckets)-1].n
+	for _, b := range buckets {
+		if b.n >= 0.99*total {
+			return "≤ " + b.le + " s"
+		}
+	}
+	return ""
 }
