@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -63,7 +64,12 @@ type Lease struct {
 
 	mu    sync.Mutex
 	token string
+	held  atomic.Bool
 }
+
+// Held reports whether this process holds the lease (as far as it knows:
+// between Acquire and the loss Keep reports, or Release).
+func (l *Lease) Held() bool { return l.held.Load() }
 
 // NewLease validates cfg; it connects lazily.
 func NewLease(cfg LeaseConfig) (*Lease, error) {
@@ -109,6 +115,7 @@ func (l *Lease) Acquire(ctx context.Context) (string, error) {
 			l.mu.Lock()
 			l.token = tok
 			l.mu.Unlock()
+			l.held.Store(true)
 			l.log.Info("broker: lease acquired: this process is the active writer", logToken, tok)
 			return tok, nil
 		case errors.Is(err, redis.Nil):
@@ -138,6 +145,14 @@ func (l *Lease) Acquire(ctx context.Context) (string, error) {
 // renewal succeeded for a whole TTL (this process cannot know whether it
 // expired).
 func (l *Lease) Keep(ctx context.Context) error {
+	err := l.keep(ctx)
+	if err != nil {
+		l.held.Store(false)
+	}
+	return err
+}
+
+func (l *Lease) keep(ctx context.Context) error {
 	tok := l.Token()
 	lastOK := time.Now()
 	t := time.NewTicker(l.ttl / 3)
@@ -179,6 +194,7 @@ func (l *Lease) Release(ctx context.Context) {
 	if tok == "" {
 		return
 	}
+	l.held.Store(false)
 	if err := releaseScript.Run(ctx, l.client, []string{l.keys.lease}, tok).Err(); err != nil {
 		l.log.Warn("broker: releasing the lease failed; a standby takes over when it expires", logErr, err)
 	}

@@ -49,6 +49,27 @@ type Reader struct {
 	reading    atomic.Bool  // connected and reading
 	writerSeen atomic.Int64 // UnixNano when the lease was last seen held
 	acked      atomic.Uint64
+	entries    atomic.Uint64
+	lost       atomic.Uint64
+}
+
+// ReaderStats are a Reader's figures.
+type ReaderStats struct {
+	Reading      bool   // connected and reading the stream
+	WriterActive bool   // a writer held the lease recently
+	Entries      uint64 // entries read
+	HistoryLost  uint64 // times continuity was lost (new epoch, gap, reset entry)
+}
+
+// Stats returns the current figures.
+func (r *Reader) Stats() ReaderStats {
+	seen := r.writerSeen.Load()
+	return ReaderStats{
+		Reading:      r.reading.Load(),
+		WriterActive: seen != 0 && time.Since(time.Unix(0, seen)) < writerWindow+r.cfg.Block,
+		Entries:      r.entries.Load(),
+		HistoryLost:  r.lost.Load(),
+	}
 }
 
 var _ cdc.Source = (*Reader)(nil)
@@ -82,8 +103,8 @@ const writerWindow = 5 * time.Second
 // Ready reports whether the reader is reading the broker and a writer held
 // the lease recently (for /readyz).
 func (r *Reader) Ready() bool {
-	seen := r.writerSeen.Load()
-	return r.reading.Load() && seen != 0 && time.Since(time.Unix(0, seen)) < writerWindow+r.cfg.Block
+	s := r.Stats()
+	return s.Reading && s.WriterActive
 }
 
 // Ack records what the edge's sinks accepted; the broker keeps its stream
@@ -208,6 +229,7 @@ func (r *Reader) checkEpoch(ctx context.Context, h cdc.Handler) error {
 // its start.
 func (r *Reader) newHistory(ctx context.Context, h cdc.Handler, reason string) {
 	r.log.Warn("broker: continuity lost: every client gets a reset", logReason, reason)
+	r.lost.Add(1)
 	_ = h.Lost(ctx, reason)
 	r.epoch, r.lastID = "", ""
 }
@@ -271,14 +293,17 @@ func (r *Reader) handle(ctx context.Context, h cdc.Handler, m redis.XMessage) (b
 	case e.prev != r.lastID:
 		reason := fmt.Sprintf("the broker's stream has a gap after %s (trimmed or deleted): events may be missing", r.lastID)
 		r.log.Warn("broker: continuity lost: every client gets a reset", logReason, reason)
+		r.lost.Add(1)
 		if err := h.Lost(ctx, reason); err != nil {
 			return false, err
 		}
 		h.Resumed(floorOf(e))
 	}
 	r.lastID = e.id
+	r.entries.Add(1)
 	switch e.kind {
 	case kindReset:
+		r.lost.Add(1)
 		if err := h.Lost(ctx, e.reason); err != nil {
 			return false, err
 		}

@@ -249,6 +249,11 @@ func TestBrokerScaleOut(t *testing.T) {
 	c.insert(t, 4000)
 	c2.expect(t, "invalidate todo:4000")
 	c3.expect(t, "invalidate todo:4000")
+	for _, e := range c.edges {
+		if got := metricLine(t, e.base, "tagstream_broker_history_lost_total"); got != "tagstream_broker_history_lost_total 1" {
+			t.Errorf("edge %s: %q, want one lost history", e.base, got)
+		}
+	}
 
 	// The standby may have taken the lease in the restart: the writer that
 	// lost it stopped; its supervisor makes it a standby again.
@@ -273,6 +278,12 @@ func TestBrokerScaleOut(t *testing.T) {
 	}
 	if paused == nil {
 		t.Fatal("no active writer after the broker restarted")
+	}
+	if got := metricLine(t, paused.base, "tagstream_broker_lease_held"); got != "tagstream_broker_lease_held 1" {
+		t.Errorf("active writer: %q", got)
+	}
+	if got := metricLine(t, other.base, "tagstream_broker_lease_held"); got != "tagstream_broker_lease_held 0" {
+		t.Errorf("standby: %q", got)
 	}
 	if err := paused.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)

@@ -190,6 +190,9 @@ func (d *instance) assemble(kf *sinkFlags, bf *brokerFlags) error {
 		return err
 	}
 	d.metrics.reg.MustRegister(sourceCollector{fires: d.ruleOpts.Fires, source: d.reader, name: src.kind.String()})
+	if d.lease != nil {
+		d.metrics.reg.MustRegister(brokerCollector{lease: d.lease})
+	}
 	d.log.Info("tagstream started", "version", version, "listen", d.ln.Addr().String(), "db", redact(d.sf.db),
 		"rules", d.df.rules, "rule_count", len(set.Rules), "sinks", sinks, "visibility_fence", d.pipe.Fenced(), "old_images", d.df.oldMode.String())
 	return nil

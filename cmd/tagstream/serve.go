@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/tagstream/tagstream/broker"
 	"github.com/tagstream/tagstream/pipeline"
 )
@@ -110,7 +112,44 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		r.Close()
 		return err
 	}
+	d.metrics.reg.MustRegister(brokerCollector{reader: r})
 	d.log.Info("tagstream serving from the broker", "version", version, "listen", d.ln.Addr().String(),
 		"broker", redact(bf.url), "stream", bf.stream, "sinks", sinks)
 	return d.serve(ctx)
+}
+
+// brokerCollector exposes the broker's side: the writer's lease (run
+// --broker) or the edge's reading (serve).
+type brokerCollector struct {
+	lease  *broker.Lease
+	reader *broker.Reader
+}
+
+var (
+	descLeaseHeld     = desc("tagstream_broker_lease_held", "1 while this process holds the broker's lease (the active writer), 0 as a standby.")
+	descBrokerReading = desc("tagstream_broker_reading", "1 while the edge reads the broker's stream.")
+	descWriterActive  = desc("tagstream_broker_writer_active", "1 while a writer held the broker's lease recently.")
+	descBrokerEntries = desc("tagstream_broker_entries_total", "Stream entries the edge read.")
+	descBrokerLost    = desc("tagstream_broker_history_lost_total", "Times the edge lost continuity (the broker lost its history, a gap in the stream, a reset from the writer); each reset every client.")
+)
+
+func (c brokerCollector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
+
+func (c brokerCollector) Collect(ch chan<- prometheus.Metric) {
+	flag := func(b bool) float64 {
+		if b {
+			return 1
+		}
+		return 0
+	}
+	if c.lease != nil {
+		ch <- prometheus.MustNewConstMetric(descLeaseHeld, prometheus.GaugeValue, flag(c.lease.Held()))
+	}
+	if c.reader != nil {
+		s := c.reader.Stats()
+		ch <- prometheus.MustNewConstMetric(descBrokerReading, prometheus.GaugeValue, flag(s.Reading))
+		ch <- prometheus.MustNewConstMetric(descWriterActive, prometheus.GaugeValue, flag(s.WriterActive))
+		ch <- prometheus.MustNewConstMetric(descBrokerEntries, prometheus.CounterValue, float64(s.Entries))
+		ch <- prometheus.MustNewConstMetric(descBrokerLost, prometheus.CounterValue, float64(s.HistoryLost))
+	}
 }
