@@ -92,14 +92,31 @@ func (b *bench) runBroker(ctx context.Context) error {
 		defer subs.close()
 	}
 	b.logf("  %d subscribers live on 2 edges", 2*per)
+	// A sample of subscribers on the writer itself, in the same run: the
+	// cost of the broker hop is the difference, whatever else the machine
+	// is doing.
+	direct := newRecorder()
+	direct.start(time.Now().Add(time.Hour))
+	nDirect := min(per, 1000)
+	dsubs, err := connectSubscribers(ctx, writer.addr, nDirect, direct)
+	if err != nil {
+		return fmt.Errorf("writer %s: %w", writer.addr, err)
+	}
+	defer dsubs.close()
 	settle(ctx, 3*time.Second)
 	if rss1, err := edges[0].rssKiB(); err == nil {
 		b.memory = append(b.memory, memoryRow{Subscribers: per, Before: rss0, After: rss1, Extra: "an edge node (`serve --broker`)"})
 	}
+	direct.start(time.Now().Add(time.Second)) // loadRun's warm-up
 	row, err := b.loadRun(ctx, writer, dsn, rec, "targeted", 2*per, b.cfg.latRate, b.cfg.latDuration, 2,
 		"INSERT INTO todos (user_id, title) VALUES ($1, 'buy milk')", func(i int) []any { return []any{i%per + 1} })
 	if err != nil {
 		return err
+	}
+	if s := direct.take("targeted"); len(s) > 0 {
+		b.latency = append(b.latency, latencyRow{Mode: "targeted, on the writer itself (same run, for comparison)",
+			Subscribers: nDirect, Rate: row.Rate, Sent: row.Sent, Expected: row.Sent * nDirect / per, Received: direct.count("targeted"),
+			P50: pct(s, 0.50), P90: pct(s, 0.90), P99: pct(s, 0.99), Max: s[len(s)-1], DaemonCPU: row.DaemonCPU, HarnessCPU: row.HarnessCPU})
 	}
 	row.Mode = "targeted via the broker (run --broker → 2 × serve)"
 	b.note("broker: p99 of commit → accepted per hop (publish-delay histogram buckets, whole run): writer → Redis %s; writer's own SSE hub %s; edge 1 hub %s; edge 2 hub %s",
