@@ -119,7 +119,7 @@ func (b *bench) runBroker(ctx context.Context) error {
 			P50: pct(s, 0.50), P90: pct(s, 0.90), P99: pct(s, 0.99), Max: s[len(s)-1], DaemonCPU: row.DaemonCPU, HarnessCPU: row.HarnessCPU})
 	}
 	row.Mode = "targeted via the broker (run --broker → 2 × serve)"
-	b.note("broker: p99 of commit → accepted per hop (publish-delay histogram buckets, whole run): writer → Redis %s; writer's own SSE hub %s; edge 1 hub %s; edge 2 hub %s",
+	b.note("broker: p99 of commit → accepted per hop (publish-delay histogram buckets over the whole run, warm-up and connection setup included): writer → Redis %s; writer's own SSE hub %s; edge 1 hub %s; edge 2 hub %s",
 		delayP99(writer, "broker"), delayP99(writer, "sse"), delayP99(edges[0], "sse"), delayP99(edges[1], "sse"))
 	b.latency = append(b.latency, row)
 	b.note("broker: daemon CPU is the writer's (`run --broker`); the two edges and redis-server share the same cores")
