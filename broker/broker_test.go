@@ -223,16 +223,17 @@ func TestFencedWriterCannotAppend(t *testing.T) {
 // Release a standby takes it at once.
 func TestKeepRenewsAndReleaseHandsOver(t *testing.T) {
 	b := setup(t)
-	l, _ := b.writer(t, 150*time.Millisecond)
+	l, _ := b.writer(t, 3*time.Second)
 	ctx, cancel := context.WithCancel(context.Background())
 	kept := make(chan error, 1)
 	go func() { kept <- l.Keep(ctx) }()
-	standby, err := NewLease(LeaseConfig{URL: b.url, TTL: 150 * time.Millisecond})
+	standby, err := NewLease(LeaseConfig{URL: b.url, TTL: 3 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer standby.Close()
-	short, cancelShort := context.WithTimeout(context.Background(), time.Second)
+	// For longer than the lease: the holder's renewals keep it.
+	short, cancelShort := context.WithTimeout(context.Background(), 4*time.Second)
 	defer cancelShort()
 	if _, err := standby.Acquire(short); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("standby acquired a kept lease: %v", err)
@@ -304,7 +305,7 @@ func TestGapResets(t *testing.T) {
 // goes on renewing it.
 func TestKeepSurvivesBrokerRestart(t *testing.T) {
 	b := setup(t)
-	l, _ := b.writer(t, time.Second)
+	l, _ := b.writer(t, 2*time.Second)
 	ctx, cancel := context.WithCancel(context.Background())
 	kept := make(chan error, 1)
 	go func() { kept <- l.Keep(ctx) }()
@@ -316,7 +317,7 @@ func TestKeepSurvivesBrokerRestart(t *testing.T) {
 	select {
 	case err := <-kept:
 		t.Fatalf("Keep returned %v after the broker restarted", err)
-	case <-time.After(3 * time.Second):
+	case <-time.After(5 * time.Second):
 	}
 	if got := b.admin.Get(context.Background(), DefaultStream+":lease").Val(); got != l.Token() {
 		t.Fatalf("lease %q, want %q", got, l.Token())
