@@ -126,6 +126,9 @@ func (r *Reader) Run(ctx context.Context, h cdc.Handler) error {
 		if ctx.Err() != nil {
 			break
 		}
+		if err == nil {
+			continue // a new history: read it from its start at once
+		}
 		d := bo.Next()
 		if errors.Is(err, errNoHistory) {
 			r.log.Debug("broker: waiting for a writer", logErr, err)
@@ -185,10 +188,11 @@ func (r *Reader) session(ctx context.Context, h cdc.Handler, connected func()) e
 		}
 		if errors.Is(err, redis.Nil) || time.Since(lastCheck) >= r.cfg.Block {
 			lastCheck = time.Now()
+			before := r.epoch
 			if err := r.checkEpoch(ctx, h); err != nil {
 				return err
 			}
-			if r.lastID == "" {
+			if r.epoch != before {
 				return nil // the history changed
 			}
 		}
