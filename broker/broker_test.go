@@ -299,6 +299,15 @@ func TestGapResets(t *testing.T) {
 	if got, want := b.ids(t), []string{"3-0 c", "3-1 r", "4-0 c"}; !slices.Equal(got, want) {
 		t.Fatalf("stream %q, want %q", got, want)
 	}
+	// An entry someone else wrote: a reset, and reading goes on after it.
+	ep := b.admin.Get(context.Background(), DefaultStream+":epoch").Val()
+	if err := b.admin.XAdd(context.Background(), &redis.XAddArgs{Stream: DefaultStream, ID: "5-0",
+		Values: []any{"k", "c", "e", ep, "p", "4-0", "ts", "0", "g", "not json"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	deliver(t, a, txn(6, "d"))
+	h.expect(t, "floor@1", "1[]", "2[a]", gap, "floor@3", "3[b]", "lost: slot dropped", "floor@3", "4[c]",
+		"lost: unreadable broker entry: broker: entry 5-0: tags: invalid character 'o' in literal null (expecting 'u')", "floor@5", "6[d]")
 }
 
 // TestKeepSurvivesBrokerRestart: the holder takes a vanished lease back and

@@ -284,7 +284,17 @@ func floorOf(e entry) cdc.Position {
 func (r *Reader) handle(ctx context.Context, h cdc.Handler, m redis.XMessage) (bool, error) {
 	e, err := decode(m)
 	if err != nil {
-		return false, err
+		// Not tagstream's (someone else wrote to the key): what it meant is
+		// unknown, so every client resets, and reading goes on after it.
+		reason := fmt.Sprintf("unreadable broker entry: %v", err)
+		r.log.Error("broker: continuity lost: every client gets a reset", logReason, reason)
+		r.lost.Add(1)
+		if err := h.Lost(ctx, reason); err != nil {
+			return false, err
+		}
+		r.lastID = m.ID
+		h.Resumed(e.pos)
+		return true, nil
 	}
 	if e.epoch != r.epoch {
 		r.newHistory(ctx, h, "the broker's history was replaced: events may be missing")
