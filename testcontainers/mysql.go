@@ -255,16 +255,39 @@ func terminate(ctr tc.Container) {
 	_ = ctr.Terminate(ctx)
 }
 
+// mariaLocal is a private mariadbd made from this machine's binaries: a
+// data dir and a port that survive stopping and starting its process.
+type mariaLocal struct {
+	dir, data, sock, logPath string
+	port                     int
+	asRoot                   []string
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
 // startMariaDBLocal runs a throwaway mariadbd in a temp dir on a free
 // loopback port with row-based binary logging.
-func startMariaDBLocal(ctx context.Context) (s *MySQLServer, err error) {
-	reapOrphanedMariaDB()
-	dir, err := os.MkdirTemp("", mariadbDirPrefix)
+func startMariaDBLocal(ctx context.Context) (*MySQLServer, error) {
+	l, err := newMariaLocal(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
-		os.RemoveAll(dir)
+	if err := l.start(ctx); err != nil {
+		l.remove()
+		return nil, err
+	}
+	s := l.server()
+	s.stop = l.remove
+	return s, nil
+}
+
+// newMariaLocal creates the data dir (mariadb-install-db) and picks a port.
+func newMariaLocal(ctx context.Context) (l *mariaLocal, err error) {
+	reapOrphanedMariaDB()
+	dir, err := os.MkdirTemp("", mariadbDirPrefix)
+	if err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -272,30 +295,47 @@ func startMariaDBLocal(ctx context.Context) (s *MySQLServer, err error) {
 			os.RemoveAll(dir)
 		}
 	}()
-	data := filepath.Join(dir, "data")
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		return nil, err
+	}
+	// Each server its own tmpdir: concurrent servers sharing /tmp clash
+	// over their temporary files.
+	if err := os.Mkdir(filepath.Join(dir, "tmp"), 0o700); err != nil {
+		return nil, err
+	}
+	l = &mariaLocal{dir: dir, data: filepath.Join(dir, "data"), sock: filepath.Join(dir, "mysqld.sock"), logPath: filepath.Join(dir, "error.log")}
 	// mariadbd refuses to run as root unless told to; as another user it
 	// runs as that user.
-	var asRoot []string
 	if os.Geteuid() == 0 {
-		asRoot = []string{"--user=root"}
+		l.asRoot = []string{"--user=root"}
 	}
-	install := exec.CommandContext(ctx, "mariadb-install-db", append([]string{"--no-defaults", "--datadir=" + data,
-		"--auth-root-authentication-method=normal", "--skip-test-db"}, asRoot...)...)
+	install := exec.CommandContext(ctx, "mariadb-install-db", append([]string{"--no-defaults", "--datadir=" + l.data,
+		"--tmpdir=" + filepath.Join(dir, "tmp"), "--auth-root-authentication-method=normal", "--skip-test-db"}, l.asRoot...)...)
 	if out, err := install.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("mariadb-install-db: %w\n%s", err, out)
 	}
-	port, err := freePort()
-	if err != nil {
+	if l.port, err = freePort(); err != nil {
 		return nil, err
 	}
-	sock := filepath.Join(dir, "mysqld.sock")
-	logPath := filepath.Join(dir, "error.log")
-	args := append([]string{"--no-defaults"}, asRoot...)
+	return l, nil
+}
+
+func (l *mariaLocal) server() *MySQLServer {
+	s := &MySQLServer{host: "127.0.0.1", port: l.port, user: "root"}
+	s.AdminDSN = s.DSN("")
+	return s
+}
+
+// start runs mariadbd and waits until it accepts connections (and, the
+// first time, gives root a password-less TCP account).
+func (l *mariaLocal) start(ctx context.Context) (err error) {
+	args := append([]string{"--no-defaults"}, l.asRoot...)
 	args = append(args,
-		"--datadir="+data, "--socket="+sock, "--pid-file="+filepath.Join(dir, "mysqld.pid"),
-		"--port="+strconv.Itoa(port), "--bind-address=127.0.0.1", "--skip-name-resolve",
-		"--log-error="+logPath,
-		"--log-bin="+filepath.Join(data, "binlog"),
+		"--datadir="+l.data, "--socket="+l.sock, "--pid-file="+filepath.Join(l.dir, "mysqld.pid"),
+		"--tmpdir="+filepath.Join(l.dir, "tmp"),
+		"--port="+strconv.Itoa(l.port), "--bind-address=127.0.0.1", "--skip-name-resolve",
+		"--log-error="+l.logPath,
+		"--log-bin="+filepath.Join(l.data, "binlog"),
 		"--binlog-format=ROW", "--binlog-row-image=FULL", "--binlog_row_metadata=FULL", "--server-id=1",
 		// A throwaway server: small and fast rather than durable.
 		"--innodb-buffer-pool-size=32M", "--innodb-flush-log-at-trx-commit=2", "--sync-binlog=0",
@@ -304,23 +344,16 @@ func startMariaDBLocal(ctx context.Context) (s *MySQLServer, err error) {
 	cmd := exec.Command(mariadbdPath(), args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("mariadbd: %w", err)
+		return fmt.Errorf("mariadbd: %w", err)
 	}
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
-	stop := func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-		os.RemoveAll(dir)
-	}
+	l.mu.Lock()
+	l.cmd, l.exited = cmd, exited
+	l.mu.Unlock()
 	defer func() {
 		if err != nil {
-			stop()
+			l.stop(syscall.SIGKILL)
 		}
 	}()
 	waitCtx, cancel := context.WithTimeout(ctx, time.Minute)
@@ -332,29 +365,96 @@ func startMariaDBLocal(ctx context.Context) (s *MySQLServer, err error) {
 		case <-waitCtx.Done():
 		}
 	}()
-	if err := waitPort(waitCtx, net.JoinHostPort("127.0.0.1", strconv.Itoa(port))); err != nil {
-		log, _ := os.ReadFile(logPath)
-		return nil, fmt.Errorf("mariadbd did not start: %w\n%s", err, tail(log, 2000))
+	if err := waitPort(waitCtx, net.JoinHostPort("127.0.0.1", strconv.Itoa(l.port))); err != nil {
+		log, _ := os.ReadFile(l.logPath)
+		return fmt.Errorf("mariadbd did not start: %w\n%s", err, tail(log, 2000))
 	}
 	// root@localhost may be a socket-authenticated account: make sure a
 	// password-less TCP root exists for 127.0.0.1.
-	sc, err := client.ConnectWithContext(ctx, sock, "root", "", "", 10*time.Second)
+	sc, err := client.ConnectWithContext(ctx, l.sock, "root", "", "", 10*time.Second)
 	if err != nil {
-		return nil, fmt.Errorf("mariadbd: connect over socket: %w", err)
+		return fmt.Errorf("mariadbd: connect over socket: %w", err)
 	}
+	defer sc.Close()
 	for _, q := range []string{
 		"CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'",
 		"GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION",
 	} {
 		if _, err := sc.Execute(q); err != nil {
-			sc.Close()
-			return nil, fmt.Errorf("mariadbd: %s: %w", q, err)
+			return fmt.Errorf("mariadbd: %s: %w", q, err)
 		}
 	}
-	sc.Close()
-	s = &MySQLServer{host: "127.0.0.1", port: port, user: "root", stop: stop}
-	s.AdminDSN = s.DSN("")
-	return s, nil
+	return nil
+}
+
+// stop signals mariadbd (SIGTERM: clean shutdown; SIGKILL: a crash) and
+// waits for it to exit, killing it after 30 s.
+func (l *mariaLocal) stop(sig syscall.Signal) {
+	l.mu.Lock()
+	cmd, exited := l.cmd, l.exited
+	l.cmd = nil
+	l.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(sig)
+	select {
+	case <-exited:
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		<-exited
+	}
+}
+
+func (l *mariaLocal) remove() {
+	l.stop(syscall.SIGTERM)
+	os.RemoveAll(l.dir)
+}
+
+// PrivateMySQL is a MariaDB server of one test's own, which the test may
+// stop and start again (same data dir, same port) to inject faults.
+type PrivateMySQL struct {
+	*MySQLServer
+	local *mariaLocal
+}
+
+// NewPrivateMySQL starts a MariaDB server for t alone from this machine's
+// binaries; it is removed when t ends.
+func NewPrivateMySQL(t testing.TB) *PrivateMySQL {
+	t.Helper()
+	if _, err := exec.LookPath(mariadbdPath()); err != nil {
+		unavailable(t, "private MariaDB (server binaries)", MySQLEnv, err.Error())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	l, err := newMariaLocal(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.remove)
+	if err := l.start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return &PrivateMySQL{MySQLServer: l.server(), local: l}
+}
+
+// Stop shuts the server down (Fast: SIGTERM; Immediate: SIGKILL) and waits
+// for it to exit.
+func (p *PrivateMySQL) Stop(mode ShutdownMode) {
+	sig := syscall.SIGTERM
+	if mode == Immediate {
+		sig = syscall.SIGKILL
+	}
+	p.local.stop(sig)
+}
+
+// Start starts the stopped server again and waits until it answers.
+func (p *PrivateMySQL) Start(ctx context.Context) error { return p.local.start(ctx) }
+
+// Restart is Stop then Start.
+func (p *PrivateMySQL) Restart(ctx context.Context, mode ShutdownMode) error {
+	p.Stop(mode)
+	return p.Start(ctx)
 }
 
 func mariadbdPath() string {

@@ -277,17 +277,43 @@ func pgIsExecutable(p string) bool {
 
 const pgTempPrefix = "tagstream-pg-"
 
+// pgLocal is a private server made from this machine's binaries: a data
+// dir and a port that survive stopping and starting its process.
+type pgLocal struct {
+	bin, dir, data, logPath string
+	port                    int
+	cred                    *syscall.Credential
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when cmd has exited
+}
+
 // startPostgresLocal runs initdb and postgres from this machine's binaries
 // in a fresh temp dir, as the `postgres` OS user when this process is root
 // (Postgres refuses to run as root).
 func startPostgresLocal(ctx context.Context) (*PostgresServer, error) {
+	l, err := newPGLocal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	srv := l.server()
+	srv.closeFn = l.remove
+	if err := l.start(ctx); err != nil {
+		l.remove()
+		return nil, err
+	}
+	return srv, nil
+}
+
+// newPGLocal creates the data dir (initdb) and picks a port.
+func newPGLocal(ctx context.Context) (l *pgLocal, err error) {
 	bin, err := pgBinDir()
 	if err != nil {
 		return nil, err
 	}
 	reapStalePostgres()
-
-	var cred *syscall.Credential
+	l = &pgLocal{bin: bin}
 	uid, gid := -1, -1
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup("postgres")
@@ -296,40 +322,37 @@ func startPostgresLocal(ctx context.Context) (*PostgresServer, error) {
 		}
 		uid, _ = strconv.Atoi(u.Uid)
 		gid, _ = strconv.Atoi(u.Gid)
-		cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+		l.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
 	}
-
 	// /tmp rather than TMPDIR: the postgres user must be able to reach it.
 	parent := os.TempDir()
-	if cred != nil {
+	if l.cred != nil {
 		parent = "/tmp"
 	}
-	dir, err := os.MkdirTemp(parent, pgTempPrefix)
-	if err != nil {
+	if l.dir, err = os.MkdirTemp(parent, pgTempPrefix); err != nil {
 		return nil, fmt.Errorf("testcontainers: %w", err)
 	}
-	ok := false
 	defer func() {
-		if !ok {
-			_ = os.RemoveAll(dir)
+		if err != nil {
+			_ = os.RemoveAll(l.dir)
 		}
 	}()
-	if err := os.WriteFile(filepath.Join(dir, "owner"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(l.dir, "owner"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
 		return nil, fmt.Errorf("testcontainers: %w", err)
 	}
-	if cred != nil {
-		if err := os.Chown(dir, uid, gid); err != nil {
-			return nil, fmt.Errorf("testcontainers: chown %s: %w", dir, err)
+	if l.cred != nil {
+		if err := os.Chown(l.dir, uid, gid); err != nil {
+			return nil, fmt.Errorf("testcontainers: chown %s: %w", l.dir, err)
 		}
 	}
-	data := filepath.Join(dir, "data")
-	logPath := filepath.Join(dir, "postgres.log")
+	l.data = filepath.Join(l.dir, "data")
+	l.logPath = filepath.Join(l.dir, "postgres.log")
 
 	initdb := exec.CommandContext(ctx, filepath.Join(bin, "initdb"),
-		"-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C",
+		"-D", l.data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C",
 		"--no-sync", "--wal-segsize=1")
-	initdb.Dir = dir
-	initdb.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	initdb.Dir = l.dir
+	initdb.SysProcAttr = &syscall.SysProcAttr{Credential: l.cred}
 	if out, err := initdb.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("testcontainers: initdb: %w\n%s", err, pgTail(string(out), 2000))
 	}
@@ -337,36 +360,45 @@ func startPostgresLocal(ctx context.Context) (*PostgresServer, error) {
 	hba := "local all all trust\nlocal replication all trust\n" +
 		"host all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n" +
 		"host all all ::1/128 trust\nhost replication all ::1/128 trust\n"
-	if err := os.WriteFile(filepath.Join(data, "pg_hba.conf"), []byte(hba), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(l.data, "pg_hba.conf"), []byte(hba), 0o600); err != nil {
 		return nil, fmt.Errorf("testcontainers: %w", err)
 	}
-	if cred != nil {
-		_ = os.Chown(filepath.Join(data, "pg_hba.conf"), uid, gid)
+	if l.cred != nil {
+		_ = os.Chown(filepath.Join(l.data, "pg_hba.conf"), uid, gid)
 	}
+	if l.port, err = freePort(); err != nil {
+		return nil, fmt.Errorf("testcontainers: %w", err)
+	}
+	return l, nil
+}
 
-	port, err := freePort()
+func (l *pgLocal) server() *PostgresServer {
+	base := url.URL{Scheme: "postgres", User: url.User("postgres"), Host: fmt.Sprintf("127.0.0.1:%d", l.port),
+		Path: "/postgres", RawQuery: "sslmode=disable"}
+	return &PostgresServer{base: base, source: "local"}
+}
+
+// start runs the server process and waits until it answers queries.
+func (l *pgLocal) start(ctx context.Context) error {
+	logFile, err := os.OpenFile(l.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("testcontainers: %w", err)
+		return fmt.Errorf("testcontainers: %w", err)
 	}
-	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("testcontainers: %w", err)
-	}
-	args := []string{"-D", data, "-p", strconv.Itoa(port),
-		"-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=" + dir}
+	args := []string{"-D", l.data, "-p", strconv.Itoa(l.port),
+		"-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=" + l.dir}
 	for _, s := range pgServerSettings {
 		args = append(args, "-c", s)
 	}
 	// Not CommandContext: the server outlives ctx (which only bounds startup).
-	cmd := exec.Command(filepath.Join(bin, "postgres"), args...)
-	cmd.Dir = dir
+	cmd := exec.Command(filepath.Join(l.bin, "postgres"), args...)
+	cmd.Dir = l.dir
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// Pdeathsig: an immediate shutdown when this process dies without
 	// stopping the server; reapStalePostgres covers what it misses.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true, Pdeathsig: syscall.SIGQUIT}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: l.cred, Setpgid: true, Pdeathsig: syscall.SIGQUIT}
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
-		return nil, fmt.Errorf("testcontainers: start postgres: %w", err)
+		return fmt.Errorf("testcontainers: start postgres: %w", err)
 	}
 	exited := make(chan struct{})
 	go func() {
@@ -374,27 +406,99 @@ func startPostgresLocal(ctx context.Context) (*PostgresServer, error) {
 		logFile.Close()
 		close(exited)
 	}()
-	stop := func() {
-		_ = cmd.Process.Signal(syscall.SIGINT) // fast shutdown
-		select {
-		case <-exited:
-		case <-time.After(15 * time.Second):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-exited
-		}
-		_ = os.RemoveAll(dir)
+	l.mu.Lock()
+	l.cmd, l.exited = cmd, exited
+	l.mu.Unlock()
+	if err := waitPostgres(ctx, l.server().AdminDSN(), exited); err != nil {
+		l.stop(syscall.SIGQUIT)
+		logTail, _ := os.ReadFile(l.logPath)
+		return fmt.Errorf("testcontainers: postgres did not start: %w\nserver log:\n%s", err, pgTail(string(logTail), 3000))
 	}
+	return nil
+}
 
-	base := url.URL{Scheme: "postgres", User: url.User("postgres"), Host: fmt.Sprintf("127.0.0.1:%d", port),
-		Path: "/postgres", RawQuery: "sslmode=disable"}
-	srv := &PostgresServer{base: base, source: "local", closeFn: stop}
-	if err := waitPostgres(ctx, srv.AdminDSN(), exited); err != nil {
-		stop()
-		logTail, _ := os.ReadFile(logPath)
-		return nil, fmt.Errorf("testcontainers: postgres did not start: %w\nserver log:\n%s", err, pgTail(string(logTail), 3000))
+// stop signals the server (SIGTERM smart, SIGINT fast, SIGQUIT immediate)
+// and waits for it to exit, killing it after 15 s.
+func (l *pgLocal) stop(sig syscall.Signal) {
+	l.mu.Lock()
+	cmd, exited := l.cmd, l.exited
+	l.cmd = nil
+	l.mu.Unlock()
+	if cmd == nil {
+		return
 	}
-	ok = true
-	return srv, nil
+	_ = cmd.Process.Signal(sig)
+	select {
+	case <-exited:
+	case <-time.After(15 * time.Second):
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-exited
+	}
+}
+
+// remove stops the server (fast shutdown) and deletes its directory.
+func (l *pgLocal) remove() {
+	l.stop(syscall.SIGINT)
+	_ = os.RemoveAll(l.dir)
+}
+
+// ShutdownMode is how a private server is stopped.
+type ShutdownMode uint8
+
+const (
+	// Fast: Postgres SIGINT (clients disconnected, a checkpoint written);
+	// MariaDB SIGTERM (a clean shutdown).
+	Fast ShutdownMode = iota
+	// Immediate: Postgres SIGQUIT (no checkpoint, crash recovery at the
+	// next start); MariaDB SIGKILL.
+	Immediate
+)
+
+// PrivatePostgres is a Postgres server of one test's own, which the test
+// may stop and start again (same data dir, same port) to inject faults.
+type PrivatePostgres struct {
+	*PostgresServer
+	local *pgLocal
+}
+
+// NewPrivatePostgres starts a Postgres server for t alone from this
+// machine's binaries (a shared server cannot be restarted under other
+// tests); it is removed when t ends.
+func NewPrivatePostgres(t testing.TB) *PrivatePostgres {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	l, err := newPGLocal(ctx)
+	if err != nil {
+		if errors.Is(err, errNoPostgres) {
+			unavailable(t, "private postgres (server binaries)", PostgresEnv, err.Error())
+		}
+		t.Fatal(err)
+	}
+	t.Cleanup(l.remove)
+	if err := l.start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return &PrivatePostgres{PostgresServer: l.server(), local: l}
+}
+
+// Stop shuts the server down in mode and waits for it to exit.
+func (p *PrivatePostgres) Stop(mode ShutdownMode) {
+	sig := syscall.SIGINT
+	if mode == Immediate {
+		sig = syscall.SIGQUIT
+	}
+	p.local.stop(sig)
+}
+
+// Start starts the stopped server again on its port and data dir, and
+// waits until it answers queries.
+func (p *PrivatePostgres) Start(ctx context.Context) error { return p.local.start(ctx) }
+
+// Restart is Stop then Start.
+func (p *PrivatePostgres) Restart(ctx context.Context, mode ShutdownMode) error {
+	p.Stop(mode)
+	return p.Start(ctx)
 }
 
 // waitPostgres waits until the server accepts a query (it listens before it
