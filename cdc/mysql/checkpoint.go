@@ -79,3 +79,36 @@ func saveCheckpoint(path string, cp *checkpoint) error {
 	}
 	return nil
 }
+
+// checkStateDir makes sure the directory of the checkpoint at path exists
+// and takes a checkpoint-sized write, so that a read-only or full state dir
+// is a configuration error at start rather than a restart that silently
+// repeats work later. A dry run (path "") has no state dir.
+func checkStateDir(path string) error {
+	if path == "" {
+		return nil // a dry run writes nothing
+	}
+	dir := filepath.Dir(path)
+	fail := func(err error) error {
+		return fmt.Errorf("%w: state dir %s is not writable (the checkpoint file lives there; see --state-dir): %v", ErrConfig, dir, err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fail(err)
+	}
+	f, err := os.CreateTemp(dir, ".probe*")
+	if err != nil {
+		return fail(err)
+	}
+	defer os.Remove(f.Name())
+	_, err = f.Write(make([]byte, 512))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fail(err)
+	}
+	return nil
+}

@@ -16,10 +16,10 @@ import (
 	"github.com/tagstream/tagstream/cdc"
 )
 
-// streamState is the reader's position and decoding state. It survives
+// binlogState is the reader's position and decoding state. It survives
 // reconnects; the open transaction does not (a reconnect resumes after the
 // last delivered commit and so replays it).
-type streamState struct {
+type binlogState struct {
 	flavor string
 	// The resume point: just after the last transaction handed to the
 	// handler. gset is nil when the server has no usable GTIDs.
@@ -56,7 +56,7 @@ type streamState struct {
 }
 
 // startAt sets the resume point.
-func (st *streamState) startAt(info *serverInfo, gtid, file string, pos uint32) error {
+func (st *binlogState) startAt(info *serverInfo, gtid, file string, pos uint32) error {
 	st.flavor = info.flavor
 	st.collations = info.collations
 	st.gset = nil
@@ -80,18 +80,18 @@ func (st *streamState) startAt(info *serverInfo, gtid, file string, pos uint32) 
 
 // setFloor records where streaming resumes: progress is only reported
 // beyond it (a server skipping to a GTID may send heartbeats from before).
-func (st *streamState) setFloor(pos cdc.Position) {
+func (st *binlogState) setFloor(pos cdc.Position) {
 	st.lastCommit, st.lastProgress = pos, pos
 }
 
-func (st *streamState) gtidString() string {
+func (st *binlogState) gtidString() string {
 	if st.gset == nil {
 		return ""
 	}
 	return st.gset.String()
 }
 
-func (st *streamState) resetConnection() {
+func (st *binlogState) resetConnection() {
 	st.tx, st.inBegin, st.txGset, st.txTime = nil, false, nil, time.Time{}
 	st.curFile, st.curSeq = "", 0
 	if st.byID == nil {
@@ -104,11 +104,11 @@ func (st *streamState) resetConnection() {
 
 // begin starts a transaction, dropping whatever was open: it can only be
 // the remains of one that the server did not finish sending.
-func (st *streamState) begin(h cdc.Handler) {
+func (st *binlogState) begin(h cdc.Handler) {
 	st.tx, st.inBegin, st.txGset, st.txTime = h.Begin(), false, nil, time.Time{}
 }
 
-func (st *streamState) ensureTx(h cdc.Handler) {
+func (st *binlogState) ensureTx(h cdc.Handler) {
 	if st.tx == nil {
 		st.begin(h)
 	}
@@ -290,7 +290,7 @@ func (r *Reader) truncate(t tableRef) {
 }
 
 // tableMap records a TABLE_MAP, keeping one *cdc.Table per layout.
-func (st *streamState) tableMap(tm *replication.TableMapEvent) *tableInfo {
+func (st *binlogState) tableMap(tm *replication.TableMapEvent) *tableInfo {
 	st.keyBuf = layoutKey(st.keyBuf[:0], tm)
 	info := st.byID[tm.TableID]
 	if info == nil || info.key != string(st.keyBuf) {

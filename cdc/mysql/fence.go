@@ -14,6 +14,7 @@ import (
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
 
 	"github.com/tagstream/tagstream/cdc"
+	"github.com/tagstream/tagstream/internal/backoff"
 )
 
 // DefaultFenceTimeout bounds WaitVisible.
@@ -52,14 +53,14 @@ const (
 type fence struct {
 	r *Reader
 
-	mu       sync.Mutex
-	running  bool
-	conn     *client.Conn
-	mode     fenceMode
-	why      string // fenceUnsupported: the reason and its fix
-	warned   bool
-	failures int
-	retryAt  time.Time
+	mu      sync.Mutex
+	running bool
+	conn    *client.Conn
+	mode    fenceMode
+	why     string // fenceUnsupported: the reason and its fix
+	warned  bool
+	retry   backoff.Backoff // between failed connects
+	retryAt time.Time
 	// The header end of the newest binlog file the status named (MariaDB).
 	hdrSeq  uint64
 	hdrEnd  uint64
@@ -68,7 +69,8 @@ type fence struct {
 
 func (f *fence) open() {
 	f.mu.Lock()
-	f.running, f.failures, f.retryAt, f.mode = true, 0, time.Time{}, fenceUnknown
+	f.retry = backoff.Backoff{Min: f.r.cfg.BackoffMin, Max: f.r.cfg.BackoffMax}
+	f.running, f.retryAt, f.mode = true, time.Time{}, fenceUnknown
 	f.mu.Unlock()
 }
 
@@ -87,13 +89,7 @@ func (f *fence) dropLocked() {
 }
 
 func (f *fence) failed() {
-	b := backoff{min: f.r.cfg.BackoffMin, max: f.r.cfg.BackoffMax}
-	var d time.Duration
-	for range f.failures + 1 {
-		d = b.next()
-	}
-	f.retryAt = time.Now().Add(d)
-	f.failures++
+	f.retryAt = time.Now().Add(f.retry.Next())
 }
 
 // WaitVisible returns nil once the storage engine has committed every
@@ -144,7 +140,7 @@ func (r *Reader) WaitVisible(ctx context.Context, cs []cdc.Commit) error {
 		if next.After(deadline) {
 			next = deadline
 		}
-		if !sleep(ctx, time.Until(next)) {
+		if !backoff.Sleep(ctx, time.Until(next)) {
 			return ctx.Err()
 		}
 		wait = min(2*wait, fencePollMax)
@@ -194,7 +190,7 @@ func (f *fence) probeLocked(ctx context.Context, deadline time.Time, target cdc.
 		}
 		return false, err
 	}
-	f.failures = 0
+	f.retry.Reset()
 	return ok, nil
 }
 

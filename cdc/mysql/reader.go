@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +14,7 @@ import (
 	"github.com/go-mysql-org/go-mysql/replication"
 
 	"github.com/tagstream/tagstream/cdc"
+	"github.com/tagstream/tagstream/internal/backoff"
 )
 
 // Log keys.
@@ -47,13 +47,16 @@ type Reader struct {
 	sampledGen  uint64
 	wake        chan struct{} // write the newest acked checkpoint at once
 
-	writeMu    sync.Mutex // serialises checkpoint writes
-	writtenGen uint64
+	writeMu      sync.Mutex // serialises checkpoint writes
+	writtenGen   uint64
+	writeFailing bool        // the last write failed (logged once until one succeeds)
+	failed       *checkpoint // what that write tried to write, retried every tick
+	failedGen    uint64
 
 	retained      atomic.Int64 // binlog bytes after the checkpoint, last measured
 	retainedKnown atomic.Bool
 
-	st streamState // owned by Run's goroutine
+	st binlogState // owned by Run's goroutine
 
 	fence fence
 }
@@ -205,11 +208,31 @@ func (r *Reader) writeCheckpoint(cp checkpoint, gen uint64) {
 		return
 	}
 	if err := saveCheckpoint(r.path, &cp); err != nil {
-		r.log.Error("mysql: checkpoint not written; a restart will repeat work", logErr, err)
+		r.failed, r.failedGen = &cp, gen
+		if !r.writeFailing {
+			r.writeFailing = true
+			r.log.Error("mysql: checkpoint not written; retrying; until it is, a restart resumes from the last one written and repeats work", logErr, err)
+		}
 		return // retried on the next tick or at exit
+	}
+	r.failed = nil
+	if r.writeFailing {
+		r.writeFailing = false
+		r.log.Info("mysql: checkpoint written again", logPosition, cp.Position)
 	}
 	r.writtenGen = gen
 	r.setDurable(cp.File, cp.Pos)
+}
+
+// retryFailed writes again the checkpoint whose write failed, unless a
+// newer one was written since.
+func (r *Reader) retryFailed() {
+	r.writeMu.Lock()
+	cp, gen := r.failed, r.failedGen
+	r.writeMu.Unlock()
+	if cp != nil {
+		r.writeCheckpoint(*cp, gen)
+	}
 }
 
 func (r *Reader) writeCheckpoints(ctx context.Context) {
@@ -222,6 +245,7 @@ func (r *Reader) writeCheckpoints(ctx context.Context) {
 		case <-r.wake:
 			r.flushCheckpoint()
 		case now := <-t.C:
+			r.retryFailed()
 			r.flushLagged(now)
 		}
 	}
@@ -236,7 +260,7 @@ func (e handlerError) Unwrap() error { return e.err }
 // Run streams until ctx is cancelled (it then returns nil after writing
 // the acknowledged checkpoint) or an unrecoverable error occurs.
 // Connection losses are retried with jittered exponential backoff; a
-// purged binlog is reported with h.Lost and streaming restarts at the head.
+// purged binlog is reported with h.Lost and replication restarts at the head.
 func (r *Reader) Run(ctx context.Context, h cdc.Handler) error {
 	if !r.running.CompareAndSwap(false, true) {
 		return errors.New("mysql: Run is already running")
@@ -246,65 +270,91 @@ func (r *Reader) Run(ctx context.Context, h cdc.Handler) error {
 	r.fence.open()
 	defer r.fence.close() // after the handler drained
 
-	bo := backoff{min: r.cfg.BackoffMin, max: r.cfg.BackoffMax}
-	var info *serverInfo
-	var head binlogHead
-	for {
-		var err error
-		info, head, err = r.prepare(ctx)
-		if err == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			return nil
-		}
-		if errors.Is(err, ErrConfig) {
-			return err
-		}
-		d := bo.next()
-		r.log.Warn("mysql: cannot prepare streaming; retrying", logErr, errText(err), logRetry, d)
-		if !sleep(ctx, d) {
-			return nil
-		}
+	// An unwritable state dir is a configuration error now, not a stream
+	// of failed checkpoint writes later.
+	if err := checkStateDir(r.path); err != nil {
+		return err
 	}
-
-	cp, err := loadCheckpoint(r.path)
+	bo := backoff.Backoff{Min: r.cfg.BackoffMin, Max: r.cfg.BackoffMax}
+	info, head, err := r.prepareRetrying(ctx, &bo, "cannot prepare replication")
+	if err != nil || ctx.Err() != nil {
+		return err
+	}
+	resumeFrom, err := r.startPoint(info, head)
 	if err != nil {
 		return err
 	}
-	var resumeFrom cdc.Position
-	switch {
-	case cp != nil && cp.Flavor == info.flavor:
-		if err := r.st.startAt(info, cp.GTIDSet, cp.File, cp.Pos); err != nil {
-			return fmt.Errorf("%w: checkpoint %s: %v", ErrConfig, r.path, err)
-		}
-		resumeFrom = cp.Position
-		r.log.Info("mysql: resuming from checkpoint", logGTID, cp.GTIDSet, logFile, cp.File, logPosition, cp.Position)
-	default:
-		if cp != nil {
-			r.log.Warn("mysql: checkpoint is for another server flavor; starting at the binlog head", "checkpoint", r.path, "flavor", cp.Flavor)
-		}
-		if err := r.st.startAt(info, head.gtid, head.file, head.pos); err != nil {
-			return err
-		}
-		resumeFrom = head.position()
-		r.log.Info("mysql: no checkpoint; starting at the binlog head", logGTID, head.gtid, logFile, head.file, logPosition, resumeFrom)
-		// Written now: a crash before the first acknowledged transaction
-		// reaches the file resumes here, not at a later head.
-		r.restartCheckpoint(checkpoint{Flavor: info.flavor, GTIDSet: head.gtid, File: head.file, Pos: head.pos, Position: resumeFrom})
-		r.flushCheckpoint()
-	}
-
 	r.st.setFloor(resumeFrom)
 	r.setDurable(r.st.file, r.st.pos)
 	r.st.startEnd = head.position()
 
+	stopHelpers := r.startHelpers(ctx, h)
+	defer stopHelpers()
+	return r.replicateLoop(ctx, h, info, &bo, resumeFrom)
+}
+
+// prepareRetrying is prepare, retried with bo until it succeeds, ctx ends
+// (nil error, ctx.Err() set) or the configuration turns out unusable.
+func (r *Reader) prepareRetrying(ctx context.Context, bo *backoff.Backoff, what string) (*serverInfo, binlogHead, error) {
+	for {
+		info, head, err := r.prepare(ctx)
+		if err == nil {
+			return info, head, nil
+		}
+		if ctx.Err() != nil {
+			return nil, binlogHead{}, nil
+		}
+		if errors.Is(err, ErrConfig) {
+			return nil, binlogHead{}, err
+		}
+		d := bo.Next()
+		r.log.Warn("mysql: "+what+"; retrying", logErr, errText(err), logRetry, d)
+		if !backoff.Sleep(ctx, d) {
+			return nil, binlogHead{}, nil
+		}
+	}
+}
+
+// startPoint sets the binlog state to the checkpoint, or to the head when
+// there is none (writing that checkpoint at once), and returns the position
+// replication resumes from.
+func (r *Reader) startPoint(info *serverInfo, head binlogHead) (cdc.Position, error) {
+	cp, err := loadCheckpoint(r.path)
+	if err != nil {
+		return 0, err
+	}
+	if cp != nil && cp.Flavor == info.flavor {
+		if err := r.st.startAt(info, cp.GTIDSet, cp.File, cp.Pos); err != nil {
+			return 0, fmt.Errorf("%w: checkpoint %s: %v", ErrConfig, r.path, err)
+		}
+		r.log.Info("mysql: resuming from checkpoint", logGTID, cp.GTIDSet, logFile, cp.File, logPosition, cp.Position)
+		return cp.Position, nil
+	}
+	if cp != nil {
+		r.log.Warn("mysql: checkpoint is for another server flavor; starting at the binlog head", "checkpoint", r.path, "flavor", cp.Flavor)
+	}
+	if err := r.st.startAt(info, head.gtid, head.file, head.pos); err != nil {
+		return 0, err
+	}
+	from := head.position()
+	r.log.Info("mysql: no checkpoint; starting at the binlog head", logGTID, head.gtid, logFile, head.file, logPosition, from)
+	// Written now: a crash before the first acknowledged transaction
+	// reaches the file resumes here, not at a later head.
+	r.restartCheckpoint(checkpoint{Flavor: info.flavor, GTIDSet: head.gtid, File: head.file, Pos: head.pos, Position: from})
+	r.flushCheckpoint()
+	return from, nil
+}
+
+// startHelpers starts the checkpoint writer and the retention watcher; the
+// function it returns drains the handler, stops them and writes the last
+// acknowledged checkpoint.
+func (r *Reader) startHelpers(ctx context.Context, h cdc.Handler) func() {
 	wctx, stopWriter := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { r.writeCheckpoints(wctx) })
 	rctx, stopRetention := context.WithCancel(ctx)
 	wg.Go(func() { r.watchRetention(rctx) })
-	defer func() {
+	return func() {
 		// Let the handler finish what it was handed (bounded: what is not
 		// acknowledged by then is re-read at the next start).
 		dctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
@@ -316,12 +366,15 @@ func (r *Reader) Run(ctx context.Context, h cdc.Handler) error {
 		// From here Ack writes by itself; this catches what came before.
 		r.running.Store(false)
 		r.flushCheckpoint()
-	}()
+	}
+}
 
+// replicateLoop runs binlog connections one after the other until ctx
+// ends or an error no reconnect can fix.
+func (r *Reader) replicateLoop(ctx context.Context, h cdc.Handler, info *serverInfo, bo *backoff.Backoff, resumeFrom cdc.Position) error {
 	resumed := false
 	for {
-		began := time.Now()
-		connected, err := r.stream(ctx, h, info, &resumed, resumeFrom)
+		connected, err := r.replicate(ctx, h, info, &resumed, resumeFrom)
 		r.ready.Store(false)
 		if ctx.Err() != nil {
 			return nil
@@ -330,52 +383,53 @@ func (r *Reader) Run(ctx context.Context, h cdc.Handler) error {
 		if errors.As(err, &herr) {
 			return herr.err
 		}
-		if connected && time.Since(began) > r.cfg.BackoffMax {
-			bo.reset() // a stream that held; one that flaps keeps backing off
+		if connected {
+			bo.Reset() // the connection streamed: a new failure, retried quickly
 		}
 		if reason, lost := continuityLost(err); lost {
-			lostErr := fmt.Errorf("%w: %s", cdc.ErrContinuityLost, reason)
-			r.log.Error("mysql: CONTINUITY LOST: the binlog the reader needs is gone; every client gets a reset and streaming restarts at the head",
-				logErr, lostErr, logGTID, r.st.gtidString(), logFile, r.st.file)
-			if err := h.Lost(ctx, lostErr.Error()); err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
+			from, err := r.restartAtHead(ctx, h, info, bo, reason)
+			if err != nil || ctx.Err() != nil {
 				return err
 			}
-			for {
-				_, head, err = r.prepare(ctx)
-				if err == nil {
-					break
-				}
-				if ctx.Err() != nil {
-					return nil
-				}
-				d := bo.next()
-				r.log.Warn("mysql: cannot read the binlog head; retrying", logErr, errText(err), logRetry, d)
-				if !sleep(ctx, d) {
-					return nil
-				}
-			}
-			if err := r.st.startAt(info, head.gtid, head.file, head.pos); err != nil {
-				return err
-			}
-			resumeFrom, resumed = head.position(), false
-			r.st.setFloor(resumeFrom)
-			r.st.startEnd = resumeFrom
-			r.restartCheckpoint(checkpoint{Flavor: info.flavor, GTIDSet: head.gtid, File: head.file, Pos: head.pos, Position: resumeFrom})
+			resumeFrom, resumed = from, false
 			continue
 		}
 		if errors.Is(err, ErrConfig) {
 			return err
 		}
-		d := bo.next()
-		r.log.Warn("mysql: binlog stream interrupted; reconnecting", logErr, errText(err), logRetry, d,
+		d := bo.Next()
+		r.log.Warn("mysql: binlog replication interrupted; reconnecting", logErr, errText(err), logRetry, d,
 			logGTID, r.st.gtidString(), logFile, r.st.file)
-		if !sleep(ctx, d) {
+		if !backoff.Sleep(ctx, d) {
 			return nil
 		}
 	}
+}
+
+// restartAtHead handles a loss of continuity: every client is told, and
+// replication restarts at the binlog head, which it returns.
+func (r *Reader) restartAtHead(ctx context.Context, h cdc.Handler, info *serverInfo, bo *backoff.Backoff, reason string) (cdc.Position, error) {
+	lostErr := fmt.Errorf("%w: %s", cdc.ErrContinuityLost, reason)
+	r.log.Error("mysql: CONTINUITY LOST: the binlog the reader needs is gone; every client gets a reset and replication restarts at the head",
+		logErr, lostErr, logGTID, r.st.gtidString(), logFile, r.st.file)
+	if err := h.Lost(ctx, lostErr.Error()); err != nil {
+		if ctx.Err() != nil {
+			return 0, nil
+		}
+		return 0, err
+	}
+	_, head, err := r.prepareRetrying(ctx, bo, "cannot read the binlog head")
+	if err != nil || ctx.Err() != nil {
+		return 0, err
+	}
+	if err := r.st.startAt(info, head.gtid, head.file, head.pos); err != nil {
+		return 0, err
+	}
+	from := head.position()
+	r.st.setFloor(from)
+	r.st.startEnd = from
+	r.restartCheckpoint(checkpoint{Flavor: info.flavor, GTIDSet: head.gtid, File: head.file, Pos: head.pos, Position: from})
+	return from, nil
 }
 
 // prepare connects, checks the server and reads the binlog head.
@@ -440,9 +494,10 @@ func (r *Reader) syncerConfig(info *serverInfo) replication.BinlogSyncerConfig {
 	}
 }
 
-// stream runs one binlog connection until it fails or ctx ends. connected
-// says whether events arrived (for the backoff).
-func (r *Reader) stream(ctx context.Context, h cdc.Handler, info *serverInfo, resumed *bool, resumeFrom cdc.Position) (connected bool, err error) {
+// replicate runs one binlog connection until it fails or ctx ends.
+// connected says whether the server accepted the start point and sent
+// events (the backoff resets then).
+func (r *Reader) replicate(ctx context.Context, h cdc.Handler, info *serverInfo, resumed *bool, resumeFrom cdc.Position) (connected bool, err error) {
 	r.streams.Add(1)
 	syncer := replication.NewBinlogSyncer(r.syncerConfig(info))
 	defer syncer.Close()
@@ -503,34 +558,6 @@ func preamble(ev *replication.BinlogEvent) bool {
 		return true
 	}
 	return false
-}
-
-// backoff is a jittered exponential backoff.
-type backoff struct {
-	min, max, cur time.Duration
-}
-
-func (b *backoff) next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.min
-	} else {
-		b.cur = min(2*b.cur, b.max)
-	}
-	// Full jitter in [cur/2, cur]: reconnecting replicas spread out.
-	return b.cur/2 + rand.N(b.cur/2+1)
-}
-
-func (b *backoff) reset() { b.cur = 0 }
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
 
 // quietHandler lowers go-mysql's own logging to Debug: the reader logs

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tagstream/tagstream/cdc"
+	"github.com/tagstream/tagstream/internal/backoff"
 )
 
 // DefaultFenceTimeout bounds WaitVisible.
@@ -42,22 +43,23 @@ var _ cdc.Fence = (*Reader)(nil)
 type fence struct {
 	r *Reader
 
-	mu       sync.Mutex
-	running  bool
-	conn     *pgx.Conn
-	legacy   bool // before PostgreSQL 13: txid_current_snapshot()
-	failures int
-	retryAt  time.Time
-	refused  bool // the role may not read the snapshot (until retryAt)
-	warned   bool
-	queries  atomic.Uint64 // snapshot queries sent (tests)
+	mu      sync.Mutex
+	running bool
+	conn    *pgx.Conn
+	legacy  bool            // before PostgreSQL 13: txid_current_snapshot()
+	retry   backoff.Backoff // between failed connects
+	retryAt time.Time
+	refused bool // the role may not read the snapshot (until retryAt)
+	warned  bool
+	queries atomic.Uint64 // snapshot queries sent (tests)
 }
 
 // open allows connecting; Run calls it when it starts.
 func (f *fence) open() {
 	f.mu.Lock()
 	f.running = true
-	f.failures, f.retryAt, f.refused = 0, time.Time{}, false
+	f.retry = backoff.Backoff{Min: f.r.cfg.BackoffMin, Max: f.r.cfg.BackoffMax}
+	f.retryAt, f.refused = time.Time{}, false
 	f.mu.Unlock()
 }
 
@@ -192,13 +194,12 @@ func (f *fence) snapshotLocked(ctx context.Context, deadline time.Time) (pgSnaps
 		return pgSnapshot{}, fmt.Errorf("read snapshot: %w", err)
 	}
 	f.refused = false
-	f.failures = 0
+	f.retry.Reset()
 	return parseSnapshot(text)
 }
 
 func (f *fence) failed() {
-	f.retryAt = time.Now().Add(backoff(f.r.cfg.BackoffMin, f.r.cfg.BackoffMax, f.failures))
-	f.failures++
+	f.retryAt = time.Now().Add(f.retry.Next())
 }
 
 func sleepUntil(ctx context.Context, t time.Time) bool {

@@ -16,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -24,6 +23,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/tagstream/tagstream/cdc"
+	"github.com/tagstream/tagstream/internal/backoff"
 )
 
 // Defaults for Config.
@@ -271,9 +271,8 @@ func (r *Reader) Run(ctx context.Context, h cdc.Handler) error {
 	r.haveSlot = false
 	r.fence.open()
 	defer r.fence.close()
-	attempt := 0
+	bo := backoff.Backoff{Min: r.cfg.BackoffMin, Max: r.cfg.BackoffMax}
 	for {
-		began := time.Now()
 		streamed, err := r.session(ctx, h)
 		r.ready.Store(false)
 		if ctx.Err() != nil {
@@ -281,43 +280,29 @@ func (r *Reader) Run(ctx context.Context, h cdc.Handler) error {
 		}
 		var he errHandler
 		switch {
-		case err == nil:
-			// The server ended the stream; reconnect at once.
-			attempt = 0
-			continue
 		case errors.As(err, &he):
 			return he.err
 		case errors.Is(err, ErrConfig):
 			return err
 		}
-		if streamed && time.Since(began) >= r.cfg.BackoffMax {
-			attempt = 0 // a healthy stream broke: retry quickly; a flapping one backs off
+		if streamed {
+			// The session streamed: this is a new failure, retried
+			// quickly. One that never gets that far keeps backing off.
+			bo.Reset()
 		}
-		wait := backoff(r.cfg.BackoffMin, r.cfg.BackoffMax, attempt)
-		attempt++
+		if err == nil {
+			continue // the server ended the stream; reconnect at once
+		}
+		wait := bo.Next()
 		if errors.Is(err, ErrSlotInUse) {
 			r.log.Warn("replication slot is in use by another process; waiting for it to be released", logSlot, r.cfg.Slot, logErr, err, logRetry, wait)
 		} else {
 			r.log.Warn("replication stopped; reconnecting", logErr, err, logRetry, wait)
 		}
-		select {
-		case <-ctx.Done():
+		if !backoff.Sleep(ctx, wait) {
 			return nil
-		case <-time.After(wait):
 		}
 	}
-}
-
-// backoff returns a jittered exponential delay: uniformly within the upper
-// half of min·2^attempt, capped at max.
-func backoff(lo, hi time.Duration, attempt int) time.Duration {
-	d := lo
-	for i := 0; i < attempt && d < hi; i++ {
-		d *= 2
-	}
-	d = min(d, hi)
-	half := d / 2
-	return half + rand.N(d-half+1)
 }
 
 // redactErr keeps a DSN parse error from echoing a password.

@@ -46,6 +46,7 @@ type session struct {
 
 	lastRecv   time.Time
 	nextStatus time.Time
+	heard      bool // the server sent something after START_REPLICATION
 
 	// Reused per change: a Change and its Values are only valid during Add.
 	change         cdc.Change
@@ -53,8 +54,9 @@ type session struct {
 	textBuf        []byte // values rewritten to their text cast
 }
 
-// session runs one connection: setup, START_REPLICATION, stream. streamed
-// reports whether streaming started (the backoff resets then).
+// session runs one connection: setup, START_REPLICATION, replication.
+// streamed reports whether the server sent anything after
+// START_REPLICATION (the backoff resets then).
 func (r *Reader) session(ctx context.Context, h cdc.Handler) (streamed bool, err error) {
 	r.sessions.Add(1)
 	sqlConn, err := r.connectSQL(ctx)
@@ -170,7 +172,7 @@ func (r *Reader) session(ctx context.Context, h cdc.Handler) (streamed bool, err
 			r.log.Info("stopped", logSlot, r.cfg.Slot, "flushed", pglogrepl.LSN(s.flushLSN()).String())
 		}
 	}
-	return true, err
+	return s.heard, err
 }
 
 // pending reports whether a transaction is open (streamed or not): the
@@ -251,7 +253,7 @@ func (s *session) run(ctx context.Context) error {
 			}
 			return fmt.Errorf("postgres: receive: %w", err)
 		}
-		s.lastRecv = time.Now()
+		s.lastRecv, s.heard = time.Now(), true
 		switch msg := msg.(type) {
 		case *pgproto3.CopyData:
 			if err := s.copyData(ctx, msg.Data); err != nil {
