@@ -35,8 +35,9 @@ type Config struct {
 	// per source (host, port, database).
 	StateDir string
 	// Heartbeat is the period the server sends heartbeats at when idle
-	// (default 5 s); ReadTimeout drops a connection that stays silent
-	// longer (default 3 × Heartbeat).
+	// (default 5 s, or a third of ReadTimeout when that is shorter);
+	// ReadTimeout drops a connection that stays silent longer (default
+	// 3 × Heartbeat).
 	Heartbeat, ReadTimeout time.Duration
 	// BackoffMin and BackoffMax bound the jittered exponential backoff
 	// between reconnects (default 250 ms and 30 s).
@@ -148,6 +149,10 @@ func (c *Config) withDefaults() error {
 	}
 	if c.Heartbeat == 0 {
 		c.Heartbeat = DefaultHeartbeat
+		if c.ReadTimeout > 0 {
+			// Three heartbeats per read timeout: one lost is not a timeout.
+			c.Heartbeat = min(DefaultHeartbeat, c.ReadTimeout/3)
+		}
 	}
 	if c.ReadTimeout == 0 {
 		c.ReadTimeout = 3 * c.Heartbeat

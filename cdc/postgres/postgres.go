@@ -83,7 +83,9 @@ type Config struct {
 	BackoffMin, BackoffMax time.Duration
 	// IdleTimeout: when the server sent nothing (not even a keepalive) for
 	// this long, the connection is presumed dead and re-established
-	// (default max(3×StatusInterval, 30s)).
+	// (default max(3×StatusInterval, 30s)). Set alone, it also shortens
+	// StatusInterval to a third of it, so that a quiet server is asked for
+	// a keepalive in time.
 	IdleTimeout time.Duration
 	// RetentionInterval is how often the WAL the slot retains is read for
 	// RetainedBytes (default 15s).
@@ -175,6 +177,11 @@ func New(cfg Config) (*Reader, error) {
 	}
 	if cfg.StatusInterval == 0 {
 		cfg.StatusInterval = DefaultStatusInterval
+		if cfg.IdleTimeout > 0 {
+			// A quiet server sends nothing until asked: ask (a status
+			// update requesting a reply) well before the idle timeout.
+			cfg.StatusInterval = min(DefaultStatusInterval, cfg.IdleTimeout/3)
+		}
 	}
 	if cfg.RetentionInterval == 0 {
 		cfg.RetentionInterval = DefaultRetentionInterval
@@ -193,6 +200,9 @@ func New(cfg Config) (*Reader, error) {
 	}
 	if cfg.FenceTimeout == 0 {
 		cfg.FenceTimeout = DefaultFenceTimeout
+	}
+	if cfg.IdleTimeout <= cfg.StatusInterval {
+		return nil, fmt.Errorf("postgres: %w: idle timeout %s must exceed the status interval %s", ErrConfig, cfg.IdleTimeout, cfg.StatusInterval)
 	}
 	log := cfg.Logger
 	if log == nil {

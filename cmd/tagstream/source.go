@@ -22,6 +22,7 @@ type sourceFlags struct {
 	// Postgres
 	slot, publication, publicationTables string
 	pgHeartbeat                          time.Duration
+	sourceTimeout                        time.Duration
 
 	// MySQL/MariaDB
 	serverID uint
@@ -35,6 +36,7 @@ func (sf *sourceFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&sf.publicationTables, "publication-tables", envOr("TAGSTREAM_PUBLICATION_TABLES", "all"), "Postgres: a publication created by tagstream covers `all` tables or only the tables the rules name (rules)")
 	fs.DurationVar(&sf.pgHeartbeat, "pg-heartbeat", 0, "Postgres: write a logical message this often so that a quiet database's slot keeps advancing (0 = off; not the SSE --heartbeat)")
 	fs.DurationVar(&sf.pgHeartbeat, "heartbeat-interval", 0, "the former name of --pg-heartbeat")
+	fs.DurationVar(&sf.sourceTimeout, "source-timeout", 0, "a replication connection silent this long is presumed dead and re-established; the reader asks the server for a sign of life before then (default: Postgres 30s, MySQL 15s; env "+envName("source-timeout")+")")
 	fs.UintVar(&sf.serverID, "server-id", 0, "MySQL: replica server_id (default: derived from the host name, 1000..2^31)")
 	fs.StringVar(&sf.stateDir, "state-dir", envOr("TAGSTREAM_STATE_DIR", "./.tagstream"), "MySQL: directory of the checkpoint file")
 }
@@ -57,6 +59,9 @@ func (sf *sourceFlags) configure(set *rules.Set, logger *slog.Logger) (*source, 
 	if err != nil {
 		return nil, err
 	}
+	if sf.sourceTimeout < 0 || (sf.sourceTimeout > 0 && sf.sourceTimeout < 30*time.Millisecond) {
+		return nil, usageErrorf("--source-timeout: %s is below 30ms", sf.sourceTimeout)
+	}
 	s := &source{kind: kind}
 	switch kind {
 	case dbPostgres:
@@ -66,6 +71,7 @@ func (sf *sourceFlags) configure(set *rules.Set, logger *slog.Logger) (*source, 
 			Slot:              sf.slot,
 			Publication:       sf.publication,
 			HeartbeatInterval: sf.pgHeartbeat,
+			IdleTimeout:       sf.sourceTimeout,
 			Logger:            logger,
 		}
 		switch sf.publicationTables {
@@ -92,10 +98,11 @@ func (sf *sourceFlags) configure(set *rules.Set, logger *slog.Logger) (*source, 
 		}
 		s.defaultSchema = dsn.Database
 		s.my = mysql.Config{
-			DSN:      sf.db,
-			ServerID: uint32(sf.serverID),
-			StateDir: sf.stateDir,
-			Logger:   logger,
+			DSN:         sf.db,
+			ServerID:    uint32(sf.serverID),
+			StateDir:    sf.stateDir,
+			ReadTimeout: sf.sourceTimeout,
+			Logger:      logger,
 		}
 	}
 	return s, nil
