@@ -283,6 +283,8 @@ type pgLocal struct {
 	bin, dir, data, logPath string
 	port                    int
 	cred                    *syscall.Credential
+	durable                 bool     // synchronous_commit=on: an immediate shutdown keeps every commit
+	settings                []string // more server settings, after (overriding) pgServerSettings
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -389,6 +391,12 @@ func (l *pgLocal) start(ctx context.Context) error {
 	for _, s := range pgServerSettings {
 		args = append(args, "-c", s)
 	}
+	if l.durable {
+		args = append(args, "-c", "synchronous_commit=on")
+	}
+	for _, s := range l.settings {
+		args = append(args, "-c", s)
+	}
 	// Not CommandContext: the server outlives ctx (which only bounds startup).
 	cmd := exec.Command(filepath.Join(l.bin, "postgres"), args...)
 	cmd.Dir = l.dir
@@ -434,6 +442,11 @@ func (l *pgLocal) stop(sig syscall.Signal) {
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		<-exited
 	}
+	// The postmaster's children may outlive it for a moment; the next
+	// start needs them gone (their shared memory is still attached).
+	for i := 0; i < 200 && syscall.Kill(-cmd.Process.Pid, 0) == nil; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // remove stops the server (fast shutdown) and deletes its directory.
@@ -463,8 +476,9 @@ type PrivatePostgres struct {
 
 // NewPrivatePostgres starts a Postgres server for t alone from this
 // machine's binaries (a shared server cannot be restarted under other
-// tests); it is removed when t ends.
-func NewPrivatePostgres(t testing.TB) *PrivatePostgres {
+// tests); it is removed when t ends. settings ("name=value") override the
+// defaults: command-line settings win over ALTER SYSTEM.
+func NewPrivatePostgres(t testing.TB, settings ...string) *PrivatePostgres {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -476,6 +490,9 @@ func NewPrivatePostgres(t testing.TB) *PrivatePostgres {
 		t.Fatal(err)
 	}
 	t.Cleanup(l.remove)
+	// A commit acknowledged to the client survives an immediate shutdown
+	// (fsync stays off: the machine does not crash, the server does).
+	l.durable, l.settings = true, settings
 	if err := l.start(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,461 @@
+package main
+
+// The fault-injection suite: the built binary reads a private database
+// through a TCP proxy while the tests break things — the replication
+// session, the server, the network path, the state dir, the daemon itself.
+// After every fault, a steady SSE client must have received every committed
+// row's tag (or an honest reset, where one is allowed), and the slot's
+// confirmed_flush_lsn / the MySQL checkpoint must never cover a row that
+// the client had not received.
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tagstream/tagstream/testcontainers"
+)
+
+// faultSourceTimeout is --source-timeout in the suite: a stalled connection
+// is noticed after it (the tests wait for the reconnect, never for a time).
+const faultSourceTimeout = "1500ms"
+
+// faultDB is the database side of a rig.
+type faultDB interface {
+	// insert commits todo id and returns an upper bound of its commit's
+	// position (read after the commit, on the same connection).
+	insert(id int) (uint64, error)
+	// durable returns the position a restart of tagstream resumes from:
+	// the slot's confirmed_flush_lsn, or the checkpoint file's position.
+	durable(t *testing.T) uint64
+	// session identifies the reader's replication session on the server
+	// (walsender pid, binlog dump thread id); 0 when there is none.
+	session(t *testing.T) uint64
+}
+
+// rig is a tagstream process, a steady client subscribed to todo:*, and
+// what that client has received.
+type rig struct {
+	t    *testing.T
+	db   faultDB
+	args []string
+	d    *daemon
+	c    *sseClient
+
+	mu     sync.Mutex
+	next   int            // the next todo id to insert
+	upper  map[int]uint64 // id -> upper bound of its commit position
+	seen   map[int]bool
+	lastID string // the id of the last event of any kind: the client's resume cursor
+}
+
+func newRig(t *testing.T, db faultDB, args ...string) *rig {
+	r := &rig{t: t, db: db, args: args, next: 1, upper: map[int]uint64{}, seen: map[int]bool{}}
+	r.start()
+	return r
+}
+
+// start runs the daemon and (re)subscribes the steady client with its
+// cursor: a first start is `ready resumed:false`, every later one must
+// resume without a reset.
+func (r *rig) start() {
+	r.t.Helper()
+	r.d = startDaemon(r.t, r.args...)
+	first := r.lastID == ""
+	r.c = subscribe(r.t, r.d.base, "tags=todo:*", r.lastID)
+	for {
+		ev := r.event()
+		if ev.Event != "ready" {
+			continue
+		}
+		if want := fmt.Sprintf(`{"resumed":%v}`, !first); ev.Data != want {
+			r.t.Fatalf("after a restart with cursor %s: %s, want ready %s", r.lastID, ev, want)
+		}
+		return
+	}
+}
+
+// event returns the client's next event and records it; a reset fails the
+// test: in every scenario of this suite continuity is provable.
+func (r *rig) event() sseEvent {
+	r.t.Helper()
+	ev, ok := r.recv()
+	if !ok {
+		r.t.Fatal("event stream ended")
+	}
+	return ev
+}
+
+// recv reads one event (ok false when the stream ended) and records it.
+func (r *rig) recv() (sseEvent, bool) {
+	r.t.Helper()
+	select {
+	case ev, ok := <-r.c.events:
+		if !ok {
+			return ev, false
+		}
+		r.record(ev)
+		return ev, true
+	case <-time.After(30 * time.Second):
+		r.t.Fatalf("no event within 30s; seen %d of %d rows\n%s", len(r.seen), r.next-1, r.d.stderr)
+	}
+	return sseEvent{}, false
+}
+
+func (r *rig) record(ev sseEvent) {
+	r.t.Helper()
+	if ev.ID != "" {
+		r.lastID = ev.ID
+	}
+	switch ev.Event {
+	case "reset":
+		r.t.Fatalf("reset where continuity is provable: %s\n%s", ev, r.d.stderr)
+	case "invalidate":
+		for _, tag := range strings.Fields(strings.TrimPrefix(render(r.t, ev), "invalidate ")) {
+			n, err := strconv.Atoi(strings.TrimPrefix(tag, "todo:"))
+			if err != nil {
+				r.t.Fatalf("unexpected tag %q", tag)
+			}
+			r.mu.Lock()
+			r.seen[n] = true
+			r.mu.Unlock()
+		}
+	}
+}
+
+// write commits n todos, one transaction each.
+func (r *rig) write(n int) {
+	r.t.Helper()
+	for range n {
+		if err := r.insertNext(); err != nil {
+			r.t.Fatal(err)
+		}
+	}
+}
+
+func (r *rig) insertNext() error {
+	r.mu.Lock()
+	id := r.next
+	r.mu.Unlock()
+	u, err := r.db.insert(id)
+	if err != nil {
+		return fmt.Errorf("insert todo %d: %w", id, err)
+	}
+	r.mu.Lock()
+	r.upper[id] = u
+	r.next = id + 1
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *rig) missing() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for id := 1; id < r.next; id++ {
+		if !r.seen[id] {
+			n++
+		}
+	}
+	return n
+}
+
+// deliveredAll reads events until every committed row's tag arrived.
+func (r *rig) deliveredAll() {
+	r.t.Helper()
+	for r.missing() > 0 {
+		r.event()
+	}
+}
+
+// checkDurable asserts that the position a restart resumes from covers no
+// row the client has not received. Call it when the client holds
+// everything the daemon sent (the daemon stopped and its stream drained).
+func (r *rig) checkDurable(label string) {
+	r.t.Helper()
+	pos := r.db.durable(r.t)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for id, u := range r.upper {
+		if u <= pos && !r.seen[id] {
+			r.t.Fatalf("%s: durable position %d covers todo %d (committed by %d), which the client never received", label, pos, id, u)
+		}
+	}
+}
+
+// stop ends the daemon with SIGTERM (exit 0 asserted), drains the client's
+// stream and checks the durable position against what it received.
+func (r *rig) stop(label string) {
+	r.t.Helper()
+	r.d.stop(r.t)
+	for {
+		if _, ok := r.recv(); !ok {
+			break
+		}
+	}
+	r.checkDurable(label)
+}
+
+// fault runs one scenario: rows before, the fault, rows during and after
+// it, then every row delivered and the durable position behind delivery.
+func (r *rig) fault(name string, inject func(), after func()) {
+	r.t.Helper()
+	r.t.Logf("fault: %s", name)
+	r.write(3)
+	r.deliveredAll()
+	inject()
+	r.write(3)
+	if after != nil {
+		after()
+	}
+	r.write(3)
+	r.deliveredAll()
+	r.checkDurable(name)
+}
+
+// reconnect returns a fault's inject and after functions: after waits
+// until the reader replicates again in a new session.
+func (r *rig) reconnect(inject func()) (func(), func()) {
+	var old uint64
+	return func() {
+			waitFor(r.t, func() bool { old = r.db.session(r.t); return old != 0 })
+			inject()
+		}, func() {
+			waitFor(r.t, func() bool { s := r.db.session(r.t); return s != 0 && s != old })
+		}
+}
+
+// underLoad writes rows without pause while SIGTERM stops the daemon, then
+// restarts it: exit 0, the durable position behind delivery, the client
+// resumes without a reset and receives every row.
+func (r *rig) underLoad() {
+	r.t.Helper()
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			if err := r.insertNext(); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	base := r.next
+	for {
+		r.mu.Lock()
+		n := len(r.seen)
+		r.mu.Unlock()
+		if n >= base+100 {
+			break
+		}
+		r.event()
+	}
+	r.stop("SIGTERM under load")
+	r.start()
+	// Wait for rows written after the restart, then stop writing.
+	r.mu.Lock()
+	target := r.next + 50
+	r.mu.Unlock()
+	for {
+		r.mu.Lock()
+		n := r.next
+		r.mu.Unlock()
+		if n >= target {
+			break
+		}
+		r.event()
+	}
+	close(stop)
+	if err := <-done; err != nil {
+		r.t.Fatal(err)
+	}
+	r.deliveredAll()
+	r.t.Logf("SIGTERM under load: %d rows committed, all received, resumed without reset", r.next-1)
+}
+
+// pgFaultDB is a Postgres database of a private server.
+type pgFaultDB struct {
+	dsn, slot string
+	w         *pgx.Conn
+}
+
+func (p *pgFaultDB) insert(id int) (uint64, error) {
+	ctx := context.Background()
+	if p.w == nil || p.w.IsClosed() {
+		w, err := pgx.Connect(ctx, p.dsn)
+		if err != nil {
+			return 0, err
+		}
+		p.w = w
+	}
+	if _, err := p.w.Exec(ctx, `INSERT INTO todos (id, user_id) VALUES ($1, 1)`, id); err != nil {
+		p.w.Close(ctx)
+		p.w = nil
+		return 0, err
+	}
+	var lsn string
+	if err := p.w.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&lsn); err != nil {
+		p.w.Close(ctx)
+		p.w = nil
+		return 0, err
+	}
+	return parseLSN(lsn)
+}
+
+func parseLSN(s string) (uint64, error) {
+	hi, lo, ok := strings.Cut(s, "/")
+	h, err1 := strconv.ParseUint(hi, 16, 32)
+	l, err2 := strconv.ParseUint(lo, 16, 32)
+	if !ok || err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("bad LSN %q", s)
+	}
+	return h<<32 | l, nil
+}
+
+func (p *pgFaultDB) durable(t *testing.T) uint64 {
+	t.Helper()
+	ctx := context.Background()
+	c, err := pgx.Connect(ctx, p.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	var lsn string
+	if err := c.QueryRow(ctx, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, p.slot).Scan(&lsn); err != nil {
+		t.Fatal(err)
+	}
+	n, err := parseLSN(lsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func (p *pgFaultDB) session(t *testing.T) uint64 {
+	t.Helper()
+	ctx := context.Background()
+	c, err := pgx.Connect(ctx, p.dsn)
+	if err != nil {
+		return 0 // restarting
+	}
+	defer c.Close(ctx)
+	var pid int64
+	if err := c.QueryRow(ctx, `SELECT coalesce(max(active_pid), 0) FROM pg_replication_slots WHERE slot_name = $1`, p.slot).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	return uint64(pid)
+}
+
+// pgExec runs statements on a fresh connection (the server may have
+// restarted since the last one).
+func pgExec(t *testing.T, dsn string, sql ...string) {
+	t.Helper()
+	ctx := context.Background()
+	c, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	for _, s := range sql {
+		if _, err := c.Exec(ctx, s); err != nil {
+			t.Fatalf("%s: %v", s, err)
+		}
+	}
+}
+
+func writeTodoRules(t *testing.T) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "rules.yaml")
+	if err := os.WriteFile(f, []byte("rules:\n  - table: todos\n    tags: [\"todo:{id}\"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// hostOf returns a DSN's host:port.
+func hostOf(t *testing.T, dsn string) string {
+	t.Helper()
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u.Host
+}
+
+// viaProxy rewrites a DSN's host:port to the proxy's.
+func viaProxy(t *testing.T, dsn string, p *testcontainers.Proxy) string {
+	t.Helper()
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Host = p.Addr()
+	return u.String()
+}
+
+// TestFaultsPostgres: one daemon reads a private Postgres through a proxy
+// while the suite terminates its walsender, cuts and stalls its
+// connections, restarts the server fast and immediately, and stops the
+// daemon under load.
+func TestFaultsPostgres(t *testing.T) {
+	t.Parallel()
+	// The server notices a silent standby (a stalled to-server path) after
+	// wal_sender_timeout; the reader's status updates come every half second.
+	srv := testcontainers.NewPrivatePostgres(t, "wal_sender_timeout=3s")
+	ctx := context.Background()
+	dsn, err := srv.CreateDatabase(ctx, "faults")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pgExec(t, dsn, `CREATE TABLE todos (id int PRIMARY KEY, user_id int)`)
+	proxy := testcontainers.NewProxy(t, hostOf(t, dsn))
+	db := &pgFaultDB{dsn: dsn, slot: "faults"}
+	t.Cleanup(func() {
+		if db.w != nil {
+			db.w.Close(context.Background())
+		}
+	})
+	r := newRig(t, db, "--db", viaProxy(t, dsn, proxy), "--rules", writeTodoRules(t),
+		"--slot", "faults", "--publication", "faults", "--source-timeout", faultSourceTimeout)
+
+	inj, after := r.reconnect(func() {
+		pgExec(t, dsn, fmt.Sprintf(`SELECT pg_terminate_backend(%d)`, db.session(t)))
+	})
+	r.fault("walsender terminated", inj, after)
+	inj, after = r.reconnect(proxy.Cut)
+	r.fault("proxy cut", inj, after)
+	inj, after = r.reconnect(func() { proxy.Stall(testcontainers.ToClient) })
+	r.fault("proxy stalls server->reader", inj, after)
+	inj, after = r.reconnect(func() { proxy.Stall(testcontainers.ToServer) })
+	r.fault("proxy stalls reader->server", inj, after)
+	for _, mode := range []testcontainers.ShutdownMode{testcontainers.Fast, testcontainers.Immediate} {
+		name := map[testcontainers.ShutdownMode]string{testcontainers.Fast: "fast", testcontainers.Immediate: "immediate"}[mode]
+		r.fault("postgres restarted ("+name+")", func() {
+			srv.Stop(mode)
+			if db.w != nil {
+				db.w.Close(ctx)
+				db.w = nil
+			}
+			if err := srv.Start(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}, nil)
+	}
+	r.underLoad()
+	r.stop("final stop")
+}
