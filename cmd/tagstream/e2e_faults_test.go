@@ -10,6 +10,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/url"
 	"os"
@@ -20,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	gomysql "github.com/go-mysql-org/go-mysql/client"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tagstream/tagstream/testcontainers"
@@ -451,6 +453,169 @@ func TestFaultsPostgres(t *testing.T) {
 				db.w.Close(ctx)
 				db.w = nil
 			}
+			if err := srv.Start(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}, nil)
+	}
+	r.underLoad()
+	r.stop("final stop")
+}
+
+// myFaultDB is a MariaDB database of a private server.
+type myFaultDB struct {
+	dsn      string // direct, not through the proxy
+	stateDir string
+	w        *gomysql.Conn
+	// readFile reads the checkpoint file (through nsenter when the state
+	// dir is only mounted in the daemon's namespace); nil: os.ReadFile.
+	readFile func(path string) ([]byte, error)
+}
+
+func (m *myFaultDB) conn() (*gomysql.Conn, error) {
+	if m.w != nil {
+		return m.w, nil
+	}
+	u, err := url.Parse(m.dsn)
+	if err != nil {
+		return nil, err
+	}
+	pass, _ := u.User.Password()
+	c, err := gomysql.Connect(u.Host, u.User.Username(), pass, strings.TrimPrefix(u.Path, "/"))
+	if err != nil {
+		return nil, err
+	}
+	m.w = c
+	return c, nil
+}
+
+func (m *myFaultDB) drop() {
+	if m.w != nil {
+		m.w.Close()
+		m.w = nil
+	}
+}
+
+func (m *myFaultDB) insert(id int) (uint64, error) {
+	c, err := m.conn()
+	if err != nil {
+		return 0, err
+	}
+	if _, err := c.Execute(fmt.Sprintf(`INSERT INTO todos (id, user_id) VALUES (%d, 1)`, id)); err != nil {
+		m.drop()
+		return 0, err
+	}
+	res, err := c.Execute(`SHOW MASTER STATUS`)
+	if err != nil || res.RowNumber() != 1 {
+		m.drop()
+		return 0, fmt.Errorf("show master status: %v", err)
+	}
+	file, _ := res.GetString(0, 0)
+	pos, _ := res.GetUint(0, 1)
+	seq, err := strconv.ParseUint(file[strings.LastIndexByte(file, '.')+1:], 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("binlog file %q: %v", file, err)
+	}
+	return seq<<32 | pos, nil
+}
+
+func (m *myFaultDB) durable(t *testing.T) uint64 {
+	t.Helper()
+	read := m.readFile
+	if read == nil {
+		read = os.ReadFile
+	}
+	// One source per state dir in this suite: its only checkpoint file.
+	out, err := read(m.stateDir)
+	if err != nil {
+		t.Fatalf("read checkpoint: %v", err)
+	}
+	var cp struct {
+		Position uint64 `json:"position"`
+	}
+	if err := json.Unmarshal(out, &cp); err != nil || cp.Position == 0 {
+		t.Fatalf("checkpoint %q: %v", out, err)
+	}
+	return cp.Position
+}
+
+func (m *myFaultDB) session(t *testing.T) uint64 {
+	t.Helper()
+	c, err := m.conn()
+	if err != nil {
+		return 0 // restarting
+	}
+	res, err := c.Execute(`SELECT coalesce(max(ID), 0) FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'`)
+	if err != nil {
+		m.drop()
+		return 0
+	}
+	id, _ := res.GetUint(0, 0)
+	return id
+}
+
+// checkpointFile reads the one checkpoint file in dir.
+func checkpointFile(dir string) ([]byte, error) {
+	files, err := filepath.Glob(filepath.Join(dir, "mysql-*.json"))
+	if err != nil || len(files) != 1 {
+		return nil, fmt.Errorf("want one checkpoint file in %s, have %v (%v)", dir, files, err)
+	}
+	return os.ReadFile(files[0])
+}
+
+// privateMySQLTodos starts a private MariaDB with a todos table and returns
+// it with the database's DSN.
+func privateMySQLTodos(t *testing.T) (*testcontainers.PrivateMySQL, string) {
+	t.Helper()
+	srv := testcontainers.NewPrivateMySQL(t)
+	ctx := context.Background()
+	dsn, err := srv.CreateDatabase(ctx, "faults")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Exec(ctx, "CREATE TABLE faults.todos (id int PRIMARY KEY, user_id int)"); err != nil {
+		t.Fatal(err)
+	}
+	return srv, dsn
+}
+
+// TestFaultsMySQL: one daemon reads a private MariaDB through a proxy while
+// the suite kills its binlog dump thread, cuts and stalls its connections,
+// restarts and kills the server, and stops the daemon under load.
+func TestFaultsMySQL(t *testing.T) {
+	t.Parallel()
+	srv, dsn := privateMySQLTodos(t)
+	ctx := context.Background()
+	proxy := testcontainers.NewProxy(t, hostOf(t, dsn))
+	stateDir := t.TempDir()
+	db := &myFaultDB{dsn: dsn, stateDir: stateDir, readFile: func(dir string) ([]byte, error) { return checkpointFile(dir) }}
+	t.Cleanup(db.drop)
+	r := newRig(t, db, "--db", viaProxy(t, dsn, proxy), "--rules", writeTodoRules(t),
+		"--state-dir", stateDir, "--server-id", "4301", "--source-timeout", faultSourceTimeout)
+
+	inj, after := r.reconnect(func() {
+		c, err := db.conn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Execute(fmt.Sprintf("KILL %d", db.session(t))); err != nil {
+			t.Fatal(err)
+		}
+	})
+	r.fault("binlog dump thread killed", inj, after)
+	inj, after = r.reconnect(proxy.Cut)
+	r.fault("proxy cut", inj, after)
+	inj, after = r.reconnect(func() { proxy.Stall(testcontainers.ToClient) })
+	r.fault("proxy stalls server->reader", inj, after)
+	// A binlog dump sends nothing to the server once it runs: a silent
+	// reader->server path changes nothing, the session goes on (the
+	// visibility fence's queries, stalled too, time out and reconnect).
+	r.fault("proxy stalls reader->server", func() { proxy.Stall(testcontainers.ToServer) }, nil)
+	for _, mode := range []testcontainers.ShutdownMode{testcontainers.Fast, testcontainers.Immediate} {
+		name := map[testcontainers.ShutdownMode]string{testcontainers.Fast: "restarted", testcontainers.Immediate: "killed"}[mode]
+		r.fault("mariadb "+name, func() {
+			srv.Stop(mode)
+			db.drop()
 			if err := srv.Start(ctx); err != nil {
 				t.Fatal(err)
 			}
