@@ -12,8 +12,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -52,6 +54,7 @@ type rig struct {
 	args []string
 	d    *daemon
 	c    *sseClient
+	wrap []string // starts the binary (startDaemonWrapped); nil: directly
 
 	mu     sync.Mutex
 	next   int            // the next todo id to insert
@@ -61,7 +64,11 @@ type rig struct {
 }
 
 func newRig(t *testing.T, db faultDB, args ...string) *rig {
-	r := &rig{t: t, db: db, args: args, next: 1, upper: map[int]uint64{}, seen: map[int]bool{}}
+	return newWrappedRig(t, db, nil, args...)
+}
+
+func newWrappedRig(t *testing.T, db faultDB, wrap []string, args ...string) *rig {
+	r := &rig{t: t, db: db, args: args, wrap: wrap, next: 1, upper: map[int]uint64{}, seen: map[int]bool{}}
 	r.start()
 	return r
 }
@@ -71,7 +78,13 @@ func newRig(t *testing.T, db faultDB, args ...string) *rig {
 // resume without a reset.
 func (r *rig) start() {
 	r.t.Helper()
-	r.d = startDaemon(r.t, r.args...)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	r.d = startDaemonWrapped(r.t, addr, r.wrap, r.args...)
 	first := r.lastID == ""
 	r.c = subscribe(r.t, r.d.base, "tags=todo:*", r.lastID)
 	for {
@@ -623,4 +636,119 @@ func TestFaultsMySQL(t *testing.T) {
 	}
 	r.underLoad()
 	r.stop("final stop")
+}
+
+// needRootMounts fails (CI) or skips the test unless it may mount a tmpfs
+// in a private mount namespace: the state-dir faults need a file system
+// that is read-only or full for tagstream alone.
+func needRootMounts(t *testing.T) {
+	t.Helper()
+	why := ""
+	if os.Geteuid() != 0 {
+		why = "not root"
+	} else if _, err := exec.LookPath("unshare"); err != nil {
+		why = "no unshare"
+	} else if _, err := exec.LookPath("nsenter"); err != nil {
+		why = "no nsenter"
+	} else if out, err := exec.Command("unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=4k tmpfs /mnt").CombinedOutput(); err != nil {
+		why = fmt.Sprintf("cannot mount a tmpfs in a private mount namespace: %v %s", err, out)
+	}
+	if why == "" {
+		return
+	}
+	msg := "state-dir faults need root with unshare -m and nsenter (a tmpfs of tagstream's own): " + why
+	if os.Getenv("CI") != "" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+}
+
+// tmpfsWrap is a wrap for startDaemonWrapped that runs the binary in a
+// private mount namespace with a tmpfs of size bytes (options opts) on
+// dir, after running setup there.
+func tmpfsWrap(dir, opts, setup string) []string {
+	script := fmt.Sprintf(`mount -t tmpfs -o %s tmpfs '%s' && %s exec "$0" "$@"`, opts, dir, setup)
+	return []string{"unshare", "-m", "sh", "-c", script}
+}
+
+// inNamespace runs a shell command in the daemon's mount namespace.
+func inNamespace(d *daemon, script string) ([]byte, error) {
+	return exec.Command("nsenter", "-t", strconv.Itoa(d.cmd.Process.Pid), "-m", "sh", "-c", script).CombinedOutput()
+}
+
+// TestFaultsMySQLStateDir: a state dir that is read-only or full at start
+// is a configuration error (exit 2, one line naming it); one that fills up
+// or turns read-only while running costs one error line each time, never a
+// checkpoint beyond delivery, and the checkpoint catches up once the dir
+// is writable again.
+func TestFaultsMySQLStateDir(t *testing.T) {
+	needRootMounts(t)
+	t.Parallel()
+	dsn := testcontainers.MySQL(t)
+	db := mysqlConn(t, dsn)
+	execMySQL(t, db, `CREATE TABLE todos (id int PRIMARY KEY, user_id int)`)
+	rulesFile := writeTodoRules(t)
+
+	for _, tc := range []struct{ name, opts, setup, want string }{
+		{"read-only", "ro,size=64k", "", "read-only file system"},
+		{"full", "size=4k", "cat /dev/zero > '%s/fill' 2>/dev/null;", "no space left on device"},
+	} {
+		dir := t.TempDir()
+		setup := tc.setup
+		if strings.Contains(setup, "%s") {
+			setup = fmt.Sprintf(setup, dir)
+		}
+		argv := append(tmpfsWrap(dir, tc.opts, setup), binary, "run", "--listen", "127.0.0.1:0", "--db", dsn, "--rules", rulesFile, "--state-dir", dir, "--server-id", "4302")
+		cmd := exec.Command(argv[0], argv[1:]...)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		code := -1
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		}
+		lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+		last := lines[len(lines)-1]
+		prefix := fmt.Sprintf("tagstream: mysql: configuration: state dir %s is not writable (the checkpoint file lives there; see --state-dir): ", dir)
+		if code != 2 || !strings.HasPrefix(last, prefix) || !strings.HasSuffix(last, tc.want) {
+			t.Fatalf("%s state dir at start: exit %d, last line %q; want exit 2 and %q…%q\n%s", tc.name, code, last, prefix, tc.want, stderr.String())
+		}
+	}
+
+	dir := t.TempDir()
+	m := &myFaultDB{dsn: dsn, stateDir: dir}
+	t.Cleanup(m.drop)
+	r := newWrappedRig(t, m, tmpfsWrap(dir, "size=64k", ""), "--db", dsn, "--rules", rulesFile, "--state-dir", dir, "--server-id", "4303", "--source-timeout", faultSourceTimeout)
+	m.readFile = func(dir string) ([]byte, error) { return inNamespace(r.d, fmt.Sprintf("cat '%s'/mysql-*.json", dir)) }
+	const notWritten, writtenAgain = "checkpoint not written", "checkpoint written again"
+	caughtUp := func() {
+		t.Helper()
+		r.mu.Lock()
+		last := r.upper[r.next-1]
+		r.mu.Unlock()
+		waitFor(t, func() bool { return r.db.durable(t) == last })
+	}
+	for i, f := range []struct{ name, break_, repair string }{
+		{"state dir full while running", "cat /dev/zero > '%s/fill' 2>/dev/null; true", "rm '%s/fill'"},
+		{"state dir read-only while running", "mount -o remount,ro '%s'", "mount -o remount,rw '%s'"},
+	} {
+		r.fault(f.name, func() {
+			if out, err := inNamespace(r.d, fmt.Sprintf(f.break_, dir)); err != nil {
+				t.Fatalf("%s: %v %s", f.break_, err, out)
+			}
+		}, func() {
+			// Acknowledged rows now fail to reach the file: one error line.
+			waitFor(t, func() bool { return strings.Count(r.d.stderr.String(), notWritten) == i+1 })
+		})
+		if n := strings.Count(r.d.stderr.String(), notWritten); n != i+1 {
+			t.Fatalf("%s: %q logged %d times in all, want %d (once per failing stretch)", f.name, notWritten, n, i+1)
+		}
+		if out, err := inNamespace(r.d, fmt.Sprintf(f.repair, dir)); err != nil {
+			t.Fatalf("%s: %v %s", f.repair, err, out)
+		}
+		waitFor(t, func() bool { return strings.Count(r.d.stderr.String(), writtenAgain) == i+1 })
+		caughtUp()
+	}
+	// The tmpfs, and the checkpoint on it, end with the daemon's namespace.
+	r.d.stop(t)
 }

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -93,12 +94,27 @@ func startDaemonOn(t *testing.T, addr string, args ...string) *daemon {
 	return launch(t, "run", addr, (*daemon).ready, args...)
 }
 
+// startDaemonWrapped is startDaemonOn with the binary started by wrap, a
+// command line that execs the binary and the arguments appended to it
+// (unshare -m … for a private mount namespace).
+func startDaemonWrapped(t *testing.T, addr string, wrap []string, args ...string) *daemon {
+	t.Helper()
+	return launchWrapped(t, wrap, "run", addr, (*daemon).ready, args...)
+}
+
 // launch runs `tagstream sub --listen addr args…` and waits until up says
 // so (it is asked every 50 ms for 30 s).
 func launch(t *testing.T, sub, addr string, up func(*daemon) bool, args ...string) *daemon {
 	t.Helper()
+	return launchWrapped(t, nil, sub, addr, up, args...)
+}
+
+// launchWrapped is launch with the binary started by wrap (nil: directly).
+func launchWrapped(t *testing.T, wrap []string, sub, addr string, up func(*daemon) bool, args ...string) *daemon {
+	t.Helper()
 	d := &daemon{base: "http://" + addr, stderr: &lockedBuffer{}, done: make(chan struct{})}
-	d.cmd = exec.Command(binary, append([]string{sub, "--listen", addr, "--log-level", "debug"}, args...)...)
+	argv := append(append(slices.Clone(wrap), binary, sub, "--listen", addr, "--log-level", "debug"), args...)
+	d.cmd = exec.Command(argv[0], argv[1:]...)
 	d.cmd.Stderr = d.stderr
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
