@@ -9,10 +9,13 @@ package main
 // the client had not received.
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -20,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -129,7 +133,9 @@ func (r *rig) recv() (sseEvent, bool) {
 func (r *rig) record(ev sseEvent) {
 	r.t.Helper()
 	if ev.ID != "" {
+		r.mu.Lock()
 		r.lastID = ev.ID
+		r.mu.Unlock()
 	}
 	switch ev.Event {
 	case "reset":
@@ -751,4 +757,148 @@ func TestFaultsMySQLStateDir(t *testing.T) {
 	}
 	// The tmpfs, and the checkpoint on it, end with the daemon's namespace.
 	r.d.stop(t)
+}
+
+// TestFaultsClientFlood: 1,000 clients connect and drop in a loop, five
+// times each (half of them after their `ready`, half after an invalidation
+// too, every third with a resume cursor) while 3,000 rows are written: a steady client receives
+// every row's tag without a reset, and once the flood ends the daemon holds
+// only the steady client.
+func TestFaultsClientFlood(t *testing.T) {
+	t.Parallel()
+	dsn, _, _ := setupPG(t)
+	w, err := pgx.Connect(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close(context.Background()) })
+	db := &pgFaultDB{dsn: dsn, slot: "flood", w: w}
+	r := newRig(t, db, "--db", dsn, "--rules", writeTodoRules(t), "--slot", "flood", "--publication", "flood")
+
+	// Each client connects cycles times: a fixed churn that overlaps the
+	// writes, rather than a tight loop that would starve them on 2 cores.
+	const clients, cycles, rows = 1000, 5, 3000
+	ctx, stopFlood := context.WithCancel(context.Background())
+	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	var (
+		wg       sync.WaitGroup
+		connects atomic.Int64
+		failures = make(chan string, clients)
+	)
+	for i := range clients {
+		wg.Go(func() {
+			for range cycles {
+				if ctx.Err() != nil {
+					return
+				}
+				if msg := floodOnce(ctx, hc, r.d.base, i, r.lastIDSnapshot()); msg != "" {
+					failures <- msg
+					return
+				}
+				connects.Add(1)
+			}
+		})
+	}
+	writer := make(chan error, 1)
+	go func() {
+		for range rows {
+			if err := r.insertNext(); err != nil {
+				writer <- err
+				return
+			}
+		}
+		writer <- nil
+	}()
+	for r.missing() > 0 || r.nextSnapshot() <= rows {
+		select {
+		case msg := <-failures:
+			stopFlood()
+			wg.Wait()
+			t.Fatalf("flood client: %s", msg)
+		default:
+		}
+		r.event()
+	}
+	if err := <-writer; err != nil {
+		t.Fatal(err)
+	}
+	stopFlood()
+	wg.Wait()
+	close(failures)
+	for msg := range failures {
+		t.Fatalf("flood client: %s", msg)
+	}
+	t.Logf("client flood: %d rows received by the steady client while %d clients made %d connections", rows, clients, connects.Load())
+	waitFor(t, func() bool { return strings.Contains(metricsText(t, r.d.base), "\ntagstream_subscribers 1\n") })
+	r.stop("after the flood")
+}
+
+func (r *rig) lastIDSnapshot() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lastID
+}
+
+func (r *rig) nextSnapshot() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.next
+}
+
+// floodOnce connects one flood client and drops it: after its `ready`
+// (even i) or after its first invalidation (odd i; or when ctx ends).
+// Every third connection resumes from cursor. It returns what went wrong,
+// "" when nothing did (a connection cut by ctx is fine).
+func floodOnce(ctx context.Context, hc *http.Client, base string, i int, cursor string) string {
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	req, err := http.NewRequestWithContext(cctx, http.MethodGet, base+"/events?tags=todo:*", nil)
+	if err != nil {
+		return err.Error()
+	}
+	if i%3 == 0 && cursor != "" {
+		req.Header.Set("Last-Event-ID", cursor)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ""
+		}
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "status " + resp.Status
+	}
+	sc := bufio.NewScanner(resp.Body)
+	ready := false
+	for sc.Scan() {
+		switch sc.Text() {
+		case "event: ready":
+			ready = true
+			if i%2 == 0 {
+				return ""
+			}
+		case "event: invalidate":
+			if ready {
+				return ""
+			}
+		}
+	}
+	if ctx.Err() != nil {
+		return ""
+	}
+	return fmt.Sprintf("stream ended before the client dropped it (ready=%v): %v", ready, sc.Err())
+}
+
+// metricsText returns the daemon's /metrics.
+func metricsText(t *testing.T, base string) string {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }
