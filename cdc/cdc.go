@@ -169,6 +169,18 @@ type Handler interface {
 	Drain(ctx context.Context)
 }
 
+// Idler is an optional capability of a Handler, found by type assertion:
+// a quiet source's position moves without transactions (Postgres: a
+// keepalive's WAL end while no transaction is open).
+type Idler interface {
+	// Idle reports that every transaction ending at or before pos was
+	// handed to Commit. The handler passes pos downstream in order with
+	// the transactions and acknowledges it (Source.Ack) once every sink
+	// has accounted for it, so that the database may forget up to pos and
+	// clients' cursors (ping ids) reach pos before a restart resumes there.
+	Idle(pos Position)
+}
+
 // Source is a change reader for one database. One source per process.
 type Source interface {
 	// Run reads changes and calls h until ctx is cancelled (then it returns

@@ -260,6 +260,22 @@ func (p *Pipeline) Resumed(pos cdc.Position) {
 	_ = p.dispatch(context.Background(), newItem(kindResumed, sink.Txn{Position: pos}))
 }
 
+// Idle implements cdc.Idler: pos goes to every sink after the transactions
+// handed over before it and is acknowledged like one of them.
+func (p *Pipeline) Idle(pos cdc.Position) {
+	if pos <= p.handed {
+		return
+	}
+	if err := p.dispatch(context.Background(), newItem(kindIdle, sink.Txn{Position: pos, Time: time.Now()})); err != nil {
+		return
+	}
+	p.handed = pos
+	p.handedA.Store(uint64(pos))
+	if len(p.workers) == 0 {
+		p.src.Ack(pos)
+	}
+}
+
 // Progress implements cdc.Handler.
 func (p *Pipeline) Progress(end cdc.Position) {
 	p.end.Store(uint64(end))

@@ -451,3 +451,44 @@ func TestNilEngineForTaggedCommits(t *testing.T) {
 		t.Fatalf("got %q, want %q", rec.got(), want)
 	}
 }
+// idleRecorder is a recorder that is a sink.Idler too.
+type idleRecorder struct{ *recorder }
+
+func (r idleRecorder) Idle(pos cdc.Position) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events = append(r.events, fmt.Sprintf("idle@%d", pos))
+}
+
+// TestIdleIsAcknowledgedAfterEverySink: an idle position goes to the sinks
+// in order with the commits and is acknowledged only once every sink has
+// taken it; one at or below what was handed over is ignored.
+func TestIdleIsAcknowledgedAfterEverySink(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := &source{}
+		fast := idleRecorder{&recorder{}}
+		slow := &recorder{block: make(chan struct{})}
+		p := newPipeline(t, src, Options{}, Target{Name: "slow", Sink: slow}, Target{Name: "fast", Sink: fast})
+		p.Resumed(10)
+		mustCommit(t, p, 11, "a")
+		p.Idle(20)
+		p.Idle(15)
+		synctest.Wait()
+		if want := []string{"floor@10", "11[a]", "idle@20"}; !slices.Equal(fast.got(), want) {
+			t.Fatalf("fast sink got %q, want %q", fast.got(), want)
+		}
+		if got := src.ackedPos(); got != 0 {
+			t.Fatalf("acknowledged %d while a sink has accepted nothing", got)
+		}
+		close(slow.block)
+		synctest.Wait()
+		if got := src.ackedPos(); got != 20 {
+			t.Fatalf("acknowledged %d after both sinks took idle 20", got)
+		}
+		mustCommit(t, p, 21, "b")
+		synctest.Wait()
+		if want := []string{"floor@10", "11[a]", "idle@20", "21[b]"}; !slices.Equal(fast.got(), want) {
+			t.Fatalf("fast sink got %q, want %q", fast.got(), want)
+		}
+	})
+}

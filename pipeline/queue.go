@@ -13,6 +13,7 @@ const (
 	kindCommit  itemKind = iota
 	kindResumed          // the source (re)started; txn.Position is the floor
 	kindLost             // continuity lost; txn.Position is the last position handed over before
+	kindIdle             // the source is idle at txn.Position: nothing before it left to deliver
 )
 
 // item is what travels from the reader to the sinks, in order.

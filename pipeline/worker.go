@@ -114,6 +114,11 @@ func (w *worker) marker(ctx context.Context, it *item) {
 		}
 	case kindLost:
 		w.reset(ctx, it.reason, it.txn.Position)
+	case kindIdle:
+		if i, ok := w.t.Sink.(sink.Idler); ok {
+			i.Idle(it.txn.Position)
+		}
+		w.accept(it.txn)
 	}
 }
 

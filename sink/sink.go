@@ -46,6 +46,13 @@ type Resumer interface {
 	Resumed(pos cdc.Position)
 }
 
+// Idler is implemented by sinks that track positions reached without a
+// transaction (cdc.Idler): every transaction up to pos was delivered before.
+// It is called in order with Deliver and Reset.
+type Idler interface {
+	Idle(pos cdc.Position)
+}
+
 // Progresser is implemented by sinks that track the source's current end
 // (the server's WAL end or binlog head) ahead of the delivered transactions.
 // It may be called from the reader's goroutine, out of order with Deliver.

@@ -57,6 +57,10 @@ func TestHTTP2(t *testing.T) {
 		t.Fatalf("got %q, want %q", got, want)
 	}
 	h.Close()
+	// A last ping carries the head, then the stream ends.
+	if got, want := frame(), "id: 5\ndata: {}\nevent: ping\n"; got != want {
+		t.Fatalf("got %q, want %q", got, want)
+	}
 	if line, err := rd.ReadString('\n'); err == nil {
 		t.Fatalf("after Close: %q", line)
 	}

@@ -119,10 +119,11 @@ func TestCloseEndsConnections(t *testing.T) {
 	publish(t, h, 1, "a", "b")
 	publish(t, h, 2, "a")
 	h.Close()
-	// What was queued is written, then the stream ends cleanly.
-	c1.expect(inv(1, "a"), inv(2, "a"))
+	// What was queued is written, then a last ping with the head (the
+	// cursor a restart resumes from), then the stream ends cleanly.
+	c1.expect(inv(1, "a"), inv(2, "a"), ping(2))
 	c1.eof()
-	c2.expect(inv(1, "b"))
+	c2.expect(inv(1, "b"), ping(2))
 	c2.eof()
 	if err := h.Publish(context.Background(), 3, ts0, []string{"a"}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Publish after Close: %v", err)
@@ -225,5 +226,19 @@ func TestClientSendingBytesIsDropped(t *testing.T) {
 	if _, err := c.conn.Write([]byte(strings.Repeat("x", 2*maxJunk))); err != nil {
 		t.Fatal(err)
 	}
+	c.eof()
+}
+
+// TestIdleAdvancesPings: an idle position moves the head without an event;
+// pings (and the last one at Close) carry it.
+func TestIdleAdvancesPings(t *testing.T) {
+	h, b := setup(t, Options{})
+	c := b.dial(t, "tags=a")
+	c.expect(ready(0, false))
+	publish(t, h, 1, "a")
+	h.Idle(7)
+	h.Idle(5) // never backwards
+	h.Close()
+	c.expect(inv(1, "a"), ping(7))
 	c.eof()
 }

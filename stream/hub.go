@@ -360,6 +360,15 @@ func (h *Hub) Deliver(ctx context.Context, batch []sink.Txn) error {
 // Resumed sets the continuity floor (sink.Resumer).
 func (h *Hub) Resumed(pos cdc.Position) { h.SetFloor(pos) }
 
+// Idle advances the head to pos without an event (sink.Idler): every
+// transaction up to pos was delivered, so pings carry pos and a client's
+// cursor keeps up with what the source acknowledges.
+func (h *Hub) Idle(pos cdc.Position) {
+	h.mu.Lock()
+	h.head = max(h.head, pos)
+	h.mu.Unlock()
+}
+
 // Progress records the source's end (sink.Progresser).
 func (h *Hub) Progress(end cdc.Position) { h.SetEnd(end) }
 
@@ -491,7 +500,12 @@ func (h *Hub) Close() {
 		h.drainBy.Store(time.Now().Add(h.opts.WriteTimeout).UnixNano())
 		h.mu.Lock()
 		h.closed = true
+		// A last ping: every client's cursor becomes the position the
+		// source acknowledged at its stop, where it resumes after a
+		// restart (a cursor below it would be reset).
+		cur := h.current()
 		for c := range h.conns {
+			h.push(c, item{kind: kindPing, id: cur})
 			c.mu.Lock()
 			c.closing = true
 			c.wakeAt = 0

@@ -40,7 +40,8 @@ type session struct {
 
 	start     uint64 // LSN streaming started from: already confirmed
 	delivered uint64 // end LSN of the last transaction handed to Commit (this session)
-	idleAck   uint64 // keepalive WAL end seen while nothing was pending
+	idleAck   uint64 // keepalive WAL end seen while nothing was pending (handlers that are no cdc.Idler)
+	idleSent  uint64 // the last WAL end handed to a cdc.Idler handler
 	received  uint64 // highest WAL position received
 	progress  uint64 // highest end reported through Progress
 
@@ -175,6 +176,25 @@ func (r *Reader) session(ctx context.Context, h cdc.Handler) (streamed bool, err
 	return s.heard, err
 }
 
+// idle handles a keepalive's WAL end while no transaction is open: every
+// transaction before it was handed over. A handler that is a cdc.Idler
+// passes it through its sinks and acknowledges it like a transaction, so
+// that clients' cursors (ping ids) reach it before the slot does;
+// otherwise it is acknowledged here once the handler has acknowledged
+// everything it was handed.
+func (s *session) idle(end uint64) {
+	if i, ok := s.h.(cdc.Idler); ok {
+		if end > s.idleSent && end > s.delivered {
+			s.idleSent = end
+			i.Idle(cdc.Position(end))
+		}
+		return
+	}
+	if s.delivered <= s.r.acked.Load() && end > s.idleAck {
+		s.idleAck = end
+	}
+}
+
 // pending reports whether a transaction is open (streamed or not): the
 // server's WAL end may not be acknowledged or reported then, since that
 // transaction ends before it.
@@ -283,9 +303,7 @@ func (s *session) copyData(ctx context.Context, data []byte) error {
 				s.progress = end
 				s.h.Progress(cdc.Position(end))
 			}
-			if s.delivered <= s.r.acked.Load() && end > s.idleAck {
-				s.idleAck = end
-			}
+			s.idle(end)
 		}
 		if ka.ReplyRequested {
 			return s.sendStatus(ctx, false)

@@ -309,6 +309,24 @@ func (r *rig) underLoad() {
 	r.t.Logf("SIGTERM under load: %d rows committed, all received, resumed without reset", r.next-1)
 }
 
+// quietRestart: transactions the steady client does not watch (unwatched
+// writes them) are acknowledged, and the source's position moves past the
+// client's last invalidation; a clean restart then must still let the
+// client resume (its cursor is where the hub was), not reset it.
+func (r *rig) quietRestart(unwatched func()) {
+	r.t.Helper()
+	r.t.Logf("fault: clean restart after unwatched transactions")
+	r.write(2)
+	r.deliveredAll()
+	before := r.db.durable(r.t)
+	unwatched()
+	waitFor(r.t, func() bool { return r.db.durable(r.t) > before })
+	r.stop("clean restart after unwatched transactions")
+	r.start()
+	r.write(2)
+	r.deliveredAll()
+}
+
 // pgFaultDB is a Postgres database of a private server.
 type pgFaultDB struct {
 	dsn, slot string
@@ -443,7 +461,7 @@ func TestFaultsPostgres(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pgExec(t, dsn, `CREATE TABLE todos (id int PRIMARY KEY, user_id int)`)
+	pgExec(t, dsn, `CREATE TABLE todos (id int PRIMARY KEY, user_id int)`, `CREATE TABLE others (id int PRIMARY KEY)`)
 	proxy := testcontainers.NewProxy(t, hostOf(t, dsn))
 	db := &pgFaultDB{dsn: dsn, slot: "faults"}
 	t.Cleanup(func() {
@@ -477,6 +495,9 @@ func TestFaultsPostgres(t *testing.T) {
 			}
 		}, nil)
 	}
+	r.quietRestart(func() {
+		pgExec(t, dsn, `INSERT INTO others VALUES (1)`, `INSERT INTO others VALUES (2)`)
+	})
 	r.underLoad()
 	r.stop("final stop")
 }
@@ -592,7 +613,7 @@ func privateMySQLTodos(t *testing.T) (*testcontainers.PrivateMySQL, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := srv.Exec(ctx, "CREATE TABLE faults.todos (id int PRIMARY KEY, user_id int)"); err != nil {
+	if err := srv.Exec(ctx, "CREATE TABLE faults.todos (id int PRIMARY KEY, user_id int)", "CREATE TABLE faults.others (id int PRIMARY KEY)"); err != nil {
 		t.Fatal(err)
 	}
 	return srv, dsn
@@ -640,6 +661,11 @@ func TestFaultsMySQL(t *testing.T) {
 			}
 		}, nil)
 	}
+	r.quietRestart(func() {
+		if err := srv.Exec(ctx, "INSERT INTO faults.others VALUES (1)", "INSERT INTO faults.others VALUES (2)"); err != nil {
+			t.Fatal(err)
+		}
+	})
 	r.underLoad()
 	r.stop("final stop")
 }
