@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -84,54 +85,15 @@ func (r *Reader) session(ctx context.Context, h cdc.Handler) (streamed bool, err
 		defer cancel()
 		_ = repl.Close(cctx)
 	}()
-	db := repl.ParameterStatus("database")
-	if db == "" {
-		if err := sqlConn.QueryRow(ctx, `SELECT current_database()`).Scan(&db); err != nil {
-			return false, fmt.Errorf("postgres: read database name: %w", err)
-		}
-	}
-	start, err := r.ensureSlot(ctx, sqlConn, repl, db, h)
+	start, walEnd, err := r.startReplication(ctx, sqlConn, repl, si, h)
 	if err != nil {
 		return false, err
-	}
-	if a := pglogrepl.LSN(r.acked.Load()); a > start {
-		start = a // acknowledged, perhaps not yet reported to the server
-	}
-	// The server's WAL end now: a client cursor up to it is a position this
-	// session will reach, so clients resuming right after a restart wait
-	// instead of getting a reset.
-	sys, err := pglogrepl.IdentifySystem(ctx, repl)
-	if err != nil {
-		return false, fmt.Errorf("postgres: identify system: %w", err)
-	}
-	args := []string{"proto_version '1'", "publication_names " + quoteLiteral(r.cfg.Publication)}
-	if si.version >= 140000 {
-		args = []string{"proto_version '2'", "publication_names " + quoteLiteral(r.cfg.Publication), "streaming 'on'"}
-	}
-	err = pglogrepl.StartReplication(ctx, repl, r.cfg.Slot, start, pglogrepl.StartReplicationOptions{Mode: pglogrepl.LogicalReplication, PluginArgs: args})
-	if err != nil {
-		switch pgCode(err) {
-		case codeObjectInUse:
-			return false, fmt.Errorf("postgres: start replication: %w: %w", ErrSlotInUse, err)
-		case codeObjectNotInPrereq:
-			// e.g. the slot was invalidated between the check and now: the
-			// next session's check sees it.
-			return false, fmt.Errorf("postgres: start replication: %w", err)
-		case codeUndefinedObject:
-			return false, fmt.Errorf("postgres: start replication: %w", err) // slot or publication dropped concurrently
-		}
-		return false, fmt.Errorf("postgres: start replication: %w", err)
-	}
-	// The slot is ours now: its confirmed position cannot move under us, so
-	// re-read it (a previous holder may have confirmed more after our check).
-	if after, err := querySlot(ctx, sqlConn, r.cfg.Slot); err == nil && after.exists && after.confirmed > start {
-		start = after.confirmed
 	}
 	r.ready.Store(true)
 	r.log.Info("streaming", logSlot, r.cfg.Slot, logLSN, start.String(), "server_version", si.version)
 	cat := &catalog{conn: sqlConn}
 	s := &session{r: r, h: h, conn: repl, cat: cat, streams: map[uint32]*streamedTx{}, start: uint64(start)}
-	if end := uint64(sys.XLogPos); end > uint64(start) {
+	if end := uint64(walEnd); end > uint64(start) {
 		// Before Resumed, which lets waiting clients in: their cursors are
 		// judged against it.
 		s.progress = end
@@ -153,27 +115,75 @@ func (r *Reader) session(ctx context.Context, h cdc.Handler) (streamed bool, err
 
 	err = s.run(ctx)
 	if ctx.Err() != nil {
-		// Let the handler finish what it was handed, then tell the server
-		// what was acknowledged before leaving.
-		dctx, cancelDrain := context.WithTimeout(context.WithoutCancel(ctx), drainTimeout)
-		h.Drain(dctx)
-		cancelDrain()
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if serr := s.sendStatus(fctx, false); serr != nil {
-			r.log.Warn("final status update failed", logErr, serr)
-		} else {
-			// End the copy and wait for the server's answer: it processes
-			// the status update first, so the slot has confirmed it before
-			// we exit (a plain close may race the walsender).
-			_ = repl.Conn().SetReadDeadline(time.Now().Add(5 * time.Second))
-			if _, derr := pglogrepl.SendStandbyCopyDone(fctx, repl); derr != nil {
-				r.log.Debug("ending replication", logErr, derr)
-			}
-			r.log.Info("stopped", logSlot, r.cfg.Slot, "flushed", pglogrepl.LSN(s.flushLSN()).String())
-		}
+		s.stop(ctx)
 	}
 	return s.heard, err
+}
+
+// startReplication finds (or creates) the slot and starts replication from
+// the later of its confirmed position and what was acknowledged. It returns
+// that start and the server's WAL end at this moment: a client cursor up
+// to it is a position this session will reach, so clients resuming right
+// after a restart wait instead of getting a reset.
+func (r *Reader) startReplication(ctx context.Context, sqlConn *pgx.Conn, repl *pgconn.PgConn, si serverInfo, h cdc.Handler) (start, walEnd pglogrepl.LSN, err error) {
+	db := repl.ParameterStatus("database")
+	if db == "" {
+		if err := sqlConn.QueryRow(ctx, `SELECT current_database()`).Scan(&db); err != nil {
+			return 0, 0, fmt.Errorf("postgres: read database name: %w", err)
+		}
+	}
+	start, err = r.ensureSlot(ctx, sqlConn, repl, db, h)
+	if err != nil {
+		return 0, 0, err
+	}
+	if a := pglogrepl.LSN(r.acked.Load()); a > start {
+		start = a // acknowledged, perhaps not yet reported to the server
+	}
+	sys, err := pglogrepl.IdentifySystem(ctx, repl)
+	if err != nil {
+		return 0, 0, fmt.Errorf("postgres: identify system: %w", err)
+	}
+	args := []string{"proto_version '1'", "publication_names " + quoteLiteral(r.cfg.Publication)}
+	if si.version >= 140000 {
+		args = []string{"proto_version '2'", "publication_names " + quoteLiteral(r.cfg.Publication), "streaming 'on'"}
+	}
+	err = pglogrepl.StartReplication(ctx, repl, r.cfg.Slot, start, pglogrepl.StartReplicationOptions{Mode: pglogrepl.LogicalReplication, PluginArgs: args})
+	if err != nil {
+		if pgCode(err) == codeObjectInUse {
+			return 0, 0, fmt.Errorf("postgres: start replication: %w: %w", ErrSlotInUse, err)
+		}
+		// Otherwise e.g. the slot was invalidated or dropped between the
+		// check and now: the next session's check sees it.
+		return 0, 0, fmt.Errorf("postgres: start replication: %w", err)
+	}
+	// The slot is ours now: its confirmed position cannot move under us, so
+	// re-read it (a previous holder may have confirmed more after our check).
+	if after, err := querySlot(ctx, sqlConn, r.cfg.Slot); err == nil && after.exists && after.confirmed > start {
+		start = after.confirmed
+	}
+	return start, sys.XLogPos, nil
+}
+
+// stop ends a session whose ctx was cancelled: the handler finishes what it
+// was handed, then the server is told what was acknowledged before leaving.
+func (s *session) stop(ctx context.Context) {
+	dctx, cancelDrain := context.WithTimeout(context.WithoutCancel(ctx), drainTimeout)
+	s.h.Drain(dctx)
+	cancelDrain()
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := s.sendStatus(fctx, false); err != nil {
+		s.r.log.Warn("final status update failed", logErr, err)
+		return
+	}
+	// End the copy and wait for the server's answer: it processes the
+	// status update first, so the slot has confirmed it before we exit (a
+	// plain close may race the walsender).
+	_ = s.conn.Conn().SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := pglogrepl.SendStandbyCopyDone(fctx, s.conn); err != nil {
+		s.r.log.Debug("ending replication", logErr, err)
+	}
+	s.r.log.Info("stopped", logSlot, s.r.cfg.Slot, "flushed", pglogrepl.LSN(s.flushLSN()).String())
 }
 
 // idle handles a keepalive's WAL end while no transaction is open: every

@@ -190,19 +190,24 @@ func TestWebhookRetriedInOrderThenAcknowledged(t *testing.T) {
 	rcv := newReceiver(t, http.StatusServiceUnavailable)
 	d := startDaemon(t, "--db", dsn, "--rules", rulesFile, "--slot", "hook", "--publication", "hook",
 		"--webhook", rcv.srv.URL, "--webhook-secret", hookSecret)
+	// The SSE client learns the first transaction's position.
+	c := subscribe(t, d.base, "tags=todo:1", "")
+	c.expect(t, `ready {"resumed":false}`)
 	execSQL(t, db, `INSERT INTO todos (id, user_id) VALUES (1, 7)`)
+	first, _ := strconv.ParseUint(c.expect(t, "invalidate todo:1")[0].ID, 10, 64)
 	execSQL(t, db, `INSERT INTO todos (id, user_id) VALUES (2, 9)`)
 	execSQL(t, db, `UPDATE todos SET user_id = 9 WHERE id = 1`)
 	for rcv.failures() < 3 {
 		time.Sleep(10 * time.Millisecond)
 	}
-	// Still failing: nothing acknowledged beyond where the slot started.
+	// Still failing: no transaction acknowledged (a quiet source's idle
+	// position before the first one may be).
 	sink := `{sink="webhook ` + rcv.srv.URL + `"}`
 	if v := d.metric(t, "tagstream_sink_delivered_total"+sink); v != 0 {
 		t.Fatalf("delivered %v while the target fails", v)
 	}
-	if v := d.metric(t, "tagstream_acknowledged_position"); v != 0 {
-		t.Fatalf("acknowledged position %v while the webhook has accepted nothing", v)
+	if v := d.metric(t, "tagstream_acknowledged_position"); v >= float64(first) {
+		t.Fatalf("acknowledged position %v (first transaction %d) while the webhook has accepted nothing", v, first)
 	}
 	rcv.setStatus(http.StatusOK)
 	var tags []string
@@ -251,7 +256,8 @@ func TestWebhookGivenUpIsResetWhenBack(t *testing.T) {
 	// Given up: the position advances without the webhook.
 	d.waitMetric(t, "tagstream_position", func(v float64) bool { return v > first })
 	missed := uint64(d.metric(t, "tagstream_position"))
-	d.waitMetric(t, "tagstream_acknowledged_position", func(v float64) bool { return uint64(v) == missed })
+	// (Beyond it only by a quiet source's idle position.)
+	d.waitMetric(t, "tagstream_acknowledged_position", func(v float64) bool { return uint64(v) >= missed })
 	rcv.setStatus(http.StatusOK)
 	b := rcv.next(t)
 	if !b.Reset || position(t, b) != missed || !strings.Contains(b.Reason, "failed for longer than 1s and was given up on") {
@@ -264,7 +270,7 @@ func TestWebhookGivenUpIsResetWhenBack(t *testing.T) {
 		t.Fatalf("request after the reset: %+v, want tags %q", b, want)
 	}
 	d.stop(t)
-	if got := slotLSN(t, db, "giveup"); got != position(t, b) {
+	if got := slotLSN(t, db, "giveup"); got < position(t, b) {
 		t.Fatalf("slot confirmed %s, want %s", pglogrepl.LSN(got), pglogrepl.LSN(position(t, b)))
 	}
 }
