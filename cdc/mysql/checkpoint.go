@@ -90,7 +90,7 @@ func checkStateDir(path string) error {
 	}
 	dir := filepath.Dir(path)
 	fail := func(err error) error {
-		return fmt.Errorf("%w: state dir %s is not writable (the checkpoint file lives there; see --state-dir): %v", ErrConfig, dir, err)
+		return fmt.Errorf("%w: state dir %s is not writable (the checkpoint file lives there; see --state-dir): %w", ErrConfig, dir, err)
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fail(err)

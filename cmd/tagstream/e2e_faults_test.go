@@ -12,6 +12,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -546,15 +547,18 @@ func (m *myFaultDB) insert(id int) (uint64, error) {
 		return 0, err
 	}
 	res, err := c.Execute(`SHOW MASTER STATUS`)
-	if err != nil || res.RowNumber() != 1 {
+	if err != nil {
 		m.drop()
-		return 0, fmt.Errorf("show master status: %v", err)
+		return 0, fmt.Errorf("show master status: %w", err)
+	}
+	if res.RowNumber() != 1 {
+		return 0, fmt.Errorf("show master status: %d rows", res.RowNumber())
 	}
 	file, _ := res.GetString(0, 0)
 	pos, _ := res.GetUint(0, 1)
 	seq, err := strconv.ParseUint(file[strings.LastIndexByte(file, '.')+1:], 10, 32)
 	if err != nil {
-		return 0, fmt.Errorf("binlog file %q: %v", file, err)
+		return 0, fmt.Errorf("binlog file %q: %w", file, err)
 	}
 	return seq<<32 | pos, nil
 }
@@ -597,8 +601,11 @@ func (m *myFaultDB) session(t *testing.T) uint64 {
 // checkpointFile reads the one checkpoint file in dir.
 func checkpointFile(dir string) ([]byte, error) {
 	files, err := filepath.Glob(filepath.Join(dir, "mysql-*.json"))
-	if err != nil || len(files) != 1 {
-		return nil, fmt.Errorf("want one checkpoint file in %s, have %v (%v)", dir, files, err)
+	if err != nil {
+		return nil, err
+	}
+	if len(files) != 1 {
+		return nil, fmt.Errorf("want one checkpoint file in %s, have %v", dir, files)
 	}
 	return os.ReadFile(files[0])
 }
@@ -736,7 +743,7 @@ func TestFaultsMySQLStateDir(t *testing.T) {
 		cmd.Stderr = &stderr
 		err := cmd.Run()
 		code := -1
-		if ee, ok := err.(*exec.ExitError); ok {
+		if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
 			code = ee.ExitCode()
 		}
 		lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
