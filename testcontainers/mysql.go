@@ -371,9 +371,19 @@ func (l *mariaLocal) start(ctx context.Context) (err error) {
 	}
 	// root@localhost may be a socket-authenticated account: make sure a
 	// password-less TCP root exists for 127.0.0.1.
-	sc, err := client.ConnectWithContext(ctx, l.sock, "root", "", "", 10*time.Second)
-	if err != nil {
-		return fmt.Errorf("mariadbd: connect over socket: %w", err)
+	// The port may answer before the socket does (or, taken by another
+	// process, without this server): wait for the socket as well.
+	var sc *client.Conn
+	for {
+		if sc, err = client.ConnectWithContext(waitCtx, l.sock, "root", "", "", 10*time.Second); err == nil {
+			break
+		}
+		select {
+		case <-waitCtx.Done():
+			log, _ := os.ReadFile(l.logPath)
+			return fmt.Errorf("mariadbd: connect over socket: %w\n%s", err, tail(log, 2000))
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 	defer sc.Close()
 	for _, q := range []string{
