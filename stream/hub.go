@@ -96,6 +96,7 @@ var (
 	_ sink.Sink       = (*Hub)(nil)
 	_ sink.Resumer    = (*Hub)(nil)
 	_ sink.Progresser = (*Hub)(nil)
+	_ sink.Idler      = (*Hub)(nil)
 )
 
 // ErrClosed is returned by Publish after Close.
