@@ -310,13 +310,14 @@ func (r *rig) underLoad() {
 	r.t.Logf("SIGTERM under load: %d rows committed, all received, resumed without reset", r.next-1)
 }
 
-// quietRestart: transactions the steady client does not watch (unwatched
-// writes them) are acknowledged, and the source's position moves past the
-// client's last invalidation; a clean restart then must still let the
+// quietRestart: WAL the steady client does not watch (unwatched writes it:
+// transactions without its tags, or no transaction of this database at
+// all) is acknowledged, and the source's position moves past the client's
+// last invalidation; a clean restart then must still let the
 // client resume (its cursor is where the hub was), not reset it.
 func (r *rig) quietRestart(unwatched func()) {
 	r.t.Helper()
-	r.t.Logf("fault: clean restart after unwatched transactions")
+	r.t.Logf("fault: clean restart after WAL the client does not watch")
 	r.write(2)
 	r.deliveredAll()
 	before := r.db.durable(r.t)
@@ -498,6 +499,11 @@ func TestFaultsPostgres(t *testing.T) {
 	}
 	r.quietRestart(func() {
 		pgExec(t, dsn, `INSERT INTO others VALUES (1)`, `INSERT INTO others VALUES (2)`)
+	})
+	// WAL of another database: this slot decodes none of it, only the
+	// keepalives' WAL end moves (the idle position).
+	r.quietRestart(func() {
+		pgExec(t, srv.AdminDSN(), `CREATE TABLE IF NOT EXISTS elsewhere (id int)`, `INSERT INTO elsewhere VALUES (1)`)
 	})
 	r.underLoad()
 	r.stop("final stop")
