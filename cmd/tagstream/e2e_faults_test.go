@@ -941,3 +941,25 @@ func metricsText(t *testing.T, base string) string {
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
 }
+
+// TestSourceTimeoutFlag: --source-timeout (and its environment variable)
+// must be a positive duration of at least 30ms: exit 2 with one line.
+func TestSourceTimeoutFlag(t *testing.T) {
+	t.Parallel()
+	rules := writeTodoRules(t)
+	for _, tc := range []struct {
+		env  []string
+		args []string
+		want string
+	}{
+		{nil, []string{"--source-timeout", "10ms"}, "tagstream: --source-timeout: 10ms is below 30ms"},
+		{[]string{"TAGSTREAM_SOURCE_TIMEOUT=-1s"}, nil, "tagstream: --source-timeout: -1s is below 30ms"},
+		{[]string{"TAGSTREAM_SOURCE_TIMEOUT=soon"}, nil, `tagstream: TAGSTREAM_SOURCE_TIMEOUT="soon": parse error (it sets --source-timeout)`},
+	} {
+		args := append([]string{"run", "--db", "postgres://nobody@127.0.0.1:1/db", "--rules", rules, "--listen", "127.0.0.1:0"}, tc.args...)
+		code, _, stderr := runBinary(t, tc.env, args...)
+		if code != 2 || strings.TrimSpace(stderr) != tc.want {
+			t.Errorf("%v %v: exit %d, stderr %q; want 2 and %q", tc.env, tc.args, code, stderr, tc.want)
+		}
+	}
+}
