@@ -451,6 +451,7 @@ func TestNilEngineForTaggedCommits(t *testing.T) {
 		t.Fatalf("got %q, want %q", rec.got(), want)
 	}
 }
+
 // idleRecorder is a recorder that is a sink.Idler too.
 type idleRecorder struct{ *recorder }
 
