@@ -45,6 +45,11 @@ func (o Op) String() string {
 // (binlog file sequence << 32) | end position of the commit event.
 type Position uint64
 
+// MaxTagLen is the longest tag, or subscription pattern, in bytes: the limit
+// of Next.js's cache tags. The rules never emit a longer tag and /events
+// refuses a longer entry.
+const MaxTagLen = 256
+
 // Kind says what a column of a row image holds.
 type Kind uint8
 

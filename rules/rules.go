@@ -47,10 +47,10 @@ import (
 	"github.com/tagstream/tagstream/cdc"
 )
 
-// MaxTagLen is the longest tag tagstream emits (the Next.js limit). Longer
+// MaxTagLen is the longest tag tagstream emits (cdc.MaxTagLen). Longer
 // expansions are replaced by their template's wildcard form and counted in
 // Stats.LongTags.
-const MaxTagLen = 256
+const MaxTagLen = cdc.MaxTagLen
 
 // DefaultMaxTags is the per-transaction cap of distinct tags above which a
 // transaction collapses to the wildcard forms of the rules it touched.

@@ -15,8 +15,8 @@ import (
 const (
 	// MaxTags is the most entries one subscription may carry.
 	MaxTags = 256
-	// MaxTagLen is the longest tag or pattern in bytes (the Next.js limit).
-	MaxTagLen = 256
+	// MaxTagLen is the longest tag or pattern in bytes (cdc.MaxTagLen).
+	MaxTagLen = cdc.MaxTagLen
 )
 
 // ParseTags parses the values of the repeatable `tags` query parameter: each
