@@ -153,7 +153,7 @@ type Hub struct {
 	perIP        map[netip.Addr]int // connections per client address (with MaxConnectionsPerIP)
 	nextID       uint64
 
-	wg     sync.WaitGroup // connections being served (handlers and hijacked streams)
+	wg     sync.WaitGroup // connections being served (handlers and hijacked connections)
 	stop   chan struct{}
 	hbDone chan struct{}
 	close  sync.Once
