@@ -160,6 +160,10 @@ type Hub struct {
 
 	testHookLeave func() // called after a connection has left (tests)
 
+	flushers  []*flusher // the writer pool (pool.go)
+	flushStop chan struct{}
+	flushWG   sync.WaitGroup
+
 	// drainBy (UnixNano) bounds every write once Close has begun: a client
 	// reading just fast enough to beat each write's timeout cannot hold
 	// shutdown longer than one write timeout.
@@ -209,6 +213,7 @@ func NewHub(opts Options) *Hub {
 		stop:   make(chan struct{}),
 		hbDone: make(chan struct{}),
 	}
+	h.startFlushers()
 	go h.heartbeat()
 	return h
 }
@@ -442,7 +447,6 @@ func (h *Hub) heartbeat() {
 			for c := range h.conns {
 				if c.expires != 0 && now.UnixNano() >= c.expires {
 					h.expire(c)
-					wake = append(wake, c)
 					continue
 				}
 				if c.id%pingSlices == slice && h.push(c, item{kind: kindPing, id: cur}) {
@@ -461,14 +465,16 @@ func (h *Hub) heartbeat() {
 }
 
 // expire ends c because its grant ended (Hub.mu held): like Close, its
-// writer writes what is queued and then ends the connection. The caller
-// signals c.
+// writer writes what is queued and then ends the connection.
 func (h *Hub) expire(c *conn) {
 	c.expires = 0
 	c.mu.Lock()
 	c.closing = true
-	c.wakeAt = 0
+	signal := h.wakeNowLocked(c)
 	c.mu.Unlock()
+	if signal {
+		c.signal()
+	}
 	h.access.expired.Add(1)
 	h.log.Debug("stream: grant ended, connection closed", logKeyConn, c.id)
 }
@@ -494,13 +500,16 @@ func (h *Hub) Close() {
 		for c := range h.conns {
 			c.mu.Lock()
 			c.closing = true
-			c.wakeAt = 0
+			signal := h.wakeNowLocked(c)
 			c.mu.Unlock()
-			c.signal()
+			if signal {
+				c.signal()
+			}
 		}
 		h.mu.Unlock()
 		close(h.stop)
 		<-h.hbDone
-		h.wg.Wait()
+		h.wg.Wait() // a pooled connection is handed back to its goroutine by its flusher
+		h.stopFlushers()
 	})
 }

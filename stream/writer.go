@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"syscall"
 	"time"
 )
 
@@ -31,12 +32,18 @@ type link interface {
 	wait() bool
 	// write writes and flushes p under the write deadline.
 	write(p []byte) bool
+	// rawConn is the connection's descriptor when the writer pool may
+	// write to it (nil: never, or not yet).
+	rawConn() syscall.RawConn
 }
 
-// serveClient writes c's queue to l until the client goes, a write fails or the
-// hub closes (then after writing what was queued). The headers go out with
-// the first events (the join always queues at least `ready`). Everything
-// queued since the last write goes out in one write and one flush.
+// serveClient writes c's queue to l until the client goes, a write fails or
+// the hub closes (then after writing what was queued). The headers go out
+// with the first events (the join always queues at least `ready`).
+// Everything queued since the last write goes out in one write and one
+// flush. A connection the writer pool can write to is handed to it whenever
+// its queue is empty and it is not being sent events at a high rate; c's
+// goroutine then only watches the client until the pool hands it back.
 func (h *Hub) serveClient(l link, c *conn) {
 	var (
 		batch []item
@@ -56,10 +63,48 @@ func (h *Hub) serveClient(l link, c *conn) {
 		// goes out at once.)
 		// (arm runs with c.mu held, before wakeAt says the writer waits.)
 		c.mu.Lock()
+		if c.pooled {
+			// A wake-up left over from before the hand-over: wait again.
+			l.arm(time.Time{})
+			c.mu.Unlock()
+			if !l.wait() {
+				return
+			}
+			continue
+		}
+		if c.flushedAt != 0 {
+			// The pool handed c over because it is being sent events
+			// at a high rate: batch them, counting from the pool's write.
+			lastWrite, busy = time.Unix(0, c.flushedAt), true
+			c.flushedAt = 0
+		}
+		if p := c.pending; len(p) > 0 {
+			// What the pool could not write at once goes first.
+			c.pending = nil
+			c.mu.Unlock()
+			if !l.write(p) {
+				return
+			}
+			continue
+		}
 		n := len(c.queue)
 		switch {
 		case c.closing:
+		case n == 0 && !busy && c.raw != nil:
+			c.pooled = true
+			l.arm(time.Time{})
+			c.mu.Unlock()
+			if !l.wait() {
+				return
+			}
+			continue
 		case n == 0:
+			if c.raw == nil {
+				if c.raw = l.rawConn(); c.raw != nil && !busy {
+					c.mu.Unlock()
+					continue // hand c to the pool
+				}
+			}
 			l.arm(time.Time{})
 			c.wakeAt = 1
 		case n < half && busy:
@@ -128,6 +173,8 @@ type httpLink struct {
 
 func (l *httpLink) arm(until time.Time) { l.until = until }
 
+func (l *httpLink) rawConn() syscall.RawConn { return nil }
+
 func (l *httpLink) wait() bool {
 	if l.until.IsZero() {
 		select {
@@ -190,6 +237,23 @@ const maxJunk = 1 << 10
 var aLongTimeAgo = time.Unix(1, 0)
 
 func (l *netLink) arm(until time.Time) { _ = l.nc.SetReadDeadline(until) }
+
+// rawConn is nc's descriptor once the response header has gone out, when
+// nc is a socket (not TLS) on a system where the pool can write to it.
+func (l *netLink) rawConn() syscall.RawConn {
+	if !canPool || l.head != nil {
+		return nil
+	}
+	sc, ok := l.nc.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return raw
+}
 
 func (l *netLink) wait() bool {
 	for {
