@@ -63,26 +63,8 @@ func (h *Hub) serveClient(l link, c *conn) {
 		// goes out at once.)
 		// (arm runs with c.mu held, before wakeAt says the writer waits.)
 		c.mu.Lock()
-		if c.pooled {
-			// A wake-up left over from before the hand-over: wait again.
-			l.arm(time.Time{})
-			c.mu.Unlock()
-			if !l.wait() {
-				return
-			}
-			continue
-		}
-		if c.flushedAt != 0 {
-			// The pool handed c over because it is being sent events
-			// at a high rate: batch them, counting from the pool's write.
-			lastWrite, busy = time.Unix(0, c.flushedAt), true
-			c.flushedAt = 0
-		}
-		if p := c.pending; len(p) > 0 {
-			// What the pool could not write at once goes first.
-			c.pending = nil
-			c.mu.Unlock()
-			if !l.write(p) {
+		if c.pooled || c.flushedAt != 0 || len(c.pending) > 0 {
+			if !h.withPool(l, c, &lastWrite, &busy) {
 				return
 			}
 			continue
@@ -91,12 +73,8 @@ func (h *Hub) serveClient(l link, c *conn) {
 		switch {
 		case c.closing:
 		case n == 0 && !busy && c.raw != nil:
-			c.pooled = true
-			l.arm(time.Time{})
+			c.pooled = true // see withPool
 			c.mu.Unlock()
-			if !l.wait() {
-				return
-			}
 			continue
 		case n == 0:
 			if c.raw == nil {
@@ -156,6 +134,34 @@ func (h *Hub) serveClient(l link, c *conn) {
 			buf = nil
 		}
 	}
+}
+
+// withPool is serveClient's side of the writer pool (c.mu held, released
+// on return): while c is pooled it waits for the client to leave or the
+// pool to hand c back; it takes over a busy client's batching and writes
+// what the pool could not. It reports false when the client is gone.
+// (Out of serveClient to keep that frame, under which an idle connection
+// waits, small: the idle goroutine's stack stays at its first 2 KiB.)
+//
+//go:noinline
+func (h *Hub) withPool(l link, c *conn, lastWrite *time.Time, busy *bool) bool {
+	if c.pooled {
+		// Also a wake-up left over from before a hand-over: wait again.
+		l.arm(time.Time{})
+		c.mu.Unlock()
+		return l.wait()
+	}
+	if c.flushedAt != 0 {
+		// The pool handed c over because it is being sent events at a
+		// high rate: batch them, counting from the pool's last write.
+		*lastWrite, *busy = time.Unix(0, c.flushedAt), true
+		c.flushedAt = 0
+	}
+	p := c.pending
+	c.pending = nil
+	c.mu.Unlock()
+	// What the pool could not write at once goes first.
+	return len(p) == 0 || l.write(p)
 }
 
 // httpLink writes through net/http's ResponseWriter (HTTP/2, or a writer
