@@ -29,9 +29,12 @@
 // subscriber. What it adds over the twenty lines of appendFrame is only the
 // framing, so the hub writes the frames itself, in r3labs's byte layout
 // (`id:`, `data:`, `event:`, blank line). An HTTP/1.x connection is then
-// hijacked and served by one goroutine of the hub's (see netLink): no
-// net/http buffers or background reader per idle client; HTTP/2 stays in
-// the handler's goroutine with a 1-slot wake-up channel.
+// hijacked and watched by one goroutine of the hub's (see netLink): no
+// net/http buffers or background reader per idle client. Its events are
+// written by a small pool of writer goroutines (pool.go): one write(2) per
+// connection per event, no wake-up of the connection's goroutine, which
+// takes over only for a full socket, a busy client or the end. HTTP/2
+// stays in the handler's goroutine with a 1-slot wake-up channel.
 package stream
 
 import (
