@@ -59,6 +59,15 @@ func (h *Hub) stopFlushers() {
 	h.flushWG.Wait()
 }
 
+// enterPool hands c to the writer pool (c.mu held, c.raw set, the queue
+// empty). The write deadline of c's last own write is cleared: a socket
+// whose deadline has passed fails every write, the pool's too, and the
+// pool's writes never wait anyway.
+func (c *conn) enterPool() {
+	_ = c.nc.SetWriteDeadline(time.Time{})
+	c.pooled = true
+}
+
 // schedule puts a pooled c on its flusher's list (c.mu held, c.scheduled
 // just set).
 func (h *Hub) schedule(c *conn) {

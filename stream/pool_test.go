@@ -17,27 +17,8 @@ func TestPoolHandsOverWhatTheSocketDoesNotTake(t *testing.T) {
 	if !canPool {
 		t.Skip("no writer pool on this system")
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	cli, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	srv, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	cli, srv, raw := tcpPair(t)
 	_ = srv.(*net.TCPConn).SetWriteBuffer(4096)
-	raw, err := srv.(syscall.Conn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-
 	h := NewHub(Options{})
 	defer h.Close()
 	ev := &event{pos: 7, ts: ts0, tags: []string{strings.Repeat("t", 1<<20)}}
@@ -101,4 +82,56 @@ func TestSlowClientDoesNotHoldOthers(t *testing.T) {
 	publish(t, h, last+1, slowTag, "f")
 	slow.expect(inv(last+1, slowTag))
 	fast.expect(inv(last+1, "f"))
+}
+
+// A connection handed to the pool after its goroutine's last write (whose
+// deadline passes later) is still written by the pool.
+func TestPoolClearsTheWriteDeadline(t *testing.T) {
+	if !canPool {
+		t.Skip("no writer pool on this system")
+	}
+	cli, srv, raw := tcpPair(t)
+	h := NewHub(Options{})
+	defer h.Close()
+	_ = srv.SetWriteDeadline(aLongTimeAgo) // as if it had passed
+	c := &conn{id: 1, nc: srv, raw: raw}
+	c.mu.Lock()
+	c.enterPool()
+	c.mu.Unlock()
+	c.queue = []item{{kind: kindPing, id: 3}}
+	h.flushConn(c, 1, nil)
+	if !c.pooled || len(c.pending) != 0 {
+		t.Fatalf("pooled %v, %d bytes pending", c.pooled, len(c.pending))
+	}
+	want := "id: 3\ndata: {}\nevent: ping\n\n"
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(cli, got); err != nil || string(got) != want {
+		t.Fatalf("read %q %v", got, err)
+	}
+}
+
+// tcpPair is a loopback TCP connection: the client's end, the server's
+// end and the server end's descriptor.
+func tcpPair(t *testing.T) (cli, srv net.Conn, raw syscall.RawConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cli, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	srv, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	raw, err = srv.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cli, srv, raw
 }

@@ -73,7 +73,7 @@ func (h *Hub) serveClient(l link, c *conn) {
 		switch {
 		case c.closing:
 		case n == 0 && !busy && c.raw != nil:
-			c.pooled = true // see withPool
+			c.enterPool() // see withPool
 			c.mu.Unlock()
 			continue
 		case n == 0:
