@@ -284,6 +284,7 @@ func (b *bench) fanoutRun(ctx context.Context, srv *testcontainers.PostgresServe
 		if err != nil {
 			return err
 		}
+		row.Mode = "targeted, high rate"
 		b.latency = append(b.latency, row)
 	}
 	return nil
