@@ -60,13 +60,8 @@ func (h *Hub) stopFlushers() {
 }
 
 // enterPool hands c to the writer pool (c.mu held, c.raw set, the queue
-// empty). The write deadline of c's last own write is cleared: a socket
-// whose deadline has passed fails every write, the pool's too, and the
-// pool's writes never wait anyway.
-func (c *conn) enterPool() {
-	_ = c.nc.SetWriteDeadline(time.Time{})
-	c.pooled = true
-}
+// empty).
+func (c *conn) enterPool() { c.pooled = true }
 
 // schedule puts a pooled c on its flusher's list (c.mu held, c.scheduled
 // just set).
@@ -181,12 +176,15 @@ func (h *Hub) flushConn(c *conn, now int64, buf []byte) []byte {
 	return buf
 }
 
-// writeNow writes as much of p as the socket takes at once.
+// writeNow writes as much of p as the socket takes at once. It writes
+// through Control, not RawConn.Write: no write lock, no deadline check
+// (the pool's writes never wait, and only one writer, the pool or c's
+// goroutine, writes to a connection at a time); Control keeps the
+// descriptor open while it runs.
 func writeNow(raw syscall.RawConn, p []byte) (n int, err error) {
 	var werr error
-	err = raw.Write(func(fd uintptr) bool {
+	err = raw.Control(func(fd uintptr) {
 		n, werr = writeFD(fd, p)
-		return true // never wait for the socket: its goroutine does
 	})
 	if err == nil {
 		err = werr

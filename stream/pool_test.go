@@ -85,7 +85,8 @@ func TestSlowClientDoesNotHoldOthers(t *testing.T) {
 }
 
 // A connection handed to the pool after its goroutine's last write (whose
-// deadline passes later) is still written by the pool.
+// deadline passes later) is still written by the pool: the pool's writes
+// do not wait, and no deadline stops them.
 func TestPoolClearsTheWriteDeadline(t *testing.T) {
 	if !canPool {
 		t.Skip("no writer pool on this system")
