@@ -59,7 +59,7 @@ func (r *Reader) Next() (Event, error) {
 		line, err := r.line()
 		if err != nil {
 			ev.Data = data.String()
-			if seen && err == io.EOF {
+			if seen && errors.Is(err, io.EOF) {
 				err = io.ErrUnexpectedEOF
 			}
 			return ev, err
@@ -101,7 +101,7 @@ func (r *Reader) Next() (Event, error) {
 func (r *Reader) line() (string, error) {
 	line, err := r.rd.ReadString('\n')
 	if err != nil {
-		if line != "" && err == io.EOF {
+		if line != "" && errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}
 		return line, err

@@ -25,7 +25,7 @@ func TestNext(t *testing.T) {
 			t.Fatalf("event %d: %+v %v, want %+v", i, got, err, w)
 		}
 	}
-	if _, err := r.Next(); err != io.EOF {
+	if _, err := r.Next(); !errors.Is(err, io.EOF) {
 		t.Fatalf("at the end: %v, want EOF", err)
 	}
 }
@@ -38,7 +38,7 @@ func TestStrictAndTruncated(t *testing.T) {
 	}
 	r = NewReader(strings.NewReader("id: 3\ndata: {"))
 	ev, err := r.Next()
-	if err != io.ErrUnexpectedEOF || ev != (Event{ID: "3"}) {
+	if !errors.Is(err, io.ErrUnexpectedEOF) || ev != (Event{ID: "3"}) {
 		t.Fatalf("truncated: %+v %v", ev, err)
 	}
 }
