@@ -255,6 +255,12 @@ func (b *bench) fanoutRun(ctx context.Context, srv *testcontainers.PostgresServe
 	if !latency {
 		return nil
 	}
+	return b.latencyRuns(ctx, d, dsn, rec, targets != nil, n)
+}
+
+// latencyRuns runs the latency workloads on the daemon d with n
+// subscribers connected.
+func (b *bench) latencyRuns(ctx context.Context, d *daemon, dsn string, rec *recorder, webhook bool, n int) error {
 	// Targeted: each transaction inserts a todo of one user; exactly one
 	// subscriber watches that user.
 	row, err := b.loadRun(ctx, d, dsn, rec, "targeted", n, b.cfg.latRate, b.cfg.latDuration, 1,
@@ -263,7 +269,7 @@ func (b *bench) fanoutRun(ctx context.Context, srv *testcontainers.PostgresServe
 		return err
 	}
 	b.latency = append(b.latency, row)
-	if targets != nil {
+	if webhook {
 		b.latency = append(b.latency, webhookRow(rec, row))
 	}
 	if b.cfg.bcastRate > 0 {
@@ -274,6 +280,17 @@ func (b *bench) fanoutRun(ctx context.Context, srv *testcontainers.PostgresServe
 		if err != nil {
 			return err
 		}
+		b.latency = append(b.latency, row)
+	}
+	if b.cfg.highRate > 0 && n == b.cfg.highSubs {
+		// High rate: the targeted workload at 10,000 tx/s (each
+		// transaction still reaches one subscriber).
+		row, err := b.loadRun(ctx, d, dsn, rec, "targeted", n, b.cfg.highRate, b.cfg.latDuration, 1,
+			"INSERT INTO todos (user_id, title) VALUES ($1, 'buy milk')", func(i int) []any { return []any{i%n + 1} })
+		if err != nil {
+			return err
+		}
+		row.Mode = "targeted, high rate"
 		b.latency = append(b.latency, row)
 	}
 	return nil
@@ -287,7 +304,9 @@ func (b *bench) loadRun(ctx context.Context, d *daemon, dsn string, rec *recorde
 	if dur <= 2*warm {
 		warm = 0
 	}
-	const writers = 8
+	// A connection commits a few hundred transactions a second with
+	// synchronous_commit on: the high rate needs more of them.
+	writers := max(8, rate/250)
 	conns := make([]*pgx.Conn, writers)
 	for i := range conns {
 		c, err := pgx.Connect(ctx, dsn)
@@ -340,20 +359,7 @@ func (b *bench) loadRun(ctx context.Context, d *daemon, dsn string, rec *recorde
 	row.Sent = int(sent.Load())
 	row.Rate = float64(row.Sent) / elapsed.Seconds()
 	row.Expected = row.Sent * fanout
-	// Wait for the stragglers: until everything arrived or nothing more
-	// arrives for 3 s.
-	last, lastChange := -1, time.Now()
-	for time.Since(lastChange) < 3*time.Second && ctx.Err() == nil {
-		got := rec.count(kind)
-		if got >= row.Expected {
-			break
-		}
-		if got != last {
-			last, lastChange = got, time.Now()
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	row.Received = rec.count(kind)
+	row.Received = waitDeliveries(ctx, rec, kind, row.Expected)
 	span := time.Since(start).Seconds()
 	row.DaemonCPU = (d.cpu() - daemonCPU0).Seconds() / span
 	row.HarnessCPU = (procCPU(os.Getpid()) - selfCPU0).Seconds() / span
@@ -369,6 +375,23 @@ func (b *bench) loadRun(ctx context.Context, d *daemon, dsn string, rec *recorde
 	}
 	b.record("# load generator:", fmt.Sprintf("%d tx/s for %s, %d connections, %s", rate, dur, writers, strings.TrimSpace(sql)))
 	return row, nil
+}
+
+// waitDeliveries waits for the stragglers: until expected deliveries of
+// kind arrived or nothing more arrives for 3 s. It returns how many did.
+func waitDeliveries(ctx context.Context, rec *recorder, kind string, expected int) int {
+	last, lastChange := -1, time.Now()
+	for time.Since(lastChange) < 3*time.Second && ctx.Err() == nil {
+		got := rec.count(kind)
+		if got >= expected {
+			break
+		}
+		if got != last {
+			last, lastChange = got, time.Now()
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return rec.count(kind)
 }
 
 // webhookRow is the webhook's side of a targeted run: commit → receipt of

@@ -64,6 +64,8 @@ type config struct {
 	latSinks    bool
 	bcastRate   int
 	bcastDur    time.Duration
+	highRate    int
+	highSubs    int
 	memSubs     int
 	profileDir  string
 	repeat      int
@@ -118,6 +120,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&c.latSinks, "latency-sinks", true, "latency: the daemon also delivers to a webhook and Redis (and the webhook's latency is reported)")
 	fs.IntVar(&c.bcastRate, "broadcast-rate", 10, "latency: broadcast transactions per second (to every subscriber; 0 = skip)")
 	fs.DurationVar(&c.bcastDur, "broadcast-duration", 10*time.Second, "latency: how long the broadcast run writes")
+	fs.IntVar(&c.highRate, "high-rate", 10000, "latency: transactions per second of the high-rate targeted run (0 = skip)")
+	fs.IntVar(&c.highSubs, "high-rate-subscribers", 1000, "latency: subscribers of the high-rate run (it runs on the daemon with that many; added to -latency-subscribers if missing)")
 	fs.IntVar(&c.memSubs, "memory-subscribers", 10000, "fan-out memory: idle subscribers")
 	fs.StringVar(&c.profileDir, "profile-dir", "", "profile: also keep cpu.pprof and allocs.pprof in this directory")
 	fs.IntVar(&c.brokerSubs, "broker-subscribers", 10000, "broker: subscribers, spread over the two edge nodes")
@@ -146,6 +150,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	subs, err := parseInts(c.latSubs)
 	if err != nil {
 		return fmt.Errorf("-latency-subscribers: %w", err)
+	}
+	if c.highRate > 0 && !slices.Contains(subs, c.highSubs) {
+		subs = append(subs, c.highSubs)
 	}
 
 	tmp, err := os.MkdirTemp("", "tagstream-bench-")

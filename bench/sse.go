@@ -11,6 +11,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/tagstream/tagstream/stream/ssereader"
 )
 
 // sseEvent is one Server-Sent Event as the client received it.
@@ -31,8 +33,8 @@ type invalidation struct {
 // reader, no goroutines of its own — so that 10,000 of them cost the load
 // generator little next to the daemon under test.
 type sseClient struct {
-	conn net.Conn
-	body *bufio.Reader
+	conn   net.Conn
+	events *ssereader.Reader
 }
 
 // dialSSE subscribes to tags on the daemon at addr. cursor, when not empty,
@@ -69,42 +71,21 @@ func dialSSE(ctx context.Context, addr, tags, cursor string) (*sseClient, error)
 		return nil, fmt.Errorf("sse: GET /events: %s: %s", resp.Status, strings.TrimSpace(string(b)))
 	}
 	// resp.Body undoes the chunked encoding; it reads from br.
-	return &sseClient{conn: conn, body: bufio.NewReaderSize(resp.Body, 2048)}, nil
+	return &sseClient{conn: conn, events: ssereader.NewReader(bufio.NewReaderSize(resp.Body, 2048))}, nil
 }
 
 // next reads the next event. A deadline of zero means none.
 func (c *sseClient) next(deadline time.Time) (sseEvent, error) {
 	_ = c.conn.SetReadDeadline(deadline)
-	var ev sseEvent
-	var data []string
-	for {
-		line, err := c.body.ReadString('\n')
-		if err != nil {
-			return ev, err
-		}
-		line = strings.TrimRight(line, "\r\n")
-		if line == "" {
-			if ev.Name == "" && ev.ID == "" && len(data) == 0 {
-				continue // a blank line or a comment block
-			}
-			ev.Data = strings.Join(data, "\n")
-			ev.At = time.Now()
-			if ev.Name == "" {
-				ev.Name = "message"
-			}
-			return ev, nil
-		}
-		field, value, _ := strings.Cut(line, ":")
-		value = strings.TrimPrefix(value, " ")
-		switch field {
-		case "event":
-			ev.Name = value
-		case "id":
-			ev.ID = value
-		case "data":
-			data = append(data, value)
-		}
+	e, err := c.events.Next()
+	if err != nil {
+		return sseEvent{}, err
 	}
+	ev := sseEvent{Name: e.Event, ID: e.ID, Data: e.Data, At: time.Now()}
+	if ev.Name == "" {
+		ev.Name = "message"
+	}
+	return ev, nil
 }
 
 // waitReady reads events until `ready`, returning how many resets came

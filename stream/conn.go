@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"syscall"
 
 	"github.com/tagstream/tagstream/cdc"
 )
@@ -45,9 +46,10 @@ type item struct {
 // conn is one SSE client.
 type conn struct {
 	id      uint64
-	entries []string      // sorted, de-duplicated subscription entries
-	wake    chan struct{} // capacity 1: the queue changed (net/http path)
-	nc      net.Conn      // hijacked connection: signalled through its read deadline
+	entries []string        // sorted, de-duplicated subscription entries
+	wake    chan struct{}   // capacity 1: the queue changed (net/http path)
+	nc      net.Conn        // hijacked connection: signalled through its read deadline
+	raw     syscall.RawConn // nc's descriptor, for the writer pool (set before pooled)
 
 	// Guarded by Hub.mu.
 	ip      netip.Addr   // the client's address, counted in Hub.perIP when valid
@@ -65,6 +67,37 @@ type conn struct {
 	// waiting and will look at the queue again by itself). An idle writer
 	// waits for 1; one that is gathering a batch, for half the bound.
 	wakeAt int
+	// pooled: the writer pool writes the queue and c's goroutine only
+	// watches the client (see pool.go). scheduled: c is on its flusher's
+	// list. pending: bytes the pool could not write at once, which c's
+	// goroutine writes before anything else.
+	pooled, scheduled bool
+	pending           []byte
+	flushedAt         int64 // UnixNano of the pool's last write (pooled); non-zero when the pool hands c over as busy
+}
+
+// notifyLocked tells c's writer that its queue now holds n items (c.mu
+// held): a pooled c goes on its flusher's list (once); otherwise it
+// reports whether c's goroutine must be signalled (the caller does it).
+func (h *Hub) notifyLocked(c *conn, n int) (signal bool) {
+	if c.pooled {
+		if !c.scheduled {
+			c.scheduled = true
+			h.schedule(c)
+		}
+		return false
+	}
+	return c.wakeLocked(n)
+}
+
+// wakeNowLocked is notifyLocked for a change that cannot wait for a batch
+// (a reset, closing): a goroutine that is gathering one is woken too.
+func (h *Hub) wakeNowLocked(c *conn) (signal bool) {
+	if !c.pooled {
+		c.wakeAt = 0
+		return true
+	}
+	return h.notifyLocked(c, 1)
 }
 
 // wakeLocked reports whether the writer must be woken now that the queue
@@ -116,7 +149,7 @@ func (h *Hub) push(c *conn, it item) (wake bool) {
 		c.queue = append(c.queue, it)
 		c.lastID = max(c.lastID, it.id)
 	}
-	wake = c.wakeLocked(len(c.queue))
+	wake = h.notifyLocked(c, len(c.queue))
 	c.mu.Unlock()
 	return wake
 }
@@ -149,11 +182,13 @@ func (h *Hub) resetConn(c *conn, id cdc.Position, data []byte) {
 		c.initial = 2
 	}
 	c.lastID = id
-	c.wakeAt = 0
+	signal := h.wakeNowLocked(c)
 	c.mu.Unlock()
 	h.dropped.Add(dropped)
 	h.resetCount.Add(1)
-	c.signal()
+	if signal {
+		c.signal()
+	}
 }
 
 // join decides how a new connection starts (Hub.mu held) and registers it:

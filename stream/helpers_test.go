@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/tagstream/tagstream/cdc"
+	"github.com/tagstream/tagstream/stream/ssereader"
 )
 
 func TestMain(m *testing.M) {
@@ -73,7 +74,9 @@ type client struct {
 	conn net.Conn
 	resp *http.Response
 	rd   *bufio.Reader
-	wait time.Duration // read deadline: a hung test fails instead of hanging
+	// events parses rd.
+	events *ssereader.Reader
+	wait   time.Duration // read deadline: a hung test fails instead of hanging
 }
 
 // dial connects with the given query and extra header lines and expects a
@@ -117,46 +120,23 @@ func newClient(t *testing.T, conn net.Conn, query string, header ...string) *cli
 	}
 	c.resp = resp
 	c.rd = bufio.NewReader(resp.Body)
+	c.events = ssereader.NewReader(c.rd)
+	c.events.Strict = true
 	return c
 }
 
 func (c *client) deadline() { _ = c.conn.SetReadDeadline(time.Now().Add(c.wait)) }
 
-// next reads the next event (comment lines are skipped).
+// next reads the next event (comment lines are skipped). The hub writes
+// only id, event and data, each on one line: any other field fails.
 func (c *client) next() sseEvent {
 	c.t.Helper()
-	var e sseEvent
-	seen := false
 	c.deadline()
-	for {
-		line, err := c.rd.ReadString('\n')
-		if err != nil {
-			c.t.Fatalf("reading event: %v (partial %v)", err, e)
-		}
-		line = strings.TrimSuffix(line, "\n")
-		if line == "" {
-			if seen {
-				return e
-			}
-			continue
-		}
-		if strings.HasPrefix(line, ":") {
-			continue
-		}
-		field, value, _ := strings.Cut(line, ":")
-		value = strings.TrimPrefix(value, " ")
-		seen = true
-		switch field {
-		case "id":
-			e.ID = value
-		case "event":
-			e.Event = value
-		case "data":
-			e.Data = value
-		default:
-			c.t.Fatalf("unexpected field %q", line)
-		}
+	e, err := c.events.Next()
+	if err != nil {
+		c.t.Fatalf("reading event: %v (partial %v)", err, sseEvent(e))
 	}
+	return sseEvent(e)
 }
 
 // expect reads len(want) events and compares them exactly.

@@ -2,12 +2,10 @@ package stream
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"slices"
 	"strconv"
 	"time"
@@ -64,7 +62,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer h.wg.Done()
 		defer h.leave(c)
 		w.WriteHeader(http.StatusOK)
-		h.stream(&httpLink{h: h, w: w, rc: http.NewResponseController(w), ctx: r.Context(), wake: c.wake}, c)
+		h.serveClient(&httpLink{h: h, w: w, rc: http.NewResponseController(w), ctx: r.Context(), wake: c.wake}, c)
 		return
 	}
 	// The body is delimited by the connection's end (no chunked
@@ -81,7 +79,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer h.wg.Done()
 		defer nc.Close()
 		defer h.leave(c)
-		h.stream(&netLink{h: h, nc: nc, head: head.Bytes()}, c)
+		h.serveClient(&netLink{h: h, nc: nc, head: head.Bytes()}, c)
 	}()
 }
 
@@ -192,218 +190,6 @@ func (h *Hub) refuse(w http.ResponseWriter, nc net.Conn, reason string) {
 	_ = nc.SetWriteDeadline(time.Now().Add(h.opts.WriteTimeout))
 	_, _ = nc.Write(b.Bytes())
 	_ = nc.Close()
-}
-
-// maxWrite is how much the writer buffers before writing (a long replay is
-// written in pieces, each with its own deadline).
-const maxWrite = 32 << 10
-
-// batchWindow is the least time between two writes to a client that is
-// being sent events faster than that: after a write, the writer gathers
-// what arrives for up to this long (or until its queue is half full)
-// before writing again, so that a busy client costs one wake-up, one write
-// and one flush per batch instead of per event. A client that gets an
-// event after a quiet spell gets it at once.
-const batchWindow = time.Millisecond
-
-// link is the writer's side of one client connection.
-type link interface {
-	// arm prepares the next wait: it ends at until (zero: no end) or when
-	// the queue signals. It is called before the writer publishes that it
-	// waits, so that a signal sent after that cannot be lost.
-	arm(until time.Time)
-	// wait blocks until the wait armed last ends; false if the client left.
-	wait() bool
-	// write writes and flushes p under the write deadline.
-	write(p []byte) bool
-}
-
-// stream writes c's queue to l until the client goes, a write fails or the
-// hub closes (then after writing what was queued). The headers go out with
-// the first events (the join always queues at least `ready`). Everything
-// queued since the last write goes out in one write and one flush.
-func (h *Hub) stream(l link, c *conn) {
-	var (
-		batch []item
-		buf   []byte
-		// The last write, and whether it came less than batchWindow after
-		// the one before: the client is being sent events at a high rate.
-		lastWrite time.Time
-		busy      bool
-	)
-	half := max(1, h.opts.QueueSize/2)
-	for {
-		// An idle writer waits for the first item. A busy one that finds
-		// items less than batchWindow after its last write waits for the
-		// rest of the window, or until the queue is half full, and then
-		// takes everything at once. (Two writes in quick succession make a
-		// writer busy: an occasional event, or one right after the join's,
-		// goes out at once.)
-		// (arm runs with c.mu held, before wakeAt says the writer waits.)
-		c.mu.Lock()
-		n := len(c.queue)
-		switch {
-		case c.closing:
-		case n == 0:
-			l.arm(time.Time{})
-			c.wakeAt = 1
-		case n < half && busy:
-			if u := lastWrite.Add(batchWindow); time.Until(u) > 0 {
-				l.arm(u)
-				c.wakeAt = half
-			}
-		}
-		if c.wakeAt > 0 {
-			c.mu.Unlock()
-			if !l.wait() {
-				return
-			}
-			c.mu.Lock()
-			c.wakeAt = 0
-			c.mu.Unlock()
-			continue
-		}
-		batch, c.queue = c.queue, batch[:0]
-		c.initial = 0
-		closing := c.closing
-		c.mu.Unlock()
-		if len(batch) == 0 {
-			if closing {
-				return
-			}
-			continue
-		}
-		buf = buf[:0]
-		for i := range batch {
-			buf = appendFrame(buf, &batch[i])
-			if len(buf) >= maxWrite || i == len(batch)-1 {
-				if !l.write(buf) {
-					return
-				}
-				buf = buf[:0]
-			}
-		}
-		now := time.Now()
-		busy = !lastWrite.IsZero() && now.Sub(lastWrite) < 2*batchWindow
-		lastWrite = now
-		h.delivered.Add(uint64(len(batch)))
-		clear(batch)
-		// Give a burst's memory back: an idle connection keeps little.
-		if cap(batch) > 16 {
-			batch = nil
-		}
-		if cap(buf) > 4<<10 {
-			buf = nil
-		}
-	}
-}
-
-// httpLink writes through net/http's ResponseWriter (HTTP/2, or a writer
-// that cannot be hijacked) and learns of the client's departure from the
-// request's context.
-type httpLink struct {
-	h     *Hub
-	w     http.ResponseWriter
-	rc    *http.ResponseController
-	ctx   context.Context
-	wake  <-chan struct{}
-	until time.Time
-	timer *time.Timer
-}
-
-func (l *httpLink) arm(until time.Time) { l.until = until }
-
-func (l *httpLink) wait() bool {
-	if l.until.IsZero() {
-		select {
-		case <-l.wake:
-			return true
-		case <-l.ctx.Done():
-			return false
-		}
-	}
-	d := time.Until(l.until)
-	if d <= 0 {
-		return true
-	}
-	if l.timer == nil {
-		l.timer = time.NewTimer(d)
-	} else {
-		l.timer.Reset(d)
-	}
-	defer l.timer.Stop()
-	select {
-	case <-l.wake:
-	case <-l.timer.C:
-	case <-l.ctx.Done():
-		return false
-	}
-	return true
-}
-
-// write writes and flushes p under a write deadline. A failed or timed-out
-// write means the client is gone or stuck: the connection ends now.
-func (l *httpLink) write(p []byte) bool {
-	err := l.rc.SetWriteDeadline(l.h.writeDeadline())
-	if err != nil && !errors.Is(err, http.ErrNotSupported) {
-		return false
-	}
-	if _, err := l.w.Write(p); err != nil {
-		return false
-	}
-	return l.rc.Flush() == nil
-}
-
-// netLink writes to a hijacked HTTP/1.x connection. The writer waits in a
-// one-byte read of the connection: it returns when the client leaves, and
-// a signal (or the end of a batch window) ends it through the read
-// deadline, so one goroutine both waits for events and watches the client.
-type netLink struct {
-	h    *Hub
-	nc   net.Conn
-	head []byte // the response header, written with the first events
-	b    [1]byte
-	junk int // bytes the client sent after its request
-}
-
-// maxJunk is how much a client may send after its request (an event stream
-// expects nothing) before it is dropped: reading it byte by byte forever
-// would let one client keep a core busy.
-const maxJunk = 1 << 10
-
-// aLongTimeAgo is a read deadline that ends a read at once.
-var aLongTimeAgo = time.Unix(1, 0)
-
-func (l *netLink) arm(until time.Time) { _ = l.nc.SetReadDeadline(until) }
-
-func (l *netLink) wait() bool {
-	for {
-		n, err := l.nc.Read(l.b[:])
-		switch {
-		case n > 0 || err == nil:
-			// A client has nothing to send on an event stream: ignore a
-			// little of it, drop a client that keeps sending.
-			if l.junk += n; l.junk > maxJunk {
-				return false
-			}
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			return true
-		default:
-			return false
-		}
-	}
-}
-
-func (l *netLink) write(p []byte) bool {
-	if l.head != nil {
-		p = append(l.head, p...)
-		l.head = nil
-	}
-	if err := l.nc.SetWriteDeadline(l.h.writeDeadline()); err != nil {
-		return false
-	}
-	_, err := l.nc.Write(p)
-	return err == nil
 }
 
 // Healthz answers 200 while the process is alive.

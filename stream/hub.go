@@ -29,9 +29,12 @@
 // subscriber. What it adds over the twenty lines of appendFrame is only the
 // framing, so the hub writes the frames itself, in r3labs's byte layout
 // (`id:`, `data:`, `event:`, blank line). An HTTP/1.x connection is then
-// hijacked and served by one goroutine of the hub's (see netLink): no
-// net/http buffers or background reader per idle client; HTTP/2 stays in
-// the handler's goroutine with a 1-slot wake-up channel.
+// hijacked and watched by one goroutine of the hub's (see netLink): no
+// net/http buffers or background reader per idle client. Its events are
+// written by a small pool of writer goroutines (pool.go): one write(2) per
+// connection per event, no wake-up of the connection's goroutine, which
+// takes over only for a full socket, a busy client or the end. HTTP/2
+// stays in the handler's goroutine with a 1-slot wake-up channel.
 package stream
 
 import (
@@ -154,12 +157,16 @@ type Hub struct {
 	perIP        map[netip.Addr]int // connections per client address (with MaxConnectionsPerIP)
 	nextID       uint64
 
-	wg     sync.WaitGroup // connections being served (handlers and hijacked streams)
+	wg     sync.WaitGroup // connections being served (handlers and hijacked connections)
 	stop   chan struct{}
 	hbDone chan struct{}
 	close  sync.Once
 
 	testHookLeave func() // called after a connection has left (tests)
+
+	flushers  []*flusher // the writer pool (pool.go)
+	flushStop chan struct{}
+	flushWG   sync.WaitGroup
 
 	// drainBy (UnixNano) bounds every write once Close has begun: a client
 	// reading just fast enough to beat each write's timeout cannot hold
@@ -210,6 +217,7 @@ func NewHub(opts Options) *Hub {
 		stop:   make(chan struct{}),
 		hbDone: make(chan struct{}),
 	}
+	h.startFlushers()
 	go h.heartbeat()
 	return h
 }
@@ -452,7 +460,6 @@ func (h *Hub) heartbeat() {
 			for c := range h.conns {
 				if c.expires != 0 && now.UnixNano() >= c.expires {
 					h.expire(c)
-					wake = append(wake, c)
 					continue
 				}
 				if c.id%pingSlices == slice && h.push(c, item{kind: kindPing, id: cur}) {
@@ -471,14 +478,16 @@ func (h *Hub) heartbeat() {
 }
 
 // expire ends c because its grant ended (Hub.mu held): like Close, its
-// writer writes what is queued and then ends the connection. The caller
-// signals c.
+// writer writes what is queued and then ends the connection.
 func (h *Hub) expire(c *conn) {
 	c.expires = 0
 	c.mu.Lock()
 	c.closing = true
-	c.wakeAt = 0
+	signal := h.wakeNowLocked(c)
 	c.mu.Unlock()
+	if signal {
+		c.signal()
+	}
 	h.access.expired.Add(1)
 	h.log.Debug("stream: grant ended, connection closed", logKeyConn, c.id)
 }
@@ -509,13 +518,16 @@ func (h *Hub) Close() {
 			h.push(c, item{kind: kindPing, id: cur})
 			c.mu.Lock()
 			c.closing = true
-			c.wakeAt = 0
+			signal := h.wakeNowLocked(c)
 			c.mu.Unlock()
-			c.signal()
+			if signal {
+				c.signal()
+			}
 		}
 		h.mu.Unlock()
 		close(h.stop)
 		<-h.hbDone
-		h.wg.Wait()
+		h.wg.Wait() // a pooled connection is handed back to its goroutine by its flusher
+		h.stopFlushers()
 	})
 }
