@@ -89,7 +89,7 @@ func keysFor(stream string) keys {
 func newClient(url string, timeout time.Duration) (*redis.Client, error) {
 	opts, err := redis.ParseURL(url)
 	if err != nil {
-		return nil, fmt.Errorf("%w: want redis://[user:pass@]host:port[/db]: %v", ErrConfig, err)
+		return nil, fmt.Errorf("%w: want redis://[user:pass@]host:port[/db]: %w", ErrConfig, err)
 	}
 	opts.MaxRetries = -1
 	opts.DialTimeout = timeout

@@ -543,7 +543,7 @@ func waitPostgres(ctx context.Context, dsn string, exited <-chan struct{}) error
 		last = err
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%w (last error: %v)", ctx.Err(), last)
+			return fmt.Errorf("%w (last error: %w)", ctx.Err(), last)
 		case <-exited:
 			return errors.New("the server exited")
 		case <-time.After(50 * time.Millisecond):

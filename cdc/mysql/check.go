@@ -37,7 +37,7 @@ func connect(ctx context.Context, d DSN) (*client.Conn, error) {
 	c, err := client.ConnectWithContext(ctx, d.Addr(), d.User, d.Password, "", 10*time.Second)
 	if err != nil {
 		if code := errCode(err); code == gomysql.ER_ACCESS_DENIED_ERROR || code == gomysql.ER_DBACCESS_DENIED_ERROR {
-			return nil, fmt.Errorf("%w: connect to %s: %v", ErrConfig, d, err)
+			return nil, fmt.Errorf("%w: connect to %s: %w", ErrConfig, d, err)
 		}
 		return nil, fmt.Errorf("mysql: connect to %s: %w", d.Addr(), err)
 	}
@@ -295,7 +295,7 @@ func readHead(c *client.Conn, s *serverInfo) (binlogHead, error) {
 		return h, nil
 	}
 	if errCode(lastErr) == gomysql.ER_SPECIFIC_ACCESS_DENIED_ERROR {
-		return h, fmt.Errorf("%w: read binlog head: %v", ErrConfig, lastErr)
+		return h, fmt.Errorf("%w: read binlog head: %w", ErrConfig, lastErr)
 	}
 	return h, fmt.Errorf("mysql: read binlog head: %w", lastErr)
 }

@@ -35,7 +35,7 @@ func loadCheckpoint(path string) (*checkpoint, error) {
 	}
 	var cp checkpoint
 	if err := json.Unmarshal(b, &cp); err != nil || cp.File == "" {
-		return nil, fmt.Errorf("%w: checkpoint %s is corrupt (remove it to start at the binlog head): %v", ErrConfig, path, err)
+		return nil, fmt.Errorf("%w: checkpoint %s is corrupt (remove it to start at the binlog head): %w", ErrConfig, path, err)
 	}
 	return &cp, nil
 }

@@ -119,7 +119,7 @@ func (r *Reader) WaitVisible(ctx context.Context, cs []cdc.Commit) error {
 		case ok:
 			return nil
 		case errors.Is(err, errFenceUnusable):
-			return fmt.Errorf("mysql: visibility fence: %w: %v", cdc.ErrNotVisible, err)
+			return fmt.Errorf("mysql: visibility fence: %w: %w", cdc.ErrNotVisible, err)
 		case err != nil:
 			lastErr = err
 		}

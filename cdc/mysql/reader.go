@@ -325,7 +325,7 @@ func (r *Reader) startPoint(info *serverInfo, head binlogHead) (cdc.Position, er
 	}
 	if cp != nil && cp.Flavor == info.flavor {
 		if err := r.st.startAt(info, cp.GTIDSet, cp.File, cp.Pos); err != nil {
-			return 0, fmt.Errorf("%w: checkpoint %s: %v", ErrConfig, r.path, err)
+			return 0, fmt.Errorf("%w: checkpoint %s: %w", ErrConfig, r.path, err)
 		}
 		r.log.Info("mysql: resuming from checkpoint", logGTID, cp.GTIDSet, logFile, cp.File, logPosition, cp.Position)
 		return cp.Position, nil

@@ -43,105 +43,139 @@ func Check(ctx context.Context, cfg Config, reqs []cdc.Requirement) ([]cdc.Findi
 	}
 	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
 
-	var findings []cdc.Finding
-	add := func(sev cdc.Severity, rule, msg, fix string) {
-		findings = append(findings, cdc.Finding{Severity: sev, Rule: rule, Message: msg, Fix: fix})
-	}
-
-	si, err := queryServerInfo(ctx, conn)
-	if err != nil {
+	c := &checker{conn: conn, cfg: r.cfg}
+	if err := c.server(ctx); err != nil {
 		return nil, err
 	}
+	for _, req := range reqs {
+		if err := c.requirement(ctx, req); err != nil {
+			return nil, err
+		}
+	}
+	return dedupFindings(c.findings), nil
+}
+
+// checker collects the findings of one Check.
+type checker struct {
+	conn     *pgx.Conn
+	cfg      Config
+	findings []cdc.Finding
+
+	pubExists, pubAll bool // the publication exists; it is FOR ALL TABLES
+}
+
+func (c *checker) add(sev cdc.Severity, rule, msg, fix string) {
+	c.findings = append(c.findings, cdc.Finding{Severity: sev, Rule: rule, Message: msg, Fix: fix})
+}
+
+// server checks what does not depend on the rules: settings, the role, the
+// slot and whether the publication exists.
+func (c *checker) server(ctx context.Context) error {
+	si, err := queryServerInfo(ctx, c.conn)
+	if err != nil {
+		return err
+	}
 	if si.walLevel != "logical" {
-		add(cdc.Error, "", fmt.Sprintf("wal_level is %q; logical replication needs \"logical\"", si.walLevel),
+		c.add(cdc.Error, "", fmt.Sprintf("wal_level is %q; logical replication needs \"logical\"", si.walLevel),
 			"ALTER SYSTEM SET wal_level = logical; -- then restart PostgreSQL")
 	}
 	if !si.superuser && !si.replication {
-		add(cdc.Error, "", fmt.Sprintf("role %q may not stream changes (no REPLICATION attribute)", si.role),
+		c.add(cdc.Error, "", fmt.Sprintf("role %q may not stream changes (no REPLICATION attribute)", si.role),
 			fmt.Sprintf("ALTER ROLE %s WITH REPLICATION;", quoteIdent(si.role)))
 	}
-	var maxSlots, maxSenders int
-	if err := conn.QueryRow(ctx, `SELECT current_setting('max_replication_slots')::int, current_setting('max_wal_senders')::int`).Scan(&maxSlots, &maxSenders); err != nil {
-		return nil, fmt.Errorf("postgres: check: %w", err)
+	if err := c.settings(ctx, si.version); err != nil {
+		return err
 	}
-	if maxSlots == 0 {
-		add(cdc.Error, "", "max_replication_slots is 0", "ALTER SYSTEM SET max_replication_slots = 10; -- then restart PostgreSQL")
-	}
-	if maxSenders == 0 {
-		add(cdc.Error, "", "max_wal_senders is 0", "ALTER SYSTEM SET max_wal_senders = 10; -- then restart PostgreSQL")
-	}
-	if si.version >= 130000 {
-		var keep string
-		if err := conn.QueryRow(ctx, `SELECT current_setting('max_slot_wal_keep_size')`).Scan(&keep); err != nil {
-			return nil, fmt.Errorf("postgres: check: %w", err)
-		}
-		if keep == "-1" {
-			add(cdc.Warning, "", "max_slot_wal_keep_size is -1 (unlimited): while tagstream is stopped or stuck, its slot keeps WAL until the disk is full",
-				"ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'; SELECT pg_reload_conf(); -- size it to what the disk can spare; if the slot loses WAL, tagstream resets its clients and continues")
-		}
-	}
-	slot, err := querySlot(ctx, conn, r.cfg.Slot)
+	slot, err := querySlot(ctx, c.conn, c.cfg.Slot)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if slot.exists && slot.lost() {
-		add(cdc.Warning, "", fmt.Sprintf("replication slot %q was invalidated (wal_status %q): tagstream will recreate it and reset its clients", r.cfg.Slot, slot.walStatus),
-			fmt.Sprintf("SELECT pg_drop_replication_slot(%s);", quoteLiteral(r.cfg.Slot)))
+		c.add(cdc.Warning, "", fmt.Sprintf("replication slot %q was invalidated (wal_status %q): tagstream will recreate it and reset its clients", c.cfg.Slot, slot.walStatus),
+			fmt.Sprintf("SELECT pg_drop_replication_slot(%s);", quoteLiteral(c.cfg.Slot)))
 	} else if slot.exists && (slot.plugin != "pgoutput" || slot.slotType != "logical") {
-		add(cdc.Error, "", fmt.Sprintf("replication slot %q exists but is not a logical pgoutput slot", r.cfg.Slot),
-			fmt.Sprintf("SELECT pg_drop_replication_slot(%s);", quoteLiteral(r.cfg.Slot)))
+		c.add(cdc.Error, "", fmt.Sprintf("replication slot %q exists but is not a logical pgoutput slot", c.cfg.Slot),
+			fmt.Sprintf("SELECT pg_drop_replication_slot(%s);", quoteLiteral(c.cfg.Slot)))
 	}
 
 	// The publication, when it exists: does it cover the tables?
-	var pubExists, pubAll bool
-	err = conn.QueryRow(ctx, `SELECT puballtables FROM pg_publication WHERE pubname = $1`, r.cfg.Publication).Scan(&pubAll)
+	err = c.conn.QueryRow(ctx, `SELECT puballtables FROM pg_publication WHERE pubname = $1`, c.cfg.Publication).Scan(&c.pubAll)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 	case err != nil:
-		return nil, fmt.Errorf("postgres: check: read publication: %w", err)
+		return fmt.Errorf("postgres: check: read publication: %w", err)
 	default:
-		pubExists = true
+		c.pubExists = true
 	}
+	return nil
+}
 
-	for _, req := range reqs {
-		tables, err := queryTables(ctx, conn, `n.nspname LIKE $1 AND c.relname LIKE $2
+// settings checks the replication slots and senders, and the WAL a slot may
+// keep.
+func (c *checker) settings(ctx context.Context, version int) error {
+	var maxSlots, maxSenders int
+	if err := c.conn.QueryRow(ctx, `SELECT current_setting('max_replication_slots')::int, current_setting('max_wal_senders')::int`).Scan(&maxSlots, &maxSenders); err != nil {
+		return fmt.Errorf("postgres: check: %w", err)
+	}
+	if maxSlots == 0 {
+		c.add(cdc.Error, "", "max_replication_slots is 0", "ALTER SYSTEM SET max_replication_slots = 10; -- then restart PostgreSQL")
+	}
+	if maxSenders == 0 {
+		c.add(cdc.Error, "", "max_wal_senders is 0", "ALTER SYSTEM SET max_wal_senders = 10; -- then restart PostgreSQL")
+	}
+	if version >= 130000 {
+		var keep string
+		if err := c.conn.QueryRow(ctx, `SELECT current_setting('max_slot_wal_keep_size')`).Scan(&keep); err != nil {
+			return fmt.Errorf("postgres: check: %w", err)
+		}
+		if keep == "-1" {
+			c.add(cdc.Warning, "", "max_slot_wal_keep_size is -1 (unlimited): while tagstream is stopped or stuck, its slot keeps WAL until the disk is full",
+				"ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'; SELECT pg_reload_conf(); -- size it to what the disk can spare; if the slot loses WAL, tagstream resets its clients and continues")
+		}
+	}
+	return nil
+}
+
+// requirement checks one rule's tables: they exist, have the columns, log
+// the old rows the rule reads and are published.
+func (c *checker) requirement(ctx context.Context, req cdc.Requirement) error {
+	tables, err := queryTables(ctx, c.conn, `n.nspname LIKE $1 AND c.relname LIKE $2
 			AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_toast%'`,
-			likePattern(defaultSchema(req.Schema)), likePattern(req.Table))
-		if err != nil {
-			return nil, err
+		likePattern(defaultSchema(req.Schema)), likePattern(req.Table))
+	if err != nil {
+		return err
+	}
+	pattern := strings.Contains(req.Schema+req.Table, "*")
+	if len(tables) == 0 {
+		if pattern {
+			c.add(cdc.Warning, req.Rule, fmt.Sprintf("no table matches %s.%s", req.Schema, req.Table), "")
+		} else {
+			c.add(cdc.Error, req.Rule, fmt.Sprintf("table %s.%s does not exist", req.Schema, req.Table), "")
 		}
-		pattern := strings.Contains(req.Schema+req.Table, "*")
-		if len(tables) == 0 {
-			if pattern {
-				add(cdc.Warning, req.Rule, fmt.Sprintf("no table matches %s.%s", req.Schema, req.Table), "")
-			} else {
-				add(cdc.Error, req.Rule, fmt.Sprintf("table %s.%s does not exist", req.Schema, req.Table), "")
+		return nil
+	}
+	for _, t := range tables {
+		checkColumns(c.add, req, t, pattern)
+		leaves := []*checkedTable{t}
+		if t.partitioned {
+			if leaves, err = queryTables(ctx, c.conn, partitionLeavesSQL, t.oid); err != nil {
+				return err
 			}
-			continue
 		}
-		for _, t := range tables {
-			checkColumns(add, req, t, pattern)
-			leaves := []*checkedTable{t}
-			if t.partitioned {
-				if leaves, err = queryTables(ctx, conn, partitionLeavesSQL, t.oid); err != nil {
-					return nil, err
-				}
+		for _, l := range leaves {
+			c.findings = append(c.findings, identityFindings(req, l)...)
+		}
+		if c.pubExists && !c.pubAll {
+			f, err := publicationFinding(ctx, c.conn, c.cfg.Publication, req.Rule, t)
+			if err != nil {
+				return err
 			}
-			for _, l := range leaves {
-				findings = append(findings, identityFindings(req, l)...)
-			}
-			if pubExists && !pubAll {
-				f, err := publicationFinding(ctx, conn, r.cfg.Publication, req.Rule, t)
-				if err != nil {
-					return nil, err
-				}
-				if f != nil {
-					findings = append(findings, *f)
-				}
+			if f != nil {
+				c.findings = append(c.findings, *f)
 			}
 		}
 	}
-	return dedupFindings(findings), nil
+	return nil
 }
 
 func defaultSchema(s string) string {

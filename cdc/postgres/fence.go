@@ -106,7 +106,7 @@ func (r *Reader) WaitVisible(ctx context.Context, cs []cdc.Commit) error {
 	for {
 		snap, err := f.snapshotLocked(ctx, deadline)
 		if errors.Is(err, errFenceUnusable) {
-			return fmt.Errorf("postgres: visibility fence: %w: %v", cdc.ErrNotVisible, err)
+			return fmt.Errorf("postgres: visibility fence: %w: %w", cdc.ErrNotVisible, err)
 		}
 		if err == nil {
 			if pending = snap.countInvisible(xids); pending == 0 {
@@ -138,7 +138,7 @@ func (r *Reader) WaitVisible(ctx context.Context, cs []cdc.Commit) error {
 
 func (f *fence) notVisible(pending, total int, lastErr error) error {
 	if lastErr != nil && pending == total {
-		return fmt.Errorf("postgres: visibility fence: %w after %s: %v", cdc.ErrNotVisible, f.r.cfg.FenceTimeout, lastErr)
+		return fmt.Errorf("postgres: visibility fence: %w after %s: %w", cdc.ErrNotVisible, f.r.cfg.FenceTimeout, lastErr)
 	}
 	return fmt.Errorf("postgres: visibility fence: %w: %d of %d transactions still in progress after %s", cdc.ErrNotVisible, pending, total, f.r.cfg.FenceTimeout)
 }
@@ -189,7 +189,7 @@ func (f *fence) snapshotLocked(ctx context.Context, deadline time.Time) (pgSnaps
 				f.r.log.Error("postgres: the visibility fence may not read the current snapshot: invalidations are published unproven (counted as fence timeouts)",
 					logErr, err, "fix", "GRANT EXECUTE ON FUNCTION pg_current_snapshot() TO the tagstream role")
 			}
-			return pgSnapshot{}, fmt.Errorf("%w: read snapshot: %v", errFenceUnusable, err)
+			return pgSnapshot{}, fmt.Errorf("%w: read snapshot: %w", errFenceUnusable, err)
 		}
 		return pgSnapshot{}, fmt.Errorf("read snapshot: %w", err)
 	}

@@ -43,11 +43,11 @@ func pgCode(err error) string {
 func classifyConnect(what string, err error) error {
 	switch pgCode(err) {
 	case codeInsufficientPriv:
-		return fmt.Errorf("postgres: %s: %w: %v (the role needs the REPLICATION attribute: ALTER ROLE <role> WITH REPLICATION;)", what, ErrConfig, err)
+		return fmt.Errorf("postgres: %s: %w: %w (the role needs the REPLICATION attribute: ALTER ROLE <role> WITH REPLICATION;)", what, ErrConfig, err)
 	case codeInvalidAuthorization:
-		return fmt.Errorf("postgres: %s: %w: %v (allow it in pg_hba.conf, e.g. `host replication <role> <address> scram-sha-256` and `host <db> <role> <address> scram-sha-256`, then SELECT pg_reload_conf();)", what, ErrConfig, err)
+		return fmt.Errorf("postgres: %s: %w: %w (allow it in pg_hba.conf, e.g. `host replication <role> <address> scram-sha-256` and `host <db> <role> <address> scram-sha-256`, then SELECT pg_reload_conf();)", what, ErrConfig, err)
 	case codeInvalidPassword, codeInvalidCatalog:
-		return fmt.Errorf("postgres: %s: %w: %v", what, ErrConfig, err)
+		return fmt.Errorf("postgres: %s: %w: %w", what, ErrConfig, err)
 	}
 	return fmt.Errorf("postgres: %s: %w", what, err)
 }
@@ -149,9 +149,9 @@ func (r *Reader) ensurePublication(ctx context.Context, conn *pgx.Conn, version 
 		if _, err := conn.Exec(ctx, stmt); err != nil {
 			switch pgCode(err) {
 			case codeInsufficientPriv:
-				return fmt.Errorf("postgres: create publication: %w: %v: run as a superuser (FOR ALL TABLES needs one; FOR TABLE needs table ownership): %s;", ErrConfig, err, stmt)
+				return fmt.Errorf("postgres: create publication: %w: %w: run as a superuser (FOR ALL TABLES needs one; FOR TABLE needs table ownership): %s;", ErrConfig, err, stmt)
 			case codeUndefinedTable:
-				return fmt.Errorf("postgres: create publication: %w: %v", ErrConfig, err)
+				return fmt.Errorf("postgres: create publication: %w: %w", ErrConfig, err)
 			case codeDuplicateObject:
 				return fmt.Errorf("postgres: create publication: %w", err) // created concurrently: retry
 			}
@@ -174,7 +174,7 @@ func (r *Reader) ensurePublication(ctx context.Context, conn *pgx.Conn, version 
 		stmt := "ALTER PUBLICATION " + quoteIdent(pub) + " ADD TABLE " + t.sql()
 		if _, err := conn.Exec(ctx, stmt); err != nil {
 			if c := pgCode(err); c == codeInsufficientPriv || c == codeUndefinedTable {
-				return fmt.Errorf("postgres: publication %s lacks %s: %w: %v: %s;", pub, t, ErrConfig, err, stmt)
+				return fmt.Errorf("postgres: publication %s lacks %s: %w: %w: %s;", pub, t, ErrConfig, err, stmt)
 			}
 			return fmt.Errorf("postgres: alter publication: %w", err)
 		}
@@ -342,7 +342,7 @@ func (r *Reader) ensureSlot(ctx context.Context, sqlConn *pgx.Conn, repl *pgconn
 		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "NOEXPORT_SNAPSHOT"})
 	if err != nil {
 		if pgCode(err) == codeInsufficientPriv {
-			return 0, fmt.Errorf("postgres: create replication slot: %w: %v", ErrConfig, err)
+			return 0, fmt.Errorf("postgres: create replication slot: %w: %w", ErrConfig, err)
 		}
 		return 0, fmt.Errorf("postgres: create replication slot: %w", err)
 	}

@@ -55,7 +55,7 @@ func (r *Reader) createTemporarySlot(ctx context.Context, repl *pgconn.PgConn, h
 	if err != nil {
 		switch pgCode(err) {
 		case codeInsufficientPriv:
-			return 0, fmt.Errorf("postgres: create temporary replication slot: %w: %v", ErrConfig, err)
+			return 0, fmt.Errorf("postgres: create temporary replication slot: %w: %w", ErrConfig, err)
 		case codeDuplicateObject:
 			if again {
 				// The previous connection's slot: the server drops it
