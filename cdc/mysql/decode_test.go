@@ -147,7 +147,7 @@ func FuzzImage(f *testing.F) {
 		gomysql.MYSQL_TYPE_DATETIME2, gomysql.MYSQL_TYPE_VARCHAR, gomysql.MYSQL_TYPE_STRING, gomysql.MYSQL_TYPE_STRING,
 		gomysql.MYSQL_TYPE_STRING, gomysql.MYSQL_TYPE_BLOB, gomysql.MYSQL_TYPE_JSON,
 	}
-	meta := []uint16{0, 0, 0, 0, 0, 4, 8, 65<<8 | 30, 8<<8 | 0, 0, 0, 0, 3, 0, 6, 0, 4, 300, 0xfe10,
+	meta := []uint16{0, 0, 0, 0, 0, 4, 8, 65<<8 | 30, 8 << 8, 0, 0, 0, 3, 0, 6, 0, 4, 300, 0xfe10,
 		uint16(gomysql.MYSQL_TYPE_ENUM)<<8 | 2, uint16(gomysql.MYSQL_TYPE_SET)<<8 | 8, 3, 4}
 	names := make([][]byte, len(types))
 	for i := range names {
