@@ -99,6 +99,7 @@ type Appender struct {
 var (
 	_ sink.Sink    = (*Appender)(nil)
 	_ sink.Resumer = (*Appender)(nil)
+	_ sink.Idler   = (*Appender)(nil)
 )
 
 // NewAppender validates cfg; it connects lazily.
@@ -175,6 +176,30 @@ func (a *Appender) Deliver(ctx context.Context, batch []sink.Txn) error {
 	a.delivered = batch[len(batch)-1].Position
 	clear(a.args)
 	return nil
+}
+
+// Idle appends an empty transaction at pos, a position the source reached
+// with nothing to deliver (a quiet Postgres reports its WAL end), so that the
+// edges' ends follow the writer's: a client of the writer whose ping carried
+// pos resumes on an edge instead of being reset. Best effort: the next batch
+// moves the edges on as well.
+func (a *Appender) Idle(pos cdc.Position) {
+	if pos <= a.delivered {
+		return
+	}
+	var args []any
+	if a.hasFloor {
+		args = append(args, entryID(a.floor), kindFloor, now(), "", "")
+	}
+	args = append(args, entryID(pos), kindCommit, now(), "[]", "")
+	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.Timeout)
+	defer cancel()
+	if err := a.append(ctx, args); err != nil {
+		a.log.Debug("broker: appending an idle position failed; the next transaction moves the edges on", logErr, err)
+		return
+	}
+	a.hasFloor = false
+	a.delivered = pos
 }
 
 // Reset appends a reset entry: every edge resets its clients.

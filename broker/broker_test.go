@@ -174,6 +174,24 @@ func TestAppendAndRead(t *testing.T) {
 	h.expect(t, "floor@100", "100[]", "101[a b]", "103[c]", "104[]", "106[]", "107[d]")
 }
 
+// TestIdleMovesTheEdgesOn: a position the source reached without a
+// transaction reaches the edges as an empty one, once.
+func TestIdleMovesTheEdgesOn(t *testing.T) {
+	b := setup(t)
+	_, a := b.writer(t, 10*time.Second)
+	a.Resumed(100)
+	deliver(t, a, txn(101, "a"))
+	a.Idle(150)
+	a.Idle(150) // nothing new: not appended again
+	a.Idle(120) // behind what the broker has: skipped
+	deliver(t, a, txn(160, "b"))
+	h := b.read(t)
+	h.expect(t, "floor@100", "100[]", "101[a]", "150[]", "160[b]")
+	if got, want := b.ids(t), []string{"100-0 f", "101-0 c", "150-0 c", "160-0 c"}; !slices.Equal(got, want) {
+		t.Fatalf("stream %q, want %q", got, want)
+	}
+}
+
 // TestFencedWriterCannotAppend: once another process holds the lease, the
 // old writer's appends are refused and its Keep reports the loss.
 func TestFencedWriterCannotAppend(t *testing.T) {
