@@ -6,7 +6,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -163,18 +165,21 @@ func TestConnectionClosedAtExpiry(t *testing.T) {
 	}
 	var got []string
 	for {
-		line, err := rd.ReadString('\n')
-		if err != nil {
+		ev, err := rd.Next()
+		if errors.Is(err, io.EOF) {
 			break // the server closed the stream
 		}
-		if strings.HasPrefix(line, "event: ") && line != "event: ping\n" {
-			got = append(got, strings.TrimSpace(line))
+		if err != nil {
+			t.Fatalf("after %q: %v", got, err)
+		}
+		if ev.Event != "ping" {
+			got = append(got, ev.Event)
 		}
 	}
 	if time.Now().Before(exp) {
 		t.Fatalf("closed at %v, before the token's exp %v", time.Now(), exp)
 	}
-	if len(got) != 1 || got[0] != "event: invalidate" {
+	if len(got) != 1 || got[0] != "invalidate" {
 		t.Fatalf("events %q", got)
 	}
 	if st := s.hub.Stats(); st.Access.Expired != 1 {

@@ -7,12 +7,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"testing"
 
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/tagstream/tagstream/stream"
+	"github.com/tagstream/tagstream/stream/ssereader"
 )
 
 // benchCases are the setups measured: no authorization, and one token per
@@ -101,20 +101,18 @@ func BenchmarkConnectionSetup(b *testing.B) {
 				if _, err := io.WriteString(c, req); err != nil {
 					b.Fatal(err)
 				}
-				rd := bufio.NewReaderSize(c, 1024)
-				for {
-					line, err := rd.ReadString('\n')
-					if err != nil {
-						b.Fatal(err)
-					}
-					if strings.HasPrefix(line, "HTTP/1.1 ") && !strings.HasPrefix(line, "HTTP/1.1 200") {
-						b.Fatalf("status %q", line)
-					}
-					if line == "event: ready\n" {
-						break
-					}
+				resp, err := http.ReadResponse(bufio.NewReaderSize(c, 1024), nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if resp.StatusCode != http.StatusOK {
+					b.Fatalf("status %q", resp.Status)
+				}
+				if ev, err := ssereader.NewReader(resp.Body).Next(); err != nil || ev.Event != "ready" {
+					b.Fatalf("first event %+v: %v", ev, err)
 				}
 				c.Close()
+				resp.Body.Close() // after c: closing a live chunked body first would drain it
 			}
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "conns/s")
 		})

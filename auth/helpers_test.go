@@ -1,7 +1,6 @@
 package auth
 
 import (
-	"bufio"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -26,6 +25,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/tagstream/tagstream/stream"
+	"github.com/tagstream/tagstream/stream/ssereader"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -143,33 +143,18 @@ func (s *server) get(t testing.TB, query string, header ...string) *http.Respons
 
 // expectStream checks a 200 event stream and returns a reader at its first
 // event, which must be `ready`.
-func expectStream(t testing.TB, resp *http.Response) *bufio.Reader {
+func expectStream(t testing.TB, resp *http.Response) *ssereader.Reader {
 	t.Helper()
 	if resp.StatusCode != http.StatusOK {
 		body, _ := io.ReadAll(resp.Body)
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
-	rd := bufio.NewReader(resp.Body)
-	if ev := nextEvent(t, rd); !strings.Contains(ev, "event: ready\n") {
-		t.Fatalf("first event %q", ev)
+	rd := ssereader.NewReader(resp.Body)
+	rd.Strict = true
+	if ev, err := rd.Next(); err != nil || ev.Event != "ready" {
+		t.Fatalf("first event %+v: %v", ev, err)
 	}
 	return rd
-}
-
-// nextEvent reads one event's lines.
-func nextEvent(t testing.TB, rd *bufio.Reader) string {
-	t.Helper()
-	var b strings.Builder
-	for {
-		line, err := rd.ReadString('\n')
-		if err != nil {
-			t.Fatalf("reading event: %v (after %q)", err, b.String())
-		}
-		if line == "\n" {
-			return b.String()
-		}
-		b.WriteString(line)
-	}
 }
 
 // expectRefusal checks status, exact plain-text body (so no event was

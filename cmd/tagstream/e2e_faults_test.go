@@ -9,7 +9,6 @@ package main
 // the client had not received.
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -31,6 +30,7 @@ import (
 	gomysql "github.com/go-mysql-org/go-mysql/client"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/tagstream/tagstream/stream/ssereader"
 	"github.com/tagstream/tagstream/testcontainers"
 )
 
@@ -909,25 +909,29 @@ func floodOnce(ctx context.Context, hc *http.Client, base string, i int, cursor 
 	if resp.StatusCode != http.StatusOK {
 		return "status " + resp.Status
 	}
-	sc := bufio.NewScanner(resp.Body)
+	rd := ssereader.NewReader(resp.Body)
+	rd.Strict = true
 	ready := false
-	for sc.Scan() {
-		switch sc.Text() {
-		case "event: ready":
+	for {
+		ev, err := rd.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ""
+			}
+			return fmt.Sprintf("stream ended before the client dropped it (ready=%v): %v", ready, err)
+		}
+		switch ev.Event {
+		case "ready":
 			ready = true
 			if i%2 == 0 {
 				return ""
 			}
-		case "event: invalidate":
+		case "invalidate":
 			if ready {
 				return ""
 			}
 		}
 	}
-	if ctx.Err() != nil {
-		return ""
-	}
-	return fmt.Sprintf("stream ended before the client dropped it (ready=%v): %v", ready, sc.Err())
 }
 
 // metricsText returns the daemon's /metrics.

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -23,6 +22,7 @@ import (
 	"time"
 
 	"github.com/tagstream/tagstream/stream"
+	"github.com/tagstream/tagstream/stream/ssereader"
 )
 
 // buildEdge parses args as `run` would and builds the edge.
@@ -186,7 +186,7 @@ func TestTLS(t *testing.T) {
 	defer h1.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	var readers []*bufio.Reader
+	var readers []*ssereader.Reader
 	for _, tc := range []struct {
 		client *http.Client
 		proto  int
@@ -200,9 +200,10 @@ func TestTLS(t *testing.T) {
 		if resp.ProtoMajor != tc.proto || resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
 			t.Fatalf("%s %s %v", resp.Proto, resp.Status, resp.Header)
 		}
-		rd := bufio.NewReader(resp.Body)
-		if ev := readEvent(t, rd); ev != "id: 0\ndata: {\"resumed\":false}\nevent: ready\n" {
-			t.Fatalf("HTTP/%d: %q", tc.proto, ev)
+		rd := ssereader.NewReader(resp.Body)
+		rd.Strict = true
+		if ev, err := rd.Next(); err != nil || ev != (ssereader.Event{ID: "0", Event: "ready", Data: `{"resumed":false}`}) {
+			t.Fatalf("HTTP/%d: %+v %v", tc.proto, ev, err)
 		}
 		readers = append(readers, rd)
 	}
@@ -210,8 +211,9 @@ func TestTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, rd := range readers {
-		if ev := readEvent(t, rd); ev != "id: 3\ndata: {\"tags\":[\"a\"],\"ts\":\"2025-01-01T00:00:00Z\"}\nevent: invalidate\n" {
-			t.Fatalf("client %d: %q", i, ev)
+		want := ssereader.Event{ID: "3", Event: "invalidate", Data: `{"tags":["a"],"ts":"2025-01-01T00:00:00Z"}`}
+		if ev, err := rd.Next(); err != nil || ev != want {
+			t.Fatalf("client %d: %+v %v", i, ev, err)
 		}
 	}
 	// Plain HTTP to the TLS port gets net/http's 400, never a stream.
@@ -222,21 +224,6 @@ func TestTLS(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusBadRequest {
 		t.Fatalf("plain HTTP: %s", resp.Status)
-	}
-}
-
-func readEvent(t *testing.T, rd *bufio.Reader) string {
-	t.Helper()
-	var b strings.Builder
-	for {
-		line, err := rd.ReadString('\n')
-		if err != nil {
-			t.Fatalf("after %q: %v", b.String(), err)
-		}
-		if line == "\n" {
-			return b.String()
-		}
-		b.WriteString(line)
 	}
 }
 

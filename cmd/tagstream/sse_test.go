@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -11,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tagstream/tagstream/stream/ssereader"
 )
 
 // sseEvent is one Server-Sent Event as a browser would parse it.
@@ -20,8 +21,8 @@ type sseEvent struct {
 
 func (e sseEvent) String() string { return fmt.Sprintf("%s id=%s %s", e.Event, e.ID, e.Data) }
 
-// sseClient reads a real /events stream line by line, the way EventSource
-// does, and hands out its events in order.
+// sseClient reads a real /events stream with stream/ssereader, in strict
+// mode, and hands out its events in order.
 type sseClient struct {
 	resp   *http.Response
 	events chan sseEvent
@@ -30,6 +31,7 @@ type sseClient struct {
 	done   chan struct{}
 
 	lastInvalidate uint64 // ids of invalidate events strictly increase
+	err            error  // why the stream ended; set before events is closed
 }
 
 // subscribe opens GET /events?query with an optional Last-Event-ID header.
@@ -61,38 +63,23 @@ func subscribe(t *testing.T, base, query, lastID string) *sseClient {
 	return c
 }
 
+// read hands each event of the body to events until the body ends or
+// close begins.
 func (c *sseClient) read() {
 	defer close(c.done)
 	defer close(c.events)
-	sc := bufio.NewScanner(c.resp.Body)
-	var ev sseEvent
-	for sc.Scan() {
-		line := sc.Text()
-		switch {
-		case line == "":
-			if ev.Event != "" || ev.Data != "" {
-				select {
-				case c.events <- ev:
-				case <-c.ctx.Done(): // nobody reads any more: close must not wait on us
-					return
-				}
-			}
-			ev = sseEvent{}
-		case strings.HasPrefix(line, ":"):
-		default:
-			field, value, _ := strings.Cut(line, ":")
-			value = strings.TrimPrefix(value, " ")
-			switch field {
-			case "event":
-				ev.Event = value
-			case "id":
-				ev.ID = value
-			case "data":
-				if ev.Data != "" {
-					ev.Data += "\n"
-				}
-				ev.Data += value
-			}
+	rd := ssereader.NewReader(c.resp.Body)
+	rd.Strict = true // the daemon writes only the fields the contract names
+	for {
+		e, err := rd.Next()
+		if err != nil {
+			c.err = err // read by next once events is closed
+			return
+		}
+		select {
+		case c.events <- sseEvent{Event: e.Event, ID: e.ID, Data: e.Data}:
+		case <-c.ctx.Done(): // nobody reads any more: close must not wait on us
+			return
 		}
 	}
 }
@@ -111,7 +98,7 @@ func (c *sseClient) next(t *testing.T) sseEvent {
 		select {
 		case ev, ok := <-c.events:
 			if !ok {
-				t.Fatal("event stream ended")
+				t.Fatalf("event stream ended: %v", c.err)
 			}
 			if ev.Event == "invalidate" {
 				id, _ := strconv.ParseUint(ev.ID, 10, 64)
