@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,27 +11,28 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/tagstream/tagstream/internal/launch"
 )
 
-// daemon is a `tagstream run` child process.
+// daemon is a `tagstream run` (or serve) child process, started by
+// internal/launch like the end-to-end tests' daemons.
 type daemon struct {
-	cmd     *exec.Cmd
-	addr    string
-	logPath string
-	exited  chan struct{}
-	err     error // the exit status, valid once exited is closed
+	*launch.Process
+	cmd    *exec.Cmd
+	addr   string
+	exited <-chan struct{} // closed once the process has exited
 }
 
 // startDaemon runs `bin run args… --listen 127.0.0.1:<free port>` and waits
 // until /healthz answers. The clock of a drain starts before this call.
 func (b *bench) startDaemon(ctx context.Context, name string, args ...string) (*daemon, error) {
-	port, err := freePort()
+	addr, err := launch.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	return b.startDaemonAt(ctx, name, fmt.Sprintf("127.0.0.1:%d", port), args...)
+	return b.startDaemonAt(ctx, name, addr, args...)
 }
 
 // startDaemonAt is startDaemon listening on addr (a restart where the
@@ -42,95 +42,45 @@ func (b *bench) startDaemonAt(ctx context.Context, name, addr string, args ...st
 }
 
 // startCommand runs `bin command args… --listen addr` (run, or serve for an
-// edge node) and waits until /healthz answers.
+// edge node), its output in <tmp>/<name>.log, and waits until /healthz
+// answers.
 func (b *bench) startCommand(ctx context.Context, command, name, addr string, args ...string) (*daemon, error) {
 	args = append([]string{command}, args...)
 	args = append(args, "--listen", addr)
-	logPath := filepath.Join(b.tmp, name+".log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(b.tagstream, args...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	// Pdeathsig: the daemon dies with the harness even when the harness is
-	// killed without running its cleanups.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	b.record(b.tagstream, args...)
-	if err := cmd.Start(); err != nil {
-		logFile.Close()
+	p, err := launch.Start(launch.Options{Path: b.tagstream, Args: args, LogFile: filepath.Join(b.tmp, name+".log")})
+	if err != nil {
 		return nil, fmt.Errorf("start tagstream: %w", err)
 	}
-	d := &daemon{cmd: cmd, addr: addr, logPath: logPath, exited: make(chan struct{})}
-	go func() {
-		d.err = cmd.Wait()
-		logFile.Close()
-		close(d.exited)
-	}()
+	d := &daemon{Process: p, cmd: p.Cmd, addr: addr, exited: p.Done()}
 	if err := d.waitHTTP(ctx, "/healthz", 30*time.Second); err != nil {
-		d.stop()
+		_ = d.stop()
 		return nil, err
 	}
 	return d, nil
 }
 
-// waitHTTP polls path until it answers 200.
+// waitHTTP polls path every 10 ms until it answers 200.
 func (d *daemon) waitHTTP(ctx context.Context, path string, limit time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, limit)
+	ctx, cancel := context.WithTimeoutCause(ctx, limit, fmt.Errorf("tagstream %s did not answer 200 within %s", path, limit))
 	defer cancel()
-	client := &http.Client{Timeout: time.Second}
-	for {
-		select {
-		case <-d.exited:
-			return fmt.Errorf("tagstream exited (%v) before %s answered:\n%s", d.err, path, d.logTail())
-		default:
-		}
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+d.addr+path, nil)
-		if resp, err := client.Do(req); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("tagstream %s did not answer 200 within %s:\n%s", path, limit, d.logTail())
-		case <-d.exited:
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
+	return d.Await(ctx, 10*time.Millisecond, launch.HTTPStatus200("http://"+d.addr+path))
 }
 
 // stop sends SIGTERM (the daemon drains and exits 0) and waits; after 20 s
 // it kills the process group.
 func (d *daemon) stop() error {
-	select {
-	case <-d.exited:
-		return d.err
-	default:
+	if err := d.Stop(20 * time.Second); err != nil {
+		return fmt.Errorf("tagstream: %w", err)
 	}
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.exited:
-		return d.err
-	case <-time.After(20 * time.Second):
-		_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
-		<-d.exited
-		return errors.New("tagstream did not stop within 20s of SIGTERM; killed")
-	}
+	return nil
 }
 
-func (d *daemon) logTail() string {
-	b, _ := os.ReadFile(d.logPath)
-	if len(b) > 3000 {
-		b = b[len(b)-3000:]
-	}
-	return string(b)
-}
+func (d *daemon) logTail() string { return d.Log().Tail(3000) }
 
 // rssKiB reads VmRSS from /proc/PID/status.
 func (d *daemon) rssKiB() (int64, error) {
-	return procStatusKiB(d.cmd.Process.Pid, "VmRSS")
+	return procStatusKiB(d.Pid(), "VmRSS")
 }
 
 func procStatusKiB(pid int, field string) (int64, error) {
@@ -148,7 +98,7 @@ func procStatusKiB(pid int, field string) (int64, error) {
 }
 
 // cpu returns the user+system CPU time the process has used so far.
-func (d *daemon) cpu() time.Duration { return procCPU(d.cmd.Process.Pid) }
+func (d *daemon) cpu() time.Duration { return procCPU(d.Pid()) }
 
 func procCPU(pid int) time.Duration {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
