@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tagstream/tagstream/internal/launch"
 	"github.com/tagstream/tagstream/testcontainers"
 )
 
@@ -32,12 +32,11 @@ type cluster struct {
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := launch.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
 // logged is a launch condition: the process's log has s.
@@ -55,7 +54,7 @@ func newCluster(t *testing.T) *cluster {
 	c.runArgs = []string{"--db", dsn, "--rules", rulesFile, "--slot", "broker", "--publication", "broker",
 		"--broker", rs.URL(0), "--lease", "2s"}
 	c.edgeArgs = []string{"--broker", rs.URL(0)}
-	c.runs = append(c.runs, launch(t, "run", freeAddr(t), (*daemon).ready, c.runArgs...))
+	c.runs = append(c.runs, launchDaemon(t, "run", freeAddr(t), (*daemon).ready, c.runArgs...))
 	c.startStandby()
 	for i := range c.edges {
 		c.edges[i] = c.startEdge()
@@ -64,13 +63,13 @@ func newCluster(t *testing.T) *cluster {
 }
 
 func (c *cluster) startStandby() *daemon {
-	d := launch(c.t, "run", freeAddr(c.t), logged(standbyLine), c.runArgs...)
+	d := launchDaemon(c.t, "run", freeAddr(c.t), logged(standbyLine), c.runArgs...)
 	c.runs = append(c.runs, d)
 	return d
 }
 
 func (c *cluster) startEdge() *daemon {
-	return launch(c.t, "serve", freeAddr(c.t), (*daemon).ready, c.edgeArgs...)
+	return launchDaemon(c.t, "serve", freeAddr(c.t), (*daemon).ready, c.edgeArgs...)
 }
 
 func (c *cluster) insert(t *testing.T, ids ...int) {
@@ -262,7 +261,7 @@ func TestBrokerScaleOut(t *testing.T) {
 		select {
 		case <-d.done:
 			if !strings.Contains(d.stderr.String(), "broker: lease lost: another process holds it now") {
-				t.Fatalf("a writer stopped for another reason: %v", d.err)
+				t.Fatalf("a writer stopped for another reason: %v", d.Err())
 			}
 			continue
 		default:
@@ -294,8 +293,8 @@ func TestBrokerScaleOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-paused.done
-	if paused.err == nil || !strings.Contains(paused.stderr.String(), "broker: lease lost") {
-		t.Fatalf("the paused writer woke up: exit %v, want an error saying the lease was lost\n%s", paused.err, paused.stderr)
+	if paused.Err() == nil || !strings.Contains(paused.stderr.String(), "broker: lease lost") {
+		t.Fatalf("the paused writer woke up: exit %v, want an error saying the lease was lost\n%s", paused.Err(), paused.stderr)
 	}
 	// The other one now gets the slot and streams what was written while
 	// the old writer was paused.
@@ -382,11 +381,11 @@ func TestReadmeScaleOut(t *testing.T) {
 		}
 		switch {
 		case args[0] == "run" && len(runs) == 0:
-			runs = append(runs, launch(t, "run", freeAddr(t), (*daemon).ready, rest...))
+			runs = append(runs, launchDaemon(t, "run", freeAddr(t), (*daemon).ready, rest...))
 		case args[0] == "run":
-			runs = append(runs, launch(t, "run", freeAddr(t), logged(standbyLine), rest...))
+			runs = append(runs, launchDaemon(t, "run", freeAddr(t), logged(standbyLine), rest...))
 		case args[0] == "serve":
-			edges = append(edges, launch(t, "serve", freeAddr(t), (*daemon).ready, rest...))
+			edges = append(edges, launchDaemon(t, "serve", freeAddr(t), (*daemon).ready, rest...))
 		default:
 			t.Fatalf("scale-out.sh: tagstream %s", args[0])
 		}

@@ -3,8 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -16,65 +16,54 @@ import (
 	gomysql "github.com/go-mysql-org/go-mysql/client"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/tagstream/tagstream/internal/launch"
 	"github.com/tagstream/tagstream/testcontainers"
 )
 
 // tailProc is a running `tagstream tail` process.
 type tailProc struct {
-	cmd    *exec.Cmd
+	*launch.Process
 	lines  chan string // stdout, line by line; closed at EOF
-	stderr *lockedBuffer
-	done   chan struct{}
-	err    error
+	stderr *launch.Log
 }
 
 // startTail runs `tagstream tail args…` in dir with env and waits until it
 // says on stderr that it is streaming.
 func startTail(t *testing.T, dir string, env []string, args ...string) *tailProc {
 	t.Helper()
-	p := &tailProc{lines: make(chan string, 100), stderr: &lockedBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(binary, append([]string{"tail"}, args...)...)
-	p.cmd.Dir = dir
-	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.Stderr = p.stderr
-	out, err := p.cmd.StdoutPipe()
+	return startTailCommand(t, launch.Options{Path: binary, Args: append([]string{"tail"}, args...), Dir: dir, Env: env})
+}
+
+// startTailCommand starts o, a `tagstream tail` command line, and waits until it
+// says on stderr that it is streaming.
+func startTailCommand(t *testing.T, o launch.Options) *tailProc {
+	t.Helper()
+	o.PipeStdout = true
+	lp, err := launch.Start(o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	p := &tailProc{Process: lp, lines: make(chan string, 100), stderr: lp.Log()}
 	go func() {
-		sc := bufio.NewScanner(out)
+		sc := bufio.NewScanner(lp.Stdout())
 		for sc.Scan() {
 			p.lines <- sc.Text()
 		}
 		close(p.lines)
-		p.err = p.cmd.Wait()
-		close(p.done)
 	}()
 	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			p.cmd.Process.Kill()
-			<-p.done
-		}
+		lp.Kill()
 		if t.Failed() {
 			t.Logf("tagstream tail stderr:\n%s", p.stderr)
 		}
 	})
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(p.stderr.String(), "tagstream tail: streaming from position ") {
-		select {
-		case <-p.done:
-			t.Fatalf("tail exited early: %v\n%s", p.err, p.stderr)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("tail not streaming within 30s\n%s", p.stderr)
-		}
-		time.Sleep(20 * time.Millisecond)
+	ctx, cancel := context.WithTimeoutCause(context.Background(), 30*time.Second, errors.New("not streaming within 30s"))
+	defer cancel()
+	streaming := func(context.Context) bool {
+		return strings.Contains(p.stderr.String(), "tagstream tail: streaming from position ")
+	}
+	if err := lp.Await(ctx, 20*time.Millisecond, streaming); err != nil {
+		t.Fatalf("tail: %v", err)
 	}
 	return p
 }
@@ -85,7 +74,8 @@ func (p *tailProc) raw(t *testing.T) string {
 	select {
 	case l, ok := <-p.lines:
 		if !ok {
-			t.Fatalf("tail stdout ended: %v", p.err)
+			<-p.Done() // stdout ends after the exit
+			t.Fatalf("tail stdout ended: %v\n%s", p.Err(), p.stderr)
 		}
 		return l
 	case <-time.After(30 * time.Second):
@@ -102,7 +92,8 @@ func (p *tailProc) next(t *testing.T) (uint64, string) {
 	select {
 	case l, ok := <-p.lines:
 		if !ok {
-			t.Fatalf("tail stdout ended: %v", p.err)
+			<-p.Done() // stdout ends after the exit
+			t.Fatalf("tail stdout ended: %v\n%s", p.Err(), p.stderr)
 		}
 		m := tailLine.FindStringSubmatch(l)
 		if m == nil {
@@ -123,14 +114,14 @@ func (p *tailProc) next(t *testing.T) (uint64, string) {
 // was printed.
 func (p *tailProc) interrupt(t *testing.T) {
 	t.Helper()
-	p.cmd.Process.Signal(syscall.SIGINT)
+	_ = p.Signal(syscall.SIGINT)
 	var rest []string
 	for l := range p.lines {
 		rest = append(rest, l)
 	}
-	<-p.done
-	if p.err != nil || len(rest) > 0 {
-		t.Fatalf("after SIGINT: exit %v, more lines %q\n%s", p.err, rest, p.stderr)
+	<-p.Done()
+	if p.Err() != nil || len(rest) > 0 {
+		t.Fatalf("after SIGINT: exit %v, more lines %q\n%s", p.Err(), rest, p.stderr)
 	}
 }
 

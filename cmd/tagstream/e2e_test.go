@@ -5,25 +5,23 @@ package main
 // receives.
 
 import (
-	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/tagstream/tagstream/internal/launch"
 	"github.com/tagstream/tagstream/testcontainers"
 )
 
@@ -48,50 +46,27 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// lockedBuffer collects a process's stderr.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// daemon is a running `tagstream run` process.
+// daemon is a running `tagstream run` (or serve) process, started by
+// internal/launch like the examples' and the benchmark's.
 type daemon struct {
+	*launch.Process
 	cmd    *exec.Cmd
-	base   string // http://127.0.0.1:port
-	stderr *lockedBuffer
-	done   chan struct{}
-	err    error
+	base   string      // http://127.0.0.1:port
+	stderr *launch.Log // its stderr (and stdout)
+	done   <-chan struct{}
 }
 
 // startDaemon runs `tagstream run` with args plus --listen on a free port and
 // waits until /readyz says the source is streaming.
 func startDaemon(t *testing.T, args ...string) *daemon {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return startDaemonOn(t, addr, args...)
+	return startDaemonOn(t, freeAddr(t), args...)
 }
 
 // startDaemonOn is startDaemon listening on addr.
 func startDaemonOn(t *testing.T, addr string, args ...string) *daemon {
 	t.Helper()
-	return launch(t, "run", addr, (*daemon).ready, args...)
+	return launchDaemon(t, "run", addr, (*daemon).ready, args...)
 }
 
 // startDaemonWrapped is startDaemonOn with the binary started by wrap, a
@@ -102,58 +77,43 @@ func startDaemonWrapped(t *testing.T, addr string, wrap []string, args ...string
 	return launchWrapped(t, wrap, "run", addr, (*daemon).ready, args...)
 }
 
-// launch runs `tagstream sub --listen addr args…` and waits until up says
-// so (it is asked every 50 ms for 30 s).
-func launch(t *testing.T, sub, addr string, up func(*daemon) bool, args ...string) *daemon {
+// launchDaemon runs `tagstream sub --listen addr args…` and waits until up
+// says so (it is asked every 50 ms for 30 s).
+func launchDaemon(t *testing.T, sub, addr string, up func(*daemon) bool, args ...string) *daemon {
 	t.Helper()
 	return launchWrapped(t, nil, sub, addr, up, args...)
 }
 
-// launchWrapped is launch with the binary started by wrap (nil: directly).
+// launchWrapped is launchDaemon with the binary started by wrap (nil:
+// directly).
 func launchWrapped(t *testing.T, wrap []string, sub, addr string, up func(*daemon) bool, args ...string) *daemon {
 	t.Helper()
-	d := &daemon{base: "http://" + addr, stderr: &lockedBuffer{}, done: make(chan struct{})}
-	argv := append(append(slices.Clone(wrap), binary, sub, "--listen", addr, "--log-level", "debug"), args...)
-	d.cmd = exec.Command(argv[0], argv[1:]...)
-	d.cmd.Stderr = d.stderr
-	if err := d.cmd.Start(); err != nil {
+	p, err := launch.Start(launch.Options{
+		Path: binary,
+		Args: append([]string{sub, "--listen", addr, "--log-level", "debug"}, args...),
+		Wrap: wrap,
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
-	go func() { d.err = d.cmd.Wait(); close(d.done) }()
+	d := &daemon{Process: p, cmd: p.Cmd, base: "http://" + addr, stderr: p.Log(), done: p.Done()}
 	t.Cleanup(func() {
-		select {
-		case <-d.done:
-		default:
-			d.cmd.Process.Kill()
-			<-d.done
-		}
+		p.Kill()
 		if t.Failed() {
 			t.Logf("tagstream %s stderr:\n%s", sub, d.stderr)
 		}
 	})
-	deadline := time.Now().Add(30 * time.Second)
-	for !up(d) {
-		select {
-		case <-d.done:
-			t.Fatalf("tagstream exited early: %v\n%s", d.err, d.stderr)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("tagstream %s not up within 30s\n%s", sub, d.stderr)
-		}
-		time.Sleep(50 * time.Millisecond)
+	ctx, cancel := context.WithTimeoutCause(context.Background(), 30*time.Second, errors.New("not up within 30s"))
+	defer cancel()
+	if err := p.Await(ctx, 50*time.Millisecond, func(context.Context) bool { return up(d) }); err != nil {
+		t.Fatalf("tagstream %s: %v", sub, err)
 	}
 	return d
 }
 
 // ready reports whether /readyz answers 200.
 func (d *daemon) ready() bool {
-	resp, err := http.Get(d.base + "/readyz")
-	if err != nil {
-		return false
-	}
-	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
+	return launch.HTTPStatus200(d.base + "/readyz")(context.Background())
 }
 
 // stop sends SIGTERM and asserts a clean exit.
@@ -165,22 +125,19 @@ func (d *daemon) stop(t *testing.T) {
 // stopWith sends sig and asserts exit status 0.
 func (d *daemon) stopWith(t *testing.T, sig os.Signal) {
 	t.Helper()
-	d.cmd.Process.Signal(sig)
+	_ = d.Signal(sig)
 	select {
 	case <-d.done:
 	case <-time.After(20 * time.Second):
-		t.Fatalf("tagstream did not stop within 20s after SIGTERM\n%s", d.stderr)
+		t.Fatalf("tagstream did not stop within 20s after %v\n%s", sig, d.stderr)
 	}
-	if d.err != nil {
-		t.Fatalf("tagstream exit: %v\n%s", d.err, d.stderr)
+	if err := d.Err(); err != nil {
+		t.Fatalf("tagstream exit: %v\n%s", err, d.stderr)
 	}
 }
 
 // kill ends the daemon with SIGKILL: no drain, no final acknowledgement.
-func (d *daemon) kill() {
-	d.cmd.Process.Kill()
-	<-d.done
-}
+func (d *daemon) kill() { d.Kill() }
 
 const todoSchema = `
 CREATE TABLE todos (

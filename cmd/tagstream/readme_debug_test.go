@@ -1,16 +1,15 @@
 package main
 
 import (
-	"bufio"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
+
+	"github.com/tagstream/tagstream/internal/launch"
 )
 
 // readmeSection returns the README's section under heading, up to the next
@@ -60,11 +59,19 @@ func consoleSteps(block string) (cmds []string, outs []string) {
 // readmeShell runs a README command with sh in the repository's root, with
 // the built tagstream first on PATH.
 func readmeShell(cmd string, env ...string) *exec.Cmd {
-	c := exec.Command("sh", "-c", cmd)
-	c.Dir = "../.."
-	c.Env = append(os.Environ(), "PATH="+filepath.Dir(binary)+string(os.PathListSeparator)+os.Getenv("PATH"))
-	c.Env = append(c.Env, env...)
+	o := readmeShellOptions(cmd, env...)
+	c := exec.Command(o.Path, o.Args...)
+	c.Dir = o.Dir
+	c.Env = append(os.Environ(), o.Env...)
 	return c
+}
+
+// readmeShellOptions is readmeShell for internal/launch.
+func readmeShellOptions(cmd string, env ...string) launch.Options {
+	return launch.Options{
+		Path: "sh", Args: []string{"-c", cmd}, Dir: "../..",
+		Env: append([]string{"PATH=" + filepath.Dir(binary) + string(os.PathListSeparator) + os.Getenv("PATH")}, env...),
+	}
 }
 
 const debugHeading = "## Debugging a rules file: explain and tail"
@@ -107,39 +114,7 @@ func TestReadmeTail(t *testing.T) {
 	dsn, db, _ := setupPG(t)
 	execSQL(t, db, `CREATE PUBLICATION tagstream FOR ALL TABLES`)
 
-	p := readmeShell("exec "+cmds[0], "TAGSTREAM_DB="+dsn)
-	stderr := &lockedBuffer{}
-	p.Stderr = stderr
-	stdout, err := p.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Start(); err != nil {
-		t.Fatal(err)
-	}
-	lines := make(chan string, 10)
-	done := make(chan error, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-		done <- p.Wait()
-	}()
-	t.Cleanup(func() {
-		p.Process.Kill()
-		if t.Failed() {
-			t.Logf("tail stderr:\n%s", stderr)
-		}
-	})
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(stderr.String(), "streaming from position") {
-		if time.Now().After(deadline) {
-			t.Fatalf("tail not streaming\n%s", stderr)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	p := startTailCommand(t, readmeShellOptions("exec "+cmds[0], "TAGSTREAM_DB="+dsn))
 
 	want := strings.Split(strings.TrimSuffix(outs[0], "\n"), "\n")
 	var stmts []string
@@ -155,12 +130,7 @@ func TestReadmeTail(t *testing.T) {
 	var last uint64
 	for i, stmt := range stmts {
 		execSQL(t, db, stmt)
-		var got string
-		select {
-		case got = <-lines:
-		case <-time.After(30 * time.Second):
-			t.Fatalf("no line after %q", stmt)
-		}
+		got := p.raw(t)
 		gm, wm := pos.FindStringSubmatch(got), pos.FindStringSubmatch(want[i])
 		if gm == nil || wm == nil || got[len(gm[0]):] != want[i][len(wm[0]):] {
 			t.Fatalf("after %q:\n got %q\nwant %q (any position)", stmt, got, want[i])
@@ -171,12 +141,5 @@ func TestReadmeTail(t *testing.T) {
 		}
 		last = n
 	}
-	p.Process.Signal(syscall.SIGINT)
-	var rest []string
-	for l := range lines {
-		rest = append(rest, l)
-	}
-	if err := <-done; err != nil || len(rest) > 0 {
-		t.Fatalf("after Ctrl-C: %v, more lines %q", err, rest)
-	}
+	p.interrupt(t) // Ctrl-C: exit 0, nothing more printed
 }

@@ -33,6 +33,9 @@ type Options struct {
 	Env  []string // added to the harness's environment
 	// Stdout, when set, receives standard output instead of the log.
 	Stdout io.Writer
+	// PipeStdout sends standard output to Process.Stdout instead (the
+	// caller must read it to its end).
+	PipeStdout bool
 	// LogFile, when set, keeps the log in this file instead of in memory
 	// (the benchmark keeps its daemons' logs next to its report).
 	LogFile string
@@ -43,10 +46,12 @@ type Options struct {
 type Process struct {
 	// Cmd is the command; a caller of New may change its Stdin, Stdout or
 	// Stderr (or take a pipe) before Start.
-	Cmd  *exec.Cmd
-	log  *Log
-	done chan struct{}
-	err  error
+	Cmd    *exec.Cmd
+	log    *Log
+	stdout *io.PipeReader // PipeStdout
+	pw     *io.PipeWriter // closed once the process has exited
+	done   chan struct{}
+	err    error
 }
 
 // New prepares a process without starting it.
@@ -64,25 +69,36 @@ func New(o Options) (*Process, error) {
 	cmd.Dir = o.Dir
 	cmd.Env = append(os.Environ(), o.Env...)
 	cmd.Stdout, cmd.Stderr = log, log
-	if o.Stdout != nil {
+	p := &Process{Cmd: cmd, log: log, done: make(chan struct{})}
+	switch {
+	case o.PipeStdout:
+		p.stdout, p.pw = io.Pipe()
+		cmd.Stdout = p.pw
+	case o.Stdout != nil:
 		cmd.Stdout = o.Stdout
 	}
 	// Setpgid: Stop reaches the children a wrapper or `node` starts.
 	// Pdeathsig: the child dies with the harness even when the harness is
 	// killed without running its cleanups.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	return &Process{Cmd: cmd, log: log, done: make(chan struct{})}, nil
+	return p, nil
 }
 
 // Start runs a process prepared by New. Its exit is reported by Done.
 func (p *Process) Start() error {
 	if err := p.Cmd.Start(); err != nil {
 		p.log.close()
+		if p.pw != nil {
+			p.pw.Close()
+		}
 		return fmt.Errorf("launch: start %s: %w", p.Cmd.Path, err)
 	}
 	go func() {
 		p.err = p.Cmd.Wait()
 		p.log.close()
+		if p.pw != nil {
+			p.pw.Close() // the reader sees EOF after the last line
+		}
 		close(p.done)
 	}()
 	return nil
@@ -109,6 +125,16 @@ func (p *Process) Err() error { return p.err }
 // Log is the process's output (stderr, and stdout unless Options.Stdout
 // took it).
 func (p *Process) Log() *Log { return p.log }
+
+// Stdout is standard output with Options.PipeStdout (nil otherwise): it
+// ends once the process has exited. Until it is read, the process may block
+// writing, and its exit is not reported (Kill drops what is left).
+func (p *Process) Stdout() io.Reader {
+	if p.stdout == nil {
+		return nil
+	}
+	return p.stdout
+}
 
 // Pid is the process id.
 func (p *Process) Pid() int { return p.Cmd.Process.Pid }
@@ -157,7 +183,17 @@ func (p *Process) Stop(grace time.Duration) error {
 // Kill sends SIGKILL to the process group (no drain, no final
 // acknowledgement) and waits for the exit.
 func (p *Process) Kill() {
+	select {
+	case <-p.done:
+		return // reaped: its group id may belong to another process by now
+	default:
+	}
 	_ = syscall.Kill(-p.Pid(), syscall.SIGKILL)
+	if p.stdout != nil {
+		// A reader that stopped reading must not keep Wait, and so Kill,
+		// waiting for the rest of stdout.
+		p.stdout.CloseWithError(ErrKilled)
+	}
 	<-p.done
 }
 

@@ -3,6 +3,7 @@ package launch
 import (
 	"context"
 	"errors"
+	"io"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -100,6 +101,38 @@ func TestLogFileAndStdout(t *testing.T) {
 	<-p.Done()
 	if p.Err() != nil || p.Log().String() != "err\n" || out.String() != "out\n" {
 		t.Fatalf("exit %v, log %q, stdout %q", p.Err(), p.Log(), out.String())
+	}
+}
+
+// TestPipeStdout: the pipe carries all of stdout and ends at the exit.
+func TestPipeStdout(t *testing.T) {
+	p, err := New(Options{Path: "sh", Args: []string{"-c", "echo one; echo two; exit 4"}, PipeStdout: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(p.Stdout())
+	if err != nil || string(b) != "one\ntwo\n" {
+		t.Fatalf("stdout %q %v", b, err)
+	}
+	<-p.Done()
+	if p.Err() == nil {
+		t.Fatal("exit 4 reported as success")
+	}
+}
+
+// TestKillUnreadStdout: Kill returns although nobody reads stdout.
+func TestKillUnreadStdout(t *testing.T) {
+	p, err := Start(Options{Path: "sh", Args: []string{"-c", "yes"}, PipeStdout: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Kill()
+	<-p.Done()
+	if _, err := io.ReadAll(p.Stdout()); !errors.Is(err, io.ErrClosedPipe) {
+		t.Fatalf("read after Kill: %v", err)
 	}
 }
 
