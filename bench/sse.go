@@ -34,6 +34,7 @@ type invalidation struct {
 // generator little next to the daemon under test.
 type sseClient struct {
 	conn   net.Conn
+	body   io.ReadCloser // closed after conn: closing a live body first would drain it
 	events *ssereader.Reader
 }
 
@@ -68,10 +69,11 @@ func dialSSE(ctx context.Context, addr, tags, cursor string) (*sseClient, error)
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		conn.Close()
+		resp.Body.Close()
 		return nil, fmt.Errorf("sse: GET /events: %s: %s", resp.Status, strings.TrimSpace(string(b)))
 	}
 	// resp.Body undoes the chunked encoding; it reads from br.
-	return &sseClient{conn: conn, events: ssereader.NewReader(bufio.NewReaderSize(resp.Body, 2048))}, nil
+	return &sseClient{conn: conn, body: resp.Body, events: ssereader.NewReader(bufio.NewReaderSize(resp.Body, 2048))}, nil
 }
 
 // next reads the next event. A deadline of zero means none.
@@ -105,7 +107,11 @@ func (c *sseClient) waitReady(deadline time.Time) (resets int, err error) {
 	}
 }
 
-func (c *sseClient) Close() error { return c.conn.Close() }
+func (c *sseClient) Close() error {
+	err := c.conn.Close()
+	c.body.Close()
+	return err
+}
 
 func parseInvalidation(data string) (invalidation, error) {
 	var inv invalidation

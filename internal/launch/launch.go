@@ -148,7 +148,11 @@ func (p *Process) Await(ctx context.Context, interval time.Duration, ready func(
 	for !ready(ctx) {
 		select {
 		case <-p.done:
-			return fmt.Errorf("%s exited early (%v):\n%s", p.Cmd.Path, p.err, p.log.Tail(3000))
+			status := p.err
+			if status == nil {
+				status = errExit0
+			}
+			return fmt.Errorf("%s exited early: %w:\n%s", p.Cmd.Path, status, p.log.Tail(3000))
 		case <-ctx.Done():
 			return fmt.Errorf("%s not up: %w:\n%s", p.Cmd.Path, context.Cause(ctx), p.log.Tail(3000))
 		case <-time.After(interval):
@@ -156,6 +160,8 @@ func (p *Process) Await(ctx context.Context, interval time.Duration, ready func(
 	}
 	return nil
 }
+
+var errExit0 = errors.New("exit status 0")
 
 // ErrKilled is what Stop returns when the process had to be killed.
 var ErrKilled = errors.New("launch: no exit within the grace period after SIGTERM; killed")
