@@ -18,14 +18,9 @@ func TestClientAgainstTagstream(t *testing.T) {
 	args := []string{"--db", dsn, "--rules", rules}
 	ts := startTagstreamOn(t, addr, args...)
 
-	c := newProc("client", "../clients/js", nil, "node", "test/live/follow.mjs", "http://"+addr+"/events", "not-a-position")
-	c.cmd.Stdout = nil
-	out, err := c.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := newProc(t, "client", "../clients/js", nil, true, "node", "test/live/follow.mjs", "http://"+addr+"/events", "not-a-position")
 	c.run(t)
-	said := readLines(io.TeeReader(out, c.log))
+	said := readLines(io.TeeReader(c.Stdout(), c.log))
 	said.expect(t, c, "reset")
 	said.expect(t, c, "ready false")
 	execSQL(t, db, `INSERT INTO todos (id, title) VALUES (2, 'two')`)
@@ -41,13 +36,13 @@ func TestClientAgainstTagstream(t *testing.T) {
 // stop sends SIGTERM and waits for a clean exit.
 func (p *proc) stop(t *testing.T) {
 	t.Helper()
-	p.cmd.Process.Signal(syscall.SIGTERM)
+	_ = p.Signal(syscall.SIGTERM)
 	select {
 	case <-p.done:
 	case <-time.After(30 * time.Second):
 		t.Fatalf("%s did not stop within 30s\n%s", p.name, p.log)
 	}
-	if p.err != nil {
-		t.Fatalf("%s exit: %v\n%s", p.name, p.err, p.log)
+	if err := p.Err(); err != nil {
+		t.Fatalf("%s exit: %v\n%s", p.name, err, p.log)
 	}
 }

@@ -5,11 +5,9 @@ package examples
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,12 +15,12 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/tagstream/tagstream/internal/launch"
 	"github.com/tagstream/tagstream/testcontainers"
 )
 
@@ -83,74 +81,50 @@ func tagstreamBinary(t *testing.T) string {
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := launch.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
-// logBuffer collects a process's output.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// proc is a child process that dies with the test (its whole process group).
+// proc is a child process that dies with the test (its whole process
+// group), started by internal/launch like cmd/tagstream's and the
+// benchmark's daemons.
 type proc struct {
+	*launch.Process
 	name string
 	cmd  *exec.Cmd
-	log  *logBuffer
-	done chan struct{}
-	err  error
+	log  *launch.Log // its output (stdout too unless piped)
+	done <-chan struct{}
 }
 
 func start(t *testing.T, name, dir string, env []string, bin string, args ...string) *proc {
 	t.Helper()
-	p := newProc(name, dir, env, bin, args...)
+	p := newProc(t, name, dir, env, false, bin, args...)
 	p.run(t)
 	return p
 }
 
-// newProc prepares a process whose output goes to its log; the caller may
-// change its Stdin/Stdout before run.
-func newProc(name, dir string, env []string, bin string, args ...string) *proc {
-	p := &proc{name: name, log: &logBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Dir = dir
-	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	return p
+// newProc prepares a process whose output goes to its log, its stdout to
+// p.Stdout() instead when pipeStdout; the caller may take a pipe to its
+// stdin before run.
+func newProc(t *testing.T, name, dir string, env []string, pipeStdout bool, bin string, args ...string) *proc {
+	t.Helper()
+	lp, err := launch.New(launch.Options{Path: bin, Args: args, Dir: dir, Env: env, PipeStdout: pipeStdout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &proc{Process: lp, name: name, cmd: lp.Cmd, log: lp.Log(), done: lp.Done()}
 }
 
 func (p *proc) run(t *testing.T) {
 	t.Helper()
-	if err := p.cmd.Start(); err != nil {
+	if err := p.Start(); err != nil {
 		t.Fatalf("start %s: %v", p.name, err)
 	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() {
-		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(10 * time.Second):
-			syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-			<-p.done
-		}
+		_ = p.Stop(10 * time.Second)
 		if t.Failed() {
 			t.Logf("%s output:\n%s", p.name, p.log)
 		}
@@ -167,30 +141,32 @@ func (p *proc) waitHTTP(t *testing.T, url, want string) {
 
 func poll(p *proc, url, want string, limit time.Duration) error {
 	client := &http.Client{Timeout: 10 * time.Second}
-	deadline := time.Now().Add(limit)
 	var last string
-	for {
-		select {
-		case <-p.done:
-			return fmt.Errorf("exited: %w", p.err)
-		default:
-		}
-		resp, err := client.Get(url)
-		if err == nil {
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			last = fmt.Sprintf("%d %.300s", resp.StatusCode, body)
-			if resp.StatusCode == http.StatusOK && strings.Contains(string(body), want) {
-				return nil
-			}
-		} else {
+	answers := func(ctx context.Context) bool {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
 			last = err.Error()
+			return false
 		}
-		if time.Now().After(deadline) {
+		resp, err := client.Do(req)
+		if err != nil {
+			last = err.Error()
+			return false
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		last = fmt.Sprintf("%d %.300s", resp.StatusCode, body)
+		return resp.StatusCode == http.StatusOK && strings.Contains(string(body), want)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	if err := p.Await(ctx, 100*time.Millisecond, answers); err != nil {
+		if ctx.Err() != nil {
 			return fmt.Errorf("GET %s: no 200 with %q within %s; last: %s", url, want, limit, last)
 		}
-		time.Sleep(100 * time.Millisecond)
+		return err
 	}
+	return nil
 }
 
 // startTagstream runs `tagstream run` on a free port and waits for /readyz.
@@ -285,7 +261,7 @@ func (l *lines) next(t *testing.T, p *proc, want string) string {
 	case got, ok := <-l.ch:
 		if !ok {
 			<-p.done
-			t.Fatalf("%s ended (%v) before %q\n%s", p.name, p.err, want, p.log)
+			t.Fatalf("%s ended (%v) before %q\n%s", p.name, p.Err(), want, p.log)
 		}
 		return got
 	case <-time.After(120 * time.Second):

@@ -84,18 +84,13 @@ func TestNextJS(t *testing.T) {
 	b.waitHTTP(t, baseB+"/", "write the rules")
 
 	// The browser opens B's page and waits for the live connection.
-	browser := newProc("chromium", nextDir, []string{"CHROMIUM=" + chromium}, "node", "e2e/browser.mjs", baseB+"/", "write the rules")
-	browser.cmd.Stdout = nil
+	browser := newProc(t, "chromium", nextDir, []string{"CHROMIUM=" + chromium}, true, "node", "e2e/browser.mjs", baseB+"/", "write the rules")
 	stdin, err := browser.cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := browser.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
 	browser.run(t)
-	said := readLines(io.TeeReader(out, browser.log))
+	said := readLines(io.TeeReader(browser.Stdout(), browser.log))
 	said.expect(t, browser, "opened")
 
 	execSQL(t, db, `INSERT INTO todos (id, title) VALUES (2, 'ship the client')`)

@@ -36,14 +36,9 @@ func TestRedwood(t *testing.T) {
 	startTagstream(t, "--db", dsn, "--rules", rules,
 		"--redis-publish", redis.URL(0), "--redis-reset-keys", redwoodResetKeys)
 
-	api := newProc("redwood api", redwoodDir, []string{"DATABASE_URL=" + dsn, "REDIS_URL=" + redis.URL(0)}, "node", "live.mjs")
-	api.cmd.Stdout = nil
-	out, err := api.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
+	api := newProc(t, "redwood api", redwoodDir, []string{"DATABASE_URL=" + dsn, "REDIS_URL=" + redis.URL(0)}, true, "node", "live.mjs")
 	api.run(t)
-	said := readLines(io.TeeReader(out, api.log))
+	said := readLines(io.TeeReader(api.Stdout(), api.log))
 	said.expectAnyOrder(t, api, "list 1:lamp", "one 1:lamp")
 
 	// A new auction: Query.auctions and Auction:2 — the list, not auction(id: 1).
