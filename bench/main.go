@@ -99,7 +99,63 @@ type bench struct {
 	consistencyRows []consistencyRow
 }
 
+// run parses the flags, runs the wanted sections and prints the report.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	c, err := parseConfig(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	want, err := parseSections(c.sections)
+	if err != nil {
+		return err
+	}
+	subs, err := parseInts(c.latSubs)
+	if err != nil {
+		return fmt.Errorf("-latency-subscribers: %w", err)
+	}
+	if c.highRate > 0 && !slices.Contains(subs, c.highSubs) {
+		subs = append(subs, c.highSubs)
+	}
+
+	tmp, err := os.MkdirTemp("", "tagstream-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	b := &bench{cfg: c, tmp: tmp, log: stderr}
+	defer func() {
+		if b.sinkTargets != nil {
+			b.sinkTargets.close()
+		}
+	}()
+	if err := b.prepare(ctx, max(c.memSubs, maxInt(subs))+4096); err != nil {
+		return err
+	}
+	machine := describeMachine(ctx, b.tagstream)
+	start := time.Now()
+	failed := b.runSections(ctx, want, subs)
+
+	report := b.report(machine, time.Since(start))
+	fmt.Fprint(stdout, report)
+	if c.out != "" {
+		if err := os.WriteFile(c.out, []byte(report), 0o644); err != nil {
+			return err
+		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("sections that did not complete: %s", strings.Join(failed, ", "))
+	}
+	return nil
+}
+
+// parseConfig reads the flags; -h prints the usage and returns flag.ErrHelp.
+func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var c config
@@ -129,60 +185,52 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&c.consRates, "consistency-rates", "500,5000", "consistency: updates per second, comma-separated")
 	fs.StringVar(&c.consDBs, "consistency-dbs", "pg,mariadb", "consistency: databases, comma-separated (pg, mariadb)")
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return err
+		return c, err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	return c, nil
+}
+
+// parseSections turns -sections into the set of sections to run.
+func parseSections(sections string) (map[string]bool, error) {
 	want := map[string]bool{}
-	for s := range strings.SplitSeq(c.sections, ",") {
+	for s := range strings.SplitSeq(sections, ",") {
 		switch s = strings.TrimSpace(s); s {
 		case "pg", "mysql", "latency", "memory", "consistency", "profile", "broker":
 			want[s] = true
 		case "":
 		default:
-			return fmt.Errorf("-sections: unknown section %q (pg, mysql, latency, memory, consistency, profile, broker)", s)
+			return nil, fmt.Errorf("-sections: unknown section %q (pg, mysql, latency, memory, consistency, profile, broker)", s)
 		}
 	}
-	subs, err := parseInts(c.latSubs)
-	if err != nil {
-		return fmt.Errorf("-latency-subscribers: %w", err)
-	}
-	if c.highRate > 0 && !slices.Contains(subs, c.highSubs) {
-		subs = append(subs, c.highSubs)
-	}
+	return want, nil
+}
 
-	tmp, err := os.MkdirTemp("", "tagstream-bench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmp)
-	b := &bench{cfg: c, tmp: tmp, log: stderr}
-	defer func() {
-		if b.sinkTargets != nil {
-			b.sinkTargets.close()
-		}
-	}()
-	if err := raiseFDLimit(max(c.memSubs, maxInt(subs)) + 4096); err != nil {
+// prepare raises the open-files limit to fds, writes the rules file and
+// builds the tagstream binary unless -tagstream names one.
+func (b *bench) prepare(ctx context.Context, fds int) error {
+	if err := raiseFDLimit(fds); err != nil {
 		b.note("could not raise the open-files limit: %v", err)
 	}
-	b.rulesPath = filepath.Join(tmp, "rules.yaml")
+	b.rulesPath = filepath.Join(b.tmp, "rules.yaml")
 	if err := os.WriteFile(b.rulesPath, rulesYAML, 0o644); err != nil {
 		return err
 	}
-	if b.tagstream = c.tagstream; b.tagstream == "" {
-		if b.tagstream, err = buildTagstream(ctx, tmp); err != nil {
+	if b.tagstream = b.cfg.tagstream; b.tagstream == "" {
+		var err error
+		if b.tagstream, err = buildTagstream(ctx, b.tmp); err != nil {
 			return err
 		}
 	}
-	machine := describeMachine(ctx, b.tagstream)
-	start := time.Now()
+	return nil
+}
 
-	// Each section reports its own failure and the others still run: a
-	// missing MySQL reader must not hide the Postgres figures.
+// runSections runs the wanted sections in order and returns the names of
+// those that failed. Each section reports its own failure and the others
+// still run: a missing MySQL reader must not hide the Postgres figures.
+func (b *bench) runSections(ctx context.Context, want map[string]bool, subs []int) []string {
 	var failed []string
 	section := func(name string, fn func(context.Context) error) {
 		if !want[name] || ctx.Err() != nil {
@@ -208,21 +256,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	section("consistency", b.runConsistency)
 	section("broker", b.runBroker)
 	section("profile", b.runProfile)
-
-	report := b.report(machine, time.Since(start))
-	fmt.Fprint(stdout, report)
-	if c.out != "" {
-		if err := os.WriteFile(c.out, []byte(report), 0o644); err != nil {
-			return err
-		}
-	}
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	if len(failed) > 0 {
-		return fmt.Errorf("sections that did not complete: %s", strings.Join(failed, ", "))
-	}
-	return nil
+	return failed
 }
 
 // wantWorkload reports whether throughput workload i (0 = a) was asked for.
