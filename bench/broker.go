@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -30,52 +31,15 @@ func (b *bench) runBroker(ctx context.Context) error {
 		return fmt.Errorf("start redis: %w", err)
 	}
 	defer rs.Stop()
-	dsn, err := srv.CreateDatabase(ctx, "bench_broker")
+	dsn, err := brokerDatabase(ctx, srv)
 	if err != nil {
 		return err
 	}
-	if err := pgWith(ctx, dsn, func(ctx context.Context, c *pgx.Conn) error {
-		if _, err := c.Exec(ctx, "ALTER DATABASE bench_broker SET synchronous_commit = on"); err != nil {
-			return err
-		}
-		_, err := c.Exec(ctx, pgSchema)
-		return err
-	}); err != nil {
-		return err
-	}
-	addr := func() (string, error) {
-		p, err := freePort()
-		return fmt.Sprintf("127.0.0.1:%d", p), err
-	}
-	a, err := addr()
+	writer, edges, stopNodes, err := b.startBrokerNodes(ctx, dsn, rs.URL(0))
 	if err != nil {
 		return err
 	}
-	writer, err := b.startCommand(ctx, "run", "broker-writer", a, "--db", dsn, "--rules", b.rulesPath,
-		"--slot", "bench_broker", "--publication", "bench_broker", "--broker", rs.URL(0))
-	if err != nil {
-		return err
-	}
-	defer writer.stop()
-	if err := writer.waitHTTP(ctx, "/readyz", 30*time.Second); err != nil {
-		return err
-	}
-	var edges []*daemon
-	for i := range 2 {
-		a, err := addr()
-		if err != nil {
-			return err
-		}
-		e, err := b.startCommand(ctx, "serve", fmt.Sprintf("broker-edge%d", i+1), a, "--broker", rs.URL(0))
-		if err != nil {
-			return err
-		}
-		defer e.stop()
-		if err := e.waitHTTP(ctx, "/readyz", 30*time.Second); err != nil {
-			return err
-		}
-		edges = append(edges, e)
-	}
+	defer stopNodes()
 	settle(ctx, 2*time.Second)
 	rss0, err := edges[0].rssKiB()
 	if err != nil {
@@ -84,25 +48,17 @@ func (b *bench) runBroker(ctx context.Context) error {
 	rec := newRecorder()
 	rec.start(time.Now().Add(time.Hour))
 	per := max(b.cfg.brokerSubs/2, 1)
-	for _, e := range edges {
-		subs, err := connectSubscribers(ctx, e.addr, per, rec)
-		if err != nil {
-			return fmt.Errorf("edge %s: %w", e.addr, err)
-		}
-		defer subs.close()
-	}
-	b.logf("  %d subscribers live on 2 edges", 2*per)
 	// A sample of subscribers on the writer itself, in the same run: the
 	// cost of the broker hop is the difference, whatever else the machine
 	// is doing.
 	direct := newRecorder()
 	direct.start(time.Now().Add(time.Hour))
 	nDirect := min(per, 1000)
-	dsubs, err := connectSubscribers(ctx, writer.addr, nDirect, direct)
+	closeSubs, err := b.connectBrokerSubscribers(ctx, writer, edges, per, rec, nDirect, direct)
 	if err != nil {
-		return fmt.Errorf("writer %s: %w", writer.addr, err)
+		return err
 	}
-	defer dsubs.close()
+	defer closeSubs()
 	settle(ctx, 3*time.Second)
 	if rss1, err := edges[0].rssKiB(); err == nil {
 		b.memory = append(b.memory, memoryRow{Subscribers: per, Before: rss0, After: rss1, Extra: "an edge node (`serve --broker`)"})
@@ -113,6 +69,98 @@ func (b *bench) runBroker(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	b.reportBroker(row, direct, nDirect, per, writer, edges)
+	return nil
+}
+
+// brokerDatabase creates the broker section's database with the schema and
+// synchronous commits, and returns its DSN.
+func brokerDatabase(ctx context.Context, srv *testcontainers.PostgresServer) (string, error) {
+	dsn, err := srv.CreateDatabase(ctx, "bench_broker")
+	if err != nil {
+		return "", err
+	}
+	if err := pgWith(ctx, dsn, func(ctx context.Context, c *pgx.Conn) error {
+		if _, err := c.Exec(ctx, "ALTER DATABASE bench_broker SET synchronous_commit = on"); err != nil {
+			return err
+		}
+		_, err := c.Exec(ctx, pgSchema)
+		return err
+	}); err != nil {
+		return "", err
+	}
+	return dsn, nil
+}
+
+// startBrokerNodes starts the writer (`run --broker`) and two `serve` edges
+// on redisURL, each ready; stop stops them in reverse order.
+func (b *bench) startBrokerNodes(ctx context.Context, dsn, redisURL string) (writer *daemon, edges []*daemon, stop func(), err error) {
+	var started []*daemon
+	stop = func() {
+		for _, d := range slices.Backward(started) {
+			_ = d.stop()
+		}
+	}
+	start := func(command, name string, args ...string) (*daemon, error) {
+		p, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		d, err := b.startCommand(ctx, command, name, fmt.Sprintf("127.0.0.1:%d", p), args...)
+		if err != nil {
+			return nil, err
+		}
+		started = append(started, d)
+		return d, d.waitHTTP(ctx, "/readyz", 30*time.Second)
+	}
+	writer, err = start("run", "broker-writer", "--db", dsn, "--rules", b.rulesPath,
+		"--slot", "bench_broker", "--publication", "bench_broker", "--broker", redisURL)
+	if err != nil {
+		stop()
+		return nil, nil, nil, err
+	}
+	for i := range 2 {
+		e, err := start("serve", fmt.Sprintf("broker-edge%d", i+1), "--broker", redisURL)
+		if err != nil {
+			stop()
+			return nil, nil, nil, err
+		}
+		edges = append(edges, e)
+	}
+	return writer, edges, stop, nil
+}
+
+// connectBrokerSubscribers connects per subscribers to each edge (recorded
+// by rec) and nDirect to the writer (recorded by direct); closeAll
+// disconnects them in reverse order.
+func (b *bench) connectBrokerSubscribers(ctx context.Context, writer *daemon, edges []*daemon, per int, rec *recorder, nDirect int, direct *recorder) (closeAll func(), err error) {
+	var all []*subscribers
+	closeAll = func() {
+		for _, s := range slices.Backward(all) {
+			s.close()
+		}
+	}
+	for _, e := range edges {
+		subs, err := connectSubscribers(ctx, e.addr, per, rec)
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("edge %s: %w", e.addr, err)
+		}
+		all = append(all, subs)
+	}
+	b.logf("  %d subscribers live on 2 edges", 2*per)
+	dsubs, err := connectSubscribers(ctx, writer.addr, nDirect, direct)
+	if err != nil {
+		closeAll()
+		return nil, fmt.Errorf("writer %s: %w", writer.addr, err)
+	}
+	all = append(all, dsubs)
+	return closeAll, nil
+}
+
+// reportBroker adds the broker run's latency rows (through the edges, and
+// the writer's own subscribers for comparison) and its notes.
+func (b *bench) reportBroker(row latencyRow, direct *recorder, nDirect, per int, writer *daemon, edges []*daemon) {
 	if s := direct.take("targeted"); len(s) > 0 {
 		b.latency = append(b.latency, latencyRow{Mode: "targeted, on the writer itself (same run, for comparison)",
 			Subscribers: nDirect, Rate: row.Rate, Sent: row.Sent, Expected: row.Sent * nDirect / per, Received: direct.count("targeted"),
@@ -123,7 +171,6 @@ func (b *bench) runBroker(ctx context.Context) error {
 		delayP99(writer, "broker"), delayP99(writer, "sse"), delayP99(edges[0], "sse"), delayP99(edges[1], "sse"))
 	b.latency = append(b.latency, row)
 	b.note("broker: daemon CPU is the writer's (`run --broker`); the two edges and redis-server share the same cores")
-	return nil
 }
 
 // delayP99 reads a daemon's tagstream_publish_delay_seconds histogram for
