@@ -266,12 +266,54 @@ func writeKV(ctx context.Context, store *kvStore, rate int, dur time.Duration) (
 // consistency runs one measurement.
 func (b *bench) consistency(ctx context.Context, run consistencyRun) (consistencyRow, error) {
 	row := consistencyRow{DB: run.store.db, Rate: run.rate, Kills: run.kills, Fence: run.fence}
-	if err := run.store.create(ctx); err != nil {
+	d, addr, args, err := b.startConsistencyDaemon(ctx, run)
+	if err != nil {
 		return row, err
+	}
+	defer func() { _ = d.stop() }()
+
+	c, cctx, stop, err := startKVCache(ctx, run.store, addr)
+	if err != nil {
+		return row, err
+	}
+	defer func() {
+		if cctx.Err() == nil {
+			stop()
+		}
+	}()
+
+	d, w, began, err := b.writeWithKills(ctx, run, d, addr, args)
+	if err != nil {
+		return row, err
+	}
+	took := time.Since(began)
+	row.Updates = int64(len(w.recs))
+	row.Achieved = float64(len(w.recs)) / took.Seconds()
+
+	if err := b.settleKV(ctx, run.store, c); err != nil {
+		return row, err
+	}
+	if run.kills == 0 {
+		fenceStats(&row, d, began)
+	}
+	stop()
+	select {
+	case err := <-c.errs:
+		return row, err
+	default:
+	}
+	return row, compareKV(ctx, run.store, c, w.recs, &row)
+}
+
+// startConsistencyDaemon creates the run's database and starts tagstream on
+// it; it returns the daemon, its address and arguments (for restarts).
+func (b *bench) startConsistencyDaemon(ctx context.Context, run consistencyRun) (*daemon, string, []string, error) {
+	if err := run.store.create(ctx); err != nil {
+		return nil, "", nil, err
 	}
 	rulesPath := filepath.Join(b.tmp, "consistency-rules.yaml")
 	if err := os.WriteFile(rulesPath, []byte(kvConsistencyRules), 0o644); err != nil {
-		return row, err
+		return nil, "", nil, err
 	}
 	// A queue of a few seconds at 5,000 events/s: an overflow reset would
 	// reload the cache and hide the stale rows this measures.
@@ -279,17 +321,21 @@ func (b *bench) consistency(ctx context.Context, run consistencyRun) (consistenc
 		"--visibility-fence=" + strconv.FormatBool(run.fence)}, run.store.extra...)
 	port, err := freePort()
 	if err != nil {
-		return row, err
+		return nil, "", nil, err
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	d, err := b.startDaemonAt(ctx, run.name, addr, args...)
 	if err != nil {
-		return row, err
+		return nil, "", nil, err
 	}
-	defer func() { _ = d.stop() }()
+	return d, addr, args, nil
+}
 
+// startKVCache starts the cache client on addr and waits until it has
+// loaded; stop ends it (cctx is done once stop has run or ctx ended).
+func startKVCache(ctx context.Context, store *kvStore, addr string) (c *kvCache, cctx context.Context, stop func(), err error) {
 	cctx, stopClient := context.WithCancel(ctx)
-	c := &kvCache{store: run.store, markers: make(chan int, 16), errs: make(chan error, 1)}
+	c = &kvCache{store: store, markers: make(chan int, 16), errs: make(chan error, 1)}
 	var wg sync.WaitGroup
 	for i := range c.queues {
 		c.queues[i] = make(chan int, 1<<16)
@@ -298,7 +344,7 @@ func (b *bench) consistency(ctx context.Context, run consistencyRun) (consistenc
 	loaded := make(chan struct{})
 	var followWG sync.WaitGroup
 	followWG.Go(func() { c.follow(cctx, func() string { return addr }, loaded) })
-	stop := func() {
+	stop = func() {
 		stopClient()
 		if sc := c.cur.Load(); sc != nil {
 			sc.Close()
@@ -309,32 +355,38 @@ func (b *bench) consistency(ctx context.Context, run consistencyRun) (consistenc
 		}
 		wg.Wait()
 	}
-	defer func() {
-		if cctx.Err() == nil {
-			stop()
-		}
-	}()
 	select {
 	case <-loaded:
-	case err := <-c.errs:
-		return row, err
+		return c, cctx, stop, nil
+	case err = <-c.errs:
 	case <-time.After(30 * time.Second):
-		return row, errors.New("the cache client did not connect")
+		err = errors.New("the cache client did not connect")
 	}
+	if cctx.Err() == nil {
+		stop()
+	}
+	return nil, nil, nil, err
+}
 
-	// Writers, and kill -9 at even intervals while they write.
+// written is what writeKV returned.
+type written struct {
+	recs []commitRec
+	err  error
+}
+
+// writeWithKills runs the writers and kill -9s tagstream at even intervals
+// while they write, restarting it at once; it returns the daemon now
+// running (even on error: the caller stops it) and when the writes began.
+func (b *bench) writeWithKills(ctx context.Context, run consistencyRun, d *daemon, addr string, args []string) (*daemon, written, time.Time, error) {
 	wctx, stopWriters := context.WithCancel(ctx)
 	defer stopWriters()
-	type written struct {
-		recs []commitRec
-		err  error
-	}
 	wdone := make(chan written, 1)
 	began := time.Now()
 	go func() {
 		recs, err := writeKV(wctx, run.store, run.rate, run.dur)
 		wdone <- written{recs, err}
 	}()
+	var err error
 	for i := 1; i <= run.kills; i++ {
 		settle(ctx, time.Until(began.Add(run.dur*time.Duration(i)/time.Duration(run.kills+1))))
 		_ = d.cmd.Process.Kill()
@@ -342,53 +394,45 @@ func (b *bench) consistency(ctx context.Context, run consistencyRun) (consistenc
 		if d, err = b.startDaemonAt(ctx, fmt.Sprintf("%s-restart%d", run.name, i), addr, args...); err != nil {
 			stopWriters()
 			<-wdone
-			return row, fmt.Errorf("restart after kill -9: %w", err)
+			return d, written{}, began, fmt.Errorf("restart after kill -9: %w", err)
 		}
 	}
 	w := <-wdone
-	if w.err != nil {
-		return row, w.err
-	}
-	took := time.Since(began)
-	row.Updates = int64(len(w.recs))
-	row.Achieved = float64(len(w.recs)) / took.Seconds()
+	return d, w, began, w.err
+}
 
-	if err := b.settleKV(ctx, run.store, c); err != nil {
-		return row, err
+// fenceStats fills in the visibility fence's figures from d's metrics over
+// its life since began.
+func fenceStats(row *consistencyRow, d *daemon, began time.Time) {
+	life := time.Since(began).Seconds()
+	batches := d.metric("tagstream_fence_waits_total")
+	row.FenceBatches = batches / life
+	row.FenceTimeouts = d.metric("tagstream_fence_timeouts_total")
+	if batches > 0 {
+		row.FenceMean = time.Duration(d.metric("tagstream_fence_seconds_total") / batches * float64(time.Second))
 	}
-	if run.kills == 0 {
-		life := time.Since(began).Seconds()
-		batches := d.metric("tagstream_fence_waits_total")
-		row.FenceBatches = batches / life
-		row.FenceTimeouts = d.metric("tagstream_fence_timeouts_total")
-		if batches > 0 {
-			row.FenceMean = time.Duration(d.metric("tagstream_fence_seconds_total") / batches * float64(time.Second))
-		}
-	}
-	stop()
-	select {
-	case err := <-c.errs:
-		return row, err
-	default:
-	}
+}
 
-	conn, err := run.store.open(ctx)
+// compareKV counts the cache's stale rows against the database and fills
+// in the staleness window and the client's reconnects.
+func compareKV(ctx context.Context, store *kvStore, c *kvCache, recs []commitRec, row *consistencyRow) error {
+	conn, err := store.open(ctx)
 	if err != nil {
-		return row, err
+		return err
 	}
 	defer conn.close()
 	db, err := conn.all(ctx)
 	if err != nil {
-		return row, err
+		return err
 	}
 	for k := 1; k <= kvRows; k++ {
 		if c.vals[k] != db[k] {
 			row.Stale++
 		}
 	}
-	row.P50, row.P99, row.Max = staleness(w.recs, &c.history)
+	row.P50, row.P99, row.Max = staleness(recs, &c.history)
 	row.Reconnects, row.Resumed, row.Resets = c.reconnects.Load(), c.resumed.Load(), c.resets.Load()
-	return row, nil
+	return nil
 }
 
 // settleKV waits until the stream has delivered everything written (a
