@@ -52,6 +52,7 @@ type myWorkload struct {
 	write   func(m *myServer, db string) (rows, tx int64, err error)
 }
 
+// runMySQL measures the throughput workloads on a private MariaDB/MySQL server.
 func (b *bench) runMySQL(ctx context.Context) error {
 	srv, err := testcontainers.StartMySQL(ctx)
 	if err != nil {
@@ -72,8 +73,20 @@ func (b *bench) runMySQL(ctx context.Context) error {
 	conn.Close()
 	b.note("MariaDB/MySQL: private server from testcontainers/ (version %s) with innodb_flush_log_at_trx_commit=2, sync_binlog=0", cmdOutVersion(m))
 
-	c := b.cfg
-	workloads := []myWorkload{
+	for i, w := range myWorkloads(b.cfg) {
+		if !b.wantWorkload(i) {
+			continue
+		}
+		if err := b.myWorkload(ctx, m, i, w); err != nil {
+			return fmt.Errorf("%s: %w", w.name, err)
+		}
+	}
+	return nil
+}
+
+// myWorkloads returns throughput workloads (a), (b) and (c) sized by c.
+func myWorkloads(c config) []myWorkload {
+	return []myWorkload{
 		{
 			name: fmt.Sprintf("(a) %d single-row INSERT tx, %d clients", c.smallTx, c.clients),
 			write: func(m *myServer, db string) (int64, int64, error) {
@@ -120,46 +133,45 @@ func (b *bench) runMySQL(ctx context.Context) error {
 			write: func(m *myServer, db string) (int64, int64, error) {
 				n := c.mixedRows
 				per := max(c.mixedTx/c.clients, 1)
-				// The same mix as the PostgreSQL pgbench scripts (weights 5:2:1:2).
 				rows, err := m.parallel(db, c.clients, per, func(rng *rand.Rand, conn *client.Conn, _ int) (int64, error) {
-					var stmts []string
-					switch w := rng.IntN(10); {
-					case w < 5:
-						stmts = []string{fmt.Sprintf("UPDATE todos SET done = NOT done, updated_at = NOW(6) WHERE id = %d", rng.IntN(n)+1)}
-					case w < 7:
-						stmts = []string{fmt.Sprintf("UPDATE comments SET spam_score = spam_score + 1 WHERE id = %d", rng.IntN(max(n/2, 1))+1)}
-					case w < 8:
-						id := rng.IntN(max(n/2-1, 1)) + 1
-						stmts = []string{"BEGIN",
-							fmt.Sprintf("UPDATE comments SET body = CONCAT(body, '!') WHERE id = %d", id),
-							fmt.Sprintf("UPDATE comments SET deleted_at = NOW(6) WHERE id = %d", id+1),
-							"COMMIT"}
-					default:
-						stmts = []string{fmt.Sprintf("DELETE FROM todos WHERE id = %d", rng.IntN(n)+1)}
-					}
-					var rows int64
-					for _, s := range stmts {
-						r, err := conn.Execute(s)
-						if err != nil {
-							return rows, err
-						}
-						rows += int64(r.AffectedRows)
-					}
-					return rows, nil
+					return myExecAll(conn, myMixedTx(rng, n))
 				})
 				return rows, int64(per * c.clients), err
 			},
 		},
 	}
-	for i, w := range workloads {
-		if !b.wantWorkload(i) {
-			continue
-		}
-		if err := b.myWorkload(ctx, m, i, w); err != nil {
-			return fmt.Errorf("%s: %w", w.name, err)
-		}
+}
+
+// myMixedTx picks one transaction of workload (c) on n todos: the same mix
+// as the PostgreSQL pgbench scripts (weights 5:2:1:2).
+func myMixedTx(rng *rand.Rand, n int) []string {
+	switch w := rng.IntN(10); {
+	case w < 5:
+		return []string{fmt.Sprintf("UPDATE todos SET done = NOT done, updated_at = NOW(6) WHERE id = %d", rng.IntN(n)+1)}
+	case w < 7:
+		return []string{fmt.Sprintf("UPDATE comments SET spam_score = spam_score + 1 WHERE id = %d", rng.IntN(max(n/2, 1))+1)}
+	case w < 8:
+		id := rng.IntN(max(n/2-1, 1)) + 1
+		return []string{"BEGIN",
+			fmt.Sprintf("UPDATE comments SET body = CONCAT(body, '!') WHERE id = %d", id),
+			fmt.Sprintf("UPDATE comments SET deleted_at = NOW(6) WHERE id = %d", id+1),
+			"COMMIT"}
+	default:
+		return []string{fmt.Sprintf("DELETE FROM todos WHERE id = %d", rng.IntN(n)+1)}
 	}
-	return nil
+}
+
+// myExecAll executes stmts in order and sums the rows they changed.
+func myExecAll(conn *client.Conn, stmts []string) (int64, error) {
+	var rows int64
+	for _, s := range stmts {
+		r, err := conn.Execute(s)
+		if err != nil {
+			return rows, err
+		}
+		rows += int64(r.AffectedRows)
+	}
+	return rows, nil
 }
 
 func cmdOutVersion(m *myServer) string {
@@ -241,24 +253,14 @@ func (b *bench) myWorkload(ctx context.Context, m *myServer, i int, w myWorkload
 		return err
 	}
 	defer func() { _ = m.srv.Exec(context.WithoutCancel(ctx), "DROP DATABASE IF EXISTS "+db) }()
-	dsn := (&url.URL{Scheme: "mysql", User: url.UserPassword(m.user, m.password), Host: m.addr, Path: "/" + db}).String()
-	if m.password == "" {
-		dsn = (&url.URL{Scheme: "mysql", User: url.User(m.user), Host: m.addr, Path: "/" + db}).String()
-	}
+	dsn := m.dsn(db)
 	conn, err := m.connect(db)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	for _, s := range mySchema {
-		if _, err := conn.Execute(s); err != nil {
-			return fmt.Errorf("schema: %w", err)
-		}
-	}
-	if w.preload != nil {
-		if err := w.preload(m, db); err != nil {
-			return fmt.Errorf("preload: %w", err)
-		}
+	if err := myLoad(m, conn, db, w); err != nil {
+		return err
 	}
 	stateDir := filepath.Join(b.tmp, "state-"+db)
 	serverID := strconv.Itoa(4000 + i)
@@ -269,33 +271,81 @@ func (b *bench) myWorkload(ctx context.Context, m *myServer, i int, w myWorkload
 	if err := b.myWarmUp(ctx, db, conn, append(slices.Clone(daemonArgs), "--state-dir", stateDir)); err != nil {
 		return fmt.Errorf("warm-up: %w", err)
 	}
-	startFile, startPos, err := m.binlogStatus()
+	bl, err := b.myWriteBacklog(m, db, conn, w)
 	if err != nil {
 		return err
+	}
+	if err := b.myBinlogDrain(ctx, m, w, bl); err != nil {
+		return err
+	}
+	return b.myDaemonDrains(ctx, db, stateDir, daemonArgs, w, bl)
+}
+
+// dsn is the tagstream --db URL of database db.
+func (m *myServer) dsn(db string) string {
+	if m.password == "" {
+		return (&url.URL{Scheme: "mysql", User: url.User(m.user), Host: m.addr, Path: "/" + db}).String()
+	}
+	return (&url.URL{Scheme: "mysql", User: url.UserPassword(m.user, m.password), Host: m.addr, Path: "/" + db}).String()
+}
+
+// myLoad creates the schema on conn and runs the workload's preload.
+func myLoad(m *myServer, conn *client.Conn, db string, w myWorkload) error {
+	for _, s := range mySchema {
+		if _, err := conn.Execute(s); err != nil {
+			return fmt.Errorf("schema: %w", err)
+		}
+	}
+	if w.preload != nil {
+		if err := w.preload(m, db); err != nil {
+			return fmt.Errorf("preload: %w", err)
+		}
+	}
+	return nil
+}
+
+// myBacklog is one written MariaDB backlog: its size and where it starts.
+type myBacklog struct {
+	rows, tx  int64
+	startFile string
+	startPos  uint64
+	extra     string // the binlog's size, for the report
+}
+
+// myWriteBacklog writes the workload's backlog and the marker row after it.
+func (b *bench) myWriteBacklog(m *myServer, db string, conn *client.Conn, w myWorkload) (myBacklog, error) {
+	var bl myBacklog
+	startFile, startPos, err := m.binlogStatus()
+	if err != nil {
+		return bl, err
 	}
 	t0 := time.Now()
 	rows, tx, err := w.write(m, db)
 	if err != nil {
-		return fmt.Errorf("write: %w", err)
+		return bl, fmt.Errorf("write: %w", err)
 	}
 	if _, err := conn.Execute("INSERT INTO bench_marker (id) VALUES (1)"); err != nil {
-		return err
+		return bl, err
 	}
 	endFile, endPos, err := m.binlogStatus()
 	if err != nil {
-		return err
+		return bl, err
 	}
 	b.logf("  backlog written in %s: %d rows, %d tx, binlog %s:%d → %s:%d", time.Since(t0).Round(time.Millisecond), rows, tx, startFile, startPos, endFile, endPos)
 	extra := ""
 	if startFile == endFile {
 		extra = fmt.Sprintf("%.0f MiB binlog", float64(endPos-startPos)/(1<<20))
 	}
+	return myBacklog{rows: rows, tx: tx, startFile: startFile, startPos: startPos, extra: extra}, nil
+}
 
-	// mariadb-binlog: fetch the same binlog range from the server and decode
-	// its row events to text (-v), the work tagstream's reader does too.
+// myBinlogDrain drains the backlog with mariadb-binlog: it fetches the same
+// binlog range from the server and decodes its row events to text (-v),
+// the work tagstream's reader does too.
+func (b *bench) myBinlogDrain(ctx context.Context, m *myServer, w myWorkload, bl myBacklog) error {
 	binlogArgs := []string{"--read-from-remote-server", "--host=" + m.host, "--port=" + m.port, "--user=" + m.user,
-		"--start-position=" + strconv.FormatUint(startPos, 10), "--to-last-log",
-		"--verbose", "--base64-output=DECODE-ROWS", "--result-file=" + os.DevNull, startFile}
+		"--start-position=" + strconv.FormatUint(bl.startPos, 10), "--to-last-log",
+		"--verbose", "--base64-output=DECODE-ROWS", "--result-file=" + os.DevNull, bl.startFile}
 	if m.password != "" {
 		binlogArgs = append(binlogArgs, "--password="+m.password)
 	}
@@ -303,28 +353,24 @@ func (b *bench) myWorkload(ctx context.Context, m *myServer, i int, w myWorkload
 	if _, err := exec.LookPath(tool); err != nil {
 		tool = "mysqlbinlog"
 	}
-	b.record(tool, binlogArgs...)
-	dctx, cancel := context.WithTimeout(ctx, b.cfg.drainLimit)
-	cmd := exec.CommandContext(dctx, tool, binlogArgs...)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	t1 := time.Now()
-	err = cmd.Run()
-	took := time.Since(t1)
-	cancel()
+	took, cpu, err := b.runBaseline(ctx, tool, binlogArgs)
 	if err != nil {
-		return fmt.Errorf("%s: %w: %s", tool, err, strings.TrimSpace(stderr.String()))
+		return err
 	}
-	b.throughput = append(b.throughput, throughputRow{DB: "MariaDB", Workload: w.name, Consumer: tool + " -v", Rows: rows, Tx: tx,
-		Drain: took, CPU: cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), Baseline: true, Extra: extra})
+	b.throughput = append(b.throughput, throughputRow{DB: "MariaDB", Workload: w.name, Consumer: tool + " -v", Rows: bl.rows, Tx: bl.tx,
+		Drain: took, CPU: cpu, Baseline: true, Extra: bl.extra})
 	b.logf("  %s drained in %s", tool, took.Round(time.Millisecond))
+	return nil
+}
 
+// myDaemonDrains drains the backlog with tagstream once per drain client,
+// each from its own copy of the warm-up checkpoint in stateDir.
+func (b *bench) myDaemonDrains(ctx context.Context, db, stateDir string, daemonArgs []string, w myWorkload, bl myBacklog) error {
 	cursor := ""
-	if seq, ok := binlogSeq(startFile); ok {
-		cursor = strconv.FormatUint(seq<<32|startPos, 10)
+	if seq, ok := binlogSeq(bl.startFile); ok {
+		cursor = strconv.FormatUint(seq<<32|bl.startPos, 10)
 	}
 	for ci, dc := range drainClients {
-		// Each drain resumes from its own copy of the warm-up checkpoint.
 		dir := fmt.Sprintf("%s-%d", stateDir, ci)
 		if err := os.CopyFS(dir, os.DirFS(stateDir)); err != nil {
 			return err
@@ -334,7 +380,7 @@ func (b *bench) myWorkload(ctx context.Context, m *myServer, i int, w myWorkload
 		if err != nil {
 			return err
 		}
-		b.throughput = append(b.throughput, throughputRow{DB: "MariaDB", Workload: w.name, Consumer: dc.label, Rows: rows, Tx: tx,
+		b.throughput = append(b.throughput, throughputRow{DB: "MariaDB", Workload: w.name, Consumer: dc.label, Rows: bl.rows, Tx: bl.tx,
 			Drain: res.drain, CPU: res.cpu, Extra: res.describe()})
 		b.noteResets(res)
 		b.logf("  %s drained in %s (%s), marker event id %s", dc.label, res.drain.Round(time.Millisecond), res.describe(), res.markerID)

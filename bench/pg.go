@@ -316,6 +316,25 @@ func (b *bench) pgbench(ctx context.Context, dsn string, per int, scripts map[st
 	return nil
 }
 
+// runBaseline drains a backlog with a database's own client tool within
+// -drain-timeout and returns the tool's wall-clock and CPU time.
+func (b *bench) runBaseline(ctx context.Context, tool string, args []string) (took, cpu time.Duration, err error) {
+	b.record(tool, args...)
+	dctx, cancel := context.WithTimeout(ctx, b.cfg.drainLimit)
+	defer cancel()
+	cmd := exec.CommandContext(dctx, tool, args...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	t1 := time.Now()
+	err = cmd.Run()
+	took = time.Since(t1)
+	cancel()
+	if err != nil {
+		return took, 0, fmt.Errorf("%s: %w: %s", tool, err, strings.TrimSpace(stderr.String()))
+	}
+	return took, cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), nil
+}
+
 // pgWith runs fn on a connection of its own and closes it.
 func pgWith(ctx context.Context, dsn string, fn func(context.Context, *pgx.Conn) error) error {
 	conn, err := pgx.Connect(ctx, dsn)
