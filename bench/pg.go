@@ -155,6 +155,32 @@ func (b *bench) pgWorkload(ctx context.Context, srv *testcontainers.PostgresServ
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	if err := pgLoad(ctx, conn, dsn, w); err != nil {
+		return err
+	}
+	// One slot per consumer per repetition: a drained slot cannot be
+	// drained again.
+	reps := max(b.cfg.repeat, 1)
+	startLSN, err := pgCreateSlots(ctx, conn, reps)
+	if err != nil {
+		return err
+	}
+	bl, err := b.pgWriteBacklog(ctx, conn, dsn, w, startLSN)
+	if err != nil {
+		return err
+	}
+	if err := b.pgDrains(ctx, conn, dsn, db, w, reps, bl); err != nil {
+		return err
+	}
+	if reps > 1 {
+		b.note("PostgreSQL throughput: each consumer drained %d slots in turn; the table shows its fastest drain", reps)
+	}
+	return nil
+}
+
+// pgLoad creates the schema, runs the workload's preload and creates the
+// publication.
+func pgLoad(ctx context.Context, conn *pgx.Conn, dsn string, w pgWorkload) error {
 	if _, err := conn.Exec(ctx, pgSchema); err != nil {
 		return fmt.Errorf("schema: %w", err)
 	}
@@ -167,34 +193,50 @@ func (b *bench) pgWorkload(ctx context.Context, srv *testcontainers.PostgresServ
 	}
 	// The slots exist before the writes: both consumers start from the same
 	// point and find the whole backlog waiting.
-	if _, err := conn.Exec(ctx, "CREATE PUBLICATION "+pgPublication+" FOR ALL TABLES"); err != nil {
-		return err
+	_, err := conn.Exec(ctx, "CREATE PUBLICATION "+pgPublication+" FOR ALL TABLES")
+	return err
+}
+
+// pgRepSlot names repetition rep's slot of a consumer (base is repetition 0's).
+func pgRepSlot(base string, rep int) string {
+	if rep == 0 {
+		return base
 	}
-	// One slot per consumer per repetition: a drained slot cannot be
-	// drained again.
-	reps := max(b.cfg.repeat, 1)
-	slot := func(base string, rep int) string {
-		if rep == 0 {
-			return base
-		}
-		return fmt.Sprintf("%s_%d", base, rep+1)
-	}
+	return fmt.Sprintf("%s_%d", base, rep+1)
+}
+
+// pgCreateSlots creates every consumer's slot for reps repetitions and
+// returns the LSN the last one starts at.
+func pgCreateSlots(ctx context.Context, conn *pgx.Conn, reps int) (string, error) {
 	var startLSN string
 	for rep := range reps {
 		for _, base := range pgSlots() {
-			if err := conn.QueryRow(ctx, "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", slot(base, rep)).Scan(&startLSN); err != nil {
-				return fmt.Errorf("create slot %s: %w", slot(base, rep), err)
+			if err := conn.QueryRow(ctx, "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", pgRepSlot(base, rep)).Scan(&startLSN); err != nil {
+				return "", fmt.Errorf("create slot %s: %w", pgRepSlot(base, rep), err)
 			}
 		}
 	}
+	return startLSN, nil
+}
+
+// pgBacklog is one written PostgreSQL backlog: its size and WAL range.
+type pgBacklog struct {
+	rows, tx         int64
+	startLSN, endLSN string
+	extra            string // the WAL's size, for the report
+}
+
+// pgWriteBacklog writes the workload's backlog and the marker row after it.
+func (b *bench) pgWriteBacklog(ctx context.Context, conn *pgx.Conn, dsn string, w pgWorkload, startLSN string) (pgBacklog, error) {
+	bl := pgBacklog{startLSN: startLSN}
 	rows0, err := pgRowCount(ctx, conn)
 	if err != nil {
-		return err
+		return bl, err
 	}
 	t0 := time.Now()
 	tx, err := w.write(ctx, dsn)
 	if err != nil {
-		return fmt.Errorf("write: %w", err)
+		return bl, fmt.Errorf("write: %w", err)
 	}
 	// The marker is the backlog's last transaction; its event tells the
 	// benchmark that tagstream has delivered everything before it.
@@ -203,26 +245,30 @@ func (b *bench) pgWorkload(ctx context.Context, srv *testcontainers.PostgresServ
 		return err
 	})
 	if err != nil {
-		return err
+		return bl, err
 	}
 	var endLSN string
 	if err := conn.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&endLSN); err != nil {
-		return err
+		return bl, err
 	}
 	writeTime := time.Since(t0)
 	rows1, err := pgRowCount(ctx, conn)
 	if err != nil {
-		return err
+		return bl, err
 	}
 	rows := rows1 - rows0 - 1 // without the marker
 	var walBytes int64
 	_ = conn.QueryRow(ctx, "SELECT pg_wal_lsn_diff($1::pg_lsn, $2::pg_lsn)::bigint", endLSN, startLSN).Scan(&walBytes)
 	b.logf("  backlog written in %s: %d rows, %d tx, %.1f MiB of WAL, end LSN %s", writeTime.Round(time.Millisecond), rows, tx, float64(walBytes)/(1<<20), endLSN)
-	extra := fmt.Sprintf("%.0f MiB WAL", float64(walBytes)/(1<<20))
+	bl.rows, bl.tx, bl.endLSN = rows, tx, endLSN
+	bl.extra = fmt.Sprintf("%.0f MiB WAL", float64(walBytes)/(1<<20))
+	return bl, nil
+}
 
-	// The consumers take turns (pg_recvlogical, tagstream, pg_recvlogical,
-	// …); each keeps its fastest drain, which filters out the noise of a
-	// shared machine.
+// pgDrains lets the consumers take turns (pg_recvlogical, tagstream,
+// pg_recvlogical, …) for reps repetitions; each keeps its fastest drain,
+// which filters out the noise of a shared machine.
+func (b *bench) pgDrains(ctx context.Context, conn *pgx.Conn, dsn, db string, w pgWorkload, reps int, bl pgBacklog) error {
 	best := make([]*throughputRow, 1+len(drainClients))
 	keep := func(i int, r throughputRow) {
 		if best[i] == nil || r.Drain < best[i].Drain {
@@ -230,52 +276,57 @@ func (b *bench) pgWorkload(ctx context.Context, srv *testcontainers.PostgresServ
 		}
 	}
 	for rep := range reps {
-		// pg_recvlogical: the physical limit of decoding this backlog with
-		// pgoutput and shipping it to a client that only writes it away.
-		recvArgs := []string{"-d", dsn, "--slot", slot(pgRecvSlot, rep), "--start", "--endpos", endLSN, "--no-loop",
-			"-f", os.DevNull, "-F", "0",
-			"-o", "proto_version=2", "-o", "publication_names=" + pgPublication, "-o", "streaming=on"}
-		b.record("pg_recvlogical", recvArgs...)
-		dctx, cancel := context.WithTimeout(ctx, b.cfg.drainLimit)
-		cmd := exec.CommandContext(dctx, "pg_recvlogical", recvArgs...)
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		t1 := time.Now()
-		err = cmd.Run()
-		recvTime := time.Since(t1)
-		cancel()
+		r, err := b.pgRecvDrain(ctx, dsn, w, rep, bl)
 		if err != nil {
-			return fmt.Errorf("pg_recvlogical: %w: %s", err, strings.TrimSpace(stderr.String()))
+			return err
 		}
-		keep(0, throughputRow{DB: "PostgreSQL", Workload: w.name, Consumer: "pg_recvlogical", Rows: rows, Tx: tx,
-			Drain: recvTime, CPU: cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), Baseline: true, Extra: extra})
-		b.logf("  pg_recvlogical drained in %s", recvTime.Round(time.Millisecond))
-
-		// tagstream: the same backlog through reader → rules → hub → one
-		// SSE client. Done when that client has received the marker's
-		// invalidation.
+		keep(0, r)
 		for ci, dc := range drainClients {
-			slotName := slot(fmt.Sprintf("%s_%d", pgDaemonSlot, ci), rep)
-			res, err := b.drainDaemon(ctx, fmt.Sprintf("pg-%s-%d-%d", db, rep, ci), dc, strconv.FormatUint(parseLSN(startLSN), 10),
-				"--db", dsn, "--rules", b.rulesPath, "--slot", slotName, "--publication", pgPublication)
+			r, err := b.pgDaemonDrain(ctx, conn, dsn, db, w, rep, ci, dc, bl)
 			if err != nil {
 				return err
 			}
-			var flushed string
-			_ = conn.QueryRow(ctx, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", slotName).Scan(&flushed)
-			keep(1+ci, throughputRow{DB: "PostgreSQL", Workload: w.name, Consumer: dc.label, Rows: rows, Tx: tx,
-				Drain: res.drain, CPU: res.cpu, Extra: res.describe()})
-			b.noteResets(res)
-			b.logf("  %s drained in %s (%s); slot confirmed_flush_lsn %s, marker event id %s", dc.label, res.drain.Round(time.Millisecond), res.describe(), flushed, res.markerID)
+			keep(1+ci, r)
 		}
 	}
 	for _, r := range best {
 		b.throughput = append(b.throughput, *r)
 	}
-	if reps > 1 {
-		b.note("PostgreSQL throughput: each consumer drained %d slots in turn; the table shows its fastest drain", reps)
-	}
 	return nil
+}
+
+// pgRecvDrain drains repetition rep's slot with pg_recvlogical: the
+// physical limit of decoding this backlog with pgoutput and shipping it to
+// a client that only writes it away.
+func (b *bench) pgRecvDrain(ctx context.Context, dsn string, w pgWorkload, rep int, bl pgBacklog) (throughputRow, error) {
+	recvArgs := []string{"-d", dsn, "--slot", pgRepSlot(pgRecvSlot, rep), "--start", "--endpos", bl.endLSN, "--no-loop",
+		"-f", os.DevNull, "-F", "0",
+		"-o", "proto_version=2", "-o", "publication_names=" + pgPublication, "-o", "streaming=on"}
+	recvTime, cpu, err := b.runBaseline(ctx, "pg_recvlogical", recvArgs)
+	if err != nil {
+		return throughputRow{}, err
+	}
+	b.logf("  pg_recvlogical drained in %s", recvTime.Round(time.Millisecond))
+	return throughputRow{DB: "PostgreSQL", Workload: w.name, Consumer: "pg_recvlogical", Rows: bl.rows, Tx: bl.tx,
+		Drain: recvTime, CPU: cpu, Baseline: true, Extra: bl.extra}, nil
+}
+
+// pgDaemonDrain drains repetition rep's slot of drain client ci with
+// tagstream: the same backlog through reader → rules → hub → one SSE
+// client, done when that client has received the marker's invalidation.
+func (b *bench) pgDaemonDrain(ctx context.Context, conn *pgx.Conn, dsn, db string, w pgWorkload, rep, ci int, dc drainClient, bl pgBacklog) (throughputRow, error) {
+	slotName := pgRepSlot(fmt.Sprintf("%s_%d", pgDaemonSlot, ci), rep)
+	res, err := b.drainDaemon(ctx, fmt.Sprintf("pg-%s-%d-%d", db, rep, ci), dc, strconv.FormatUint(parseLSN(bl.startLSN), 10),
+		"--db", dsn, "--rules", b.rulesPath, "--slot", slotName, "--publication", pgPublication)
+	if err != nil {
+		return throughputRow{}, err
+	}
+	var flushed string
+	_ = conn.QueryRow(ctx, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", slotName).Scan(&flushed)
+	b.noteResets(res)
+	b.logf("  %s drained in %s (%s); slot confirmed_flush_lsn %s, marker event id %s", dc.label, res.drain.Round(time.Millisecond), res.describe(), flushed, res.markerID)
+	return throughputRow{DB: "PostgreSQL", Workload: w.name, Consumer: dc.label, Rows: bl.rows, Tx: bl.tx,
+		Drain: res.drain, CPU: res.cpu, Extra: res.describe()}, nil
 }
 
 // pgbench runs pgbench with the given scripts (name[@weight] → text), `per`
