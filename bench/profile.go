@@ -152,87 +152,20 @@ func (b *bench) profileMySQL(ctx context.Context) (string, error) {
 // functions; with fanout it then measures the hub's heap with idle
 // subscribers.
 func (b *bench) profileDrain(ctx context.Context, label, name string, src cdc.Source, defaultSchema, cursor string, txs int, fanout bool) (string, error) {
-	set, err := rules.Load(b.rulesPath)
+	p, addr, closePipeline, err := b.startProfilePipeline(src, defaultSchema)
 	if err != nil {
 		return "", err
 	}
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	hub := stream.NewHub(stream.Options{Logger: logger})
-	p := pipeline.New(src, rules.Compile(set, rules.Options{DefaultSchema: defaultSchema, MaxTags: 4096}),
-		[]pipeline.Target{{Name: "sse", Sink: hub}}, pipeline.Options{Logger: logger, Fence: true})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /events", hub)
-	hsrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = hsrv.Serve(ln) }()
-	defer func() {
-		p.Close()
-		hub.Close()
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = hsrv.Shutdown(sctx)
-	}()
+	defer closePipeline()
 
 	cpuPath := filepath.Join(b.tmp, name+"-cpu.pprof")
 	memPath := filepath.Join(b.tmp, name+"-allocs.pprof")
 	heapPath := filepath.Join(b.tmp, name+"-heap.pprof")
-	f, err := os.Create(cpuPath)
+	client, took, events, err := b.profileRun(ctx, src, p, addr, cursor, cpuPath)
 	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	runtime.GC()
-	if err := pprof.StartCPUProfile(f); err != nil {
-		return "", err
-	}
-	rctx, stopReader := context.WithCancel(ctx)
-	readerDone := make(chan error, 1)
-	t0 := time.Now()
-	go func() { readerDone <- src.Run(rctx, p) }()
-	stop := func() {
-		stopReader()
-		if err := <-readerDone; err != nil && !errors.Is(err, context.Canceled) {
-			b.logf("profile: reader: %v", err)
-		}
-	}
-	for !src.Ready() {
-		if time.Since(t0) > time.Minute {
-			pprof.StopCPUProfile()
-			stop()
-			return "", errors.New("profile: the source did not become ready")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	client, err := dialSSE(ctx, ln.Addr().String(), "*", cursor)
-	if err != nil {
-		pprof.StopCPUProfile()
-		stop()
 		return "", err
 	}
 	defer client.Close()
-	events := 0
-	deadline := time.Now().Add(b.cfg.drainLimit)
-	for {
-		ev, err := client.next(deadline)
-		if err != nil {
-			pprof.StopCPUProfile()
-			stop()
-			return "", fmt.Errorf("profile: no marker: %w", err)
-		}
-		if ev.Name != "invalidate" {
-			continue
-		}
-		events++
-		if strings.Contains(ev.Data, markerTag) {
-			break
-		}
-	}
-	took := time.Since(t0)
-	pprof.StopCPUProfile()
-	stop()
 	if mf, err := os.Create(memPath); err == nil {
 		_ = pprof.Lookup("allocs").WriteTo(mf, 0)
 		mf.Close()
@@ -243,41 +176,147 @@ func (b *bench) profileDrain(ctx context.Context, label, name string, src cdc.So
 	out += "CPU (top by flat time):\n\n```\n" + pprofTop(ctx, "-top", cpuPath) + "```\n\n"
 	out += "Allocations since the process started (top by alloc_space; the harness's own are under main.*):\n\n```\n" + pprofTop(ctx, "-sample_index=alloc_space", memPath) + "```\n"
 
+	if fanout {
+		heap, err := b.profileFanout(ctx, addr, heapPath)
+		out += heap
+		if err != nil {
+			return out, err
+		}
+	}
+	b.keepProfiles(cpuPath, memPath, heapPath)
+	return out + "\n", nil
+}
+
+// startProfilePipeline builds src → rules → hub in this process with the
+// hub's /events on a loopback listener at addr; closeAll stops them.
+func (b *bench) startProfilePipeline(src cdc.Source, defaultSchema string) (p *pipeline.Pipeline, addr string, closeAll func(), err error) {
+	set, err := rules.Load(b.rulesPath)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	hub := stream.NewHub(stream.Options{Logger: logger})
+	p = pipeline.New(src, rules.Compile(set, rules.Options{DefaultSchema: defaultSchema, MaxTags: 4096}),
+		[]pipeline.Target{{Name: "sse", Sink: hub}}, pipeline.Options{Logger: logger, Fence: true})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, "", nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /events", hub)
+	hsrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = hsrv.Serve(ln) }()
+	closeAll = func() {
+		p.Close()
+		hub.Close()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = hsrv.Shutdown(sctx)
+	}
+	return p, ln.Addr().String(), closeAll, nil
+}
+
+// profileRun drains src through p under the CPU profiler (written to
+// cpuPath) until the marker reaches a `*` client on addr, then stops the
+// reader; the client stays connected for the caller to close.
+func (b *bench) profileRun(ctx context.Context, src cdc.Source, p *pipeline.Pipeline, addr, cursor, cpuPath string) (client *sseClient, took time.Duration, events int, err error) {
+	f, err := os.Create(cpuPath)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	defer f.Close()
+	runtime.GC()
+	if err := pprof.StartCPUProfile(f); err != nil {
+		return nil, 0, 0, err
+	}
+	rctx, stopReader := context.WithCancel(ctx)
+	readerDone := make(chan error, 1)
+	t0 := time.Now()
+	go func() { readerDone <- src.Run(rctx, p) }()
+	stop := func() {
+		pprof.StopCPUProfile()
+		stopReader()
+		if err := <-readerDone; err != nil && !errors.Is(err, context.Canceled) {
+			b.logf("profile: reader: %v", err)
+		}
+	}
+	for !src.Ready() {
+		if time.Since(t0) > time.Minute {
+			stop()
+			return nil, 0, 0, errors.New("profile: the source did not become ready")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	client, err = dialSSE(ctx, addr, "*", cursor)
+	if err != nil {
+		stop()
+		return nil, 0, 0, err
+	}
+	deadline := time.Now().Add(b.cfg.drainLimit)
+	for {
+		ev, err := client.next(deadline)
+		if err != nil {
+			stop()
+			client.Close()
+			return nil, 0, 0, fmt.Errorf("profile: no marker: %w", err)
+		}
+		if ev.Name != "invalidate" {
+			continue
+		}
+		events++
+		if strings.Contains(ev.Data, markerTag) {
+			break
+		}
+	}
+	took = time.Since(t0)
+	stop()
+	return client, took, events, nil
+}
+
+// profileFanout measures the heap with idle subscribers connected to the
+// in-process hub on addr (writing it to heapPath) and renders its top.
+func (b *bench) profileFanout(ctx context.Context, addr, heapPath string) (string, error) {
 	// Idle fan-out: what the hub holds per subscriber (the clients live in
 	// this process too; their allocations are under main.*). Both ends of
 	// every connection are in this process: stay within the open-files
 	// limit.
 	var lim syscall.Rlimit
 	_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
-	if n := min(b.cfg.memSubs, (int(lim.Cur)-2000)/2); fanout && n > 0 {
-		rec := newRecorder()
-		rec.start(time.Now().Add(time.Hour))
-		subs, err := connectSubscribers(ctx, ln.Addr().String(), n, rec)
-		if err != nil {
-			return out, fmt.Errorf("profile: subscribers: %w", err)
-		}
-		settle(ctx, 2*time.Second)
-		runtime.GC()
-		if hf, err := os.Create(heapPath); err == nil {
-			_ = pprof.Lookup("heap").WriteTo(hf, 0)
-			hf.Close()
-		}
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		goroutines := runtime.NumGoroutine()
-		subs.close()
-		out += fmt.Sprintf("\nHeap in use with %d idle subscribers connected to the in-process hub (clients included: %d goroutines, stacks %.1f MiB, heap in use %.1f MiB): top by inuse_space:\n\n```\n%s```\n",
-			n, goroutines, float64(ms.StackInuse)/(1<<20), float64(ms.HeapInuse)/(1<<20), pprofTop(ctx, "-sample_index=inuse_space", heapPath))
+	n := min(b.cfg.memSubs, (int(lim.Cur)-2000)/2)
+	if n <= 0 {
+		return "", nil
 	}
-	if b.cfg.profileDir != "" {
-		_ = os.MkdirAll(b.cfg.profileDir, 0o755)
-		for _, p := range []string{cpuPath, memPath, heapPath} {
-			if data, err := os.ReadFile(p); err == nil {
-				_ = os.WriteFile(filepath.Join(b.cfg.profileDir, filepath.Base(p)), data, 0o644)
-			}
+	rec := newRecorder()
+	rec.start(time.Now().Add(time.Hour))
+	subs, err := connectSubscribers(ctx, addr, n, rec)
+	if err != nil {
+		return "", fmt.Errorf("profile: subscribers: %w", err)
+	}
+	settle(ctx, 2*time.Second)
+	runtime.GC()
+	if hf, err := os.Create(heapPath); err == nil {
+		_ = pprof.Lookup("heap").WriteTo(hf, 0)
+		hf.Close()
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	goroutines := runtime.NumGoroutine()
+	subs.close()
+	return fmt.Sprintf("\nHeap in use with %d idle subscribers connected to the in-process hub (clients included: %d goroutines, stacks %.1f MiB, heap in use %.1f MiB): top by inuse_space:\n\n```\n%s```\n",
+		n, goroutines, float64(ms.StackInuse)/(1<<20), float64(ms.HeapInuse)/(1<<20), pprofTop(ctx, "-sample_index=inuse_space", heapPath)), nil
+}
+
+// keepProfiles copies the profiles that exist into -profile-dir, if set.
+func (b *bench) keepProfiles(paths ...string) {
+	if b.cfg.profileDir == "" {
+		return
+	}
+	_ = os.MkdirAll(b.cfg.profileDir, 0o755)
+	for _, p := range paths {
+		if data, err := os.ReadFile(p); err == nil {
+			_ = os.WriteFile(filepath.Join(b.cfg.profileDir, filepath.Base(p)), data, 0o644)
 		}
 	}
-	return out + "\n", nil
 }
 
 // pprofTop renders the top of a profile with `go tool pprof`.
