@@ -270,7 +270,11 @@ func (b *bench) consistency(ctx context.Context, run consistencyRun) (consistenc
 	if err != nil {
 		return row, err
 	}
-	defer func() { _ = d.stop() }()
+	defer func() {
+		if d != nil { // nil when a restart after kill -9 failed
+			_ = d.stop()
+		}
+	}()
 
 	c, cctx, stop, err := startKVCache(ctx, run.store, addr)
 	if err != nil {
