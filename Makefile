@@ -13,6 +13,7 @@ deps:
 # test runs everything: the Go packages (examples/ included: the Next.js and Redwood
 # end-to-end tests) and the JavaScript client's unit tests.
 test: deps
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	cd clients/js && npm test
 	$(GO) test -race -count=1 -timeout 30m ./...
