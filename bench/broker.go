@@ -178,18 +178,29 @@ func (b *bench) reportBroker(row latencyRow, direct *recorder, nDirect, per int,
 // bucket holding its 99th percentile ("" when absent): where the time goes
 // between the hops.
 func delayP99(d *daemon, sink string) string {
+	return delayBuckets(d, sink).p99(nil)
+}
+
+// delayHistogram is a scrape of one sink's publish-delay buckets
+// (cumulative counts, in the exposition's order).
+type delayHistogram []delayBucket
+
+type delayBucket struct {
+	le string
+	n  float64
+}
+
+// delayBuckets scrapes d's publish-delay histogram for sink (nil when it
+// cannot).
+func delayBuckets(d *daemon, sink string) delayHistogram {
 	client := &http.Client{Timeout: 2 * time.Second}
 	resp, err := client.Get("http://" + d.addr + "/metrics")
 	if err != nil {
-		return ""
+		return nil
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	type bucket struct {
-		le string
-		n  float64
-	}
-	var buckets []bucket
+	var h delayHistogram
 	prefix := `tagstream_publish_delay_seconds_bucket{sink="` + sink
 	for line := range strings.SplitSeq(string(body), "\n") {
 		if !strings.HasPrefix(line, prefix) {
@@ -201,15 +212,27 @@ func delayP99(d *daemon, sink string) string {
 		if err != nil {
 			continue
 		}
-		buckets = append(buckets, bucket{le, n})
+		h = append(h, delayBucket{le, n})
 	}
-	if len(buckets) == 0 || buckets[len(buckets)-1].n == 0 {
+	return h
+}
+
+// p99 is the upper bound of the bucket holding the 99th percentile of what
+// h counted since the scrape before ("" when nothing was counted).
+func (h delayHistogram) p99(before delayHistogram) string {
+	count := func(i int) float64 {
+		if len(before) == len(h) {
+			return h[i].n - before[i].n
+		}
+		return h[i].n
+	}
+	if len(h) == 0 || count(len(h)-1) == 0 {
 		return ""
 	}
-	total := buckets[len(buckets)-1].n
-	for _, b := range buckets {
-		if b.n >= 0.99*total {
-			return "≤ " + b.le + " s"
+	total := count(len(h) - 1)
+	for i := range h {
+		if count(i) >= 0.99*total {
+			return "≤ " + h[i].le + " s"
 		}
 	}
 	return ""

@@ -285,12 +285,15 @@ func (b *bench) latencyRuns(ctx context.Context, d *daemon, dsn string, rec *rec
 	if b.cfg.highRate > 0 && n == b.cfg.highSubs {
 		// High rate: the targeted workload at 10,000 tx/s (each
 		// transaction still reaches one subscriber).
+		before := delayBuckets(d, "sse")
 		row, err := b.loadRun(ctx, d, dsn, rec, "targeted", n, b.cfg.highRate, b.cfg.latDuration, 1,
 			"INSERT INTO todos (user_id, title) VALUES ($1, 'buy milk')", func(i int) []any { return []any{i%n + 1} })
 		if err != nil {
 			return err
 		}
 		row.Mode = "targeted, high rate"
+		b.note("high rate: p99 of commit → accepted by the SSE hub over the run (the daemon's publish-delay histogram: the source, the rules and the fence, before any client write) %s",
+			delayBuckets(d, "sse").p99(before))
 		b.latency = append(b.latency, row)
 	}
 	return nil
