@@ -477,10 +477,9 @@ func (h *Hub) heartbeat() {
 	}
 }
 
-// expire ends c because its grant ended (Hub.mu held): like Close, its
-// writer writes what is queued and then ends the connection.
-func (h *Hub) expire(c *conn) {
-	c.expires = 0
+// closeConn tells c's writer to write what is queued and then end the
+// connection, waking it now whichever mode it is in.
+func (h *Hub) closeConn(c *conn) {
 	c.mu.Lock()
 	c.closing = true
 	signal := h.wakeNowLocked(c)
@@ -488,6 +487,13 @@ func (h *Hub) expire(c *conn) {
 	if signal {
 		c.signal()
 	}
+}
+
+// expire ends c because its grant ended (Hub.mu held): like Close, its
+// writer writes what is queued and then ends the connection.
+func (h *Hub) expire(c *conn) {
+	c.expires = 0
+	h.closeConn(c)
 	h.access.expired.Add(1)
 	h.log.Debug("stream: grant ended, connection closed", logKeyConn, c.id)
 }
@@ -516,13 +522,7 @@ func (h *Hub) Close() {
 		cur := h.current()
 		for c := range h.conns {
 			h.push(c, item{kind: kindPing, id: cur})
-			c.mu.Lock()
-			c.closing = true
-			signal := h.wakeNowLocked(c)
-			c.mu.Unlock()
-			if signal {
-				c.signal()
-			}
+			h.closeConn(c)
 		}
 		h.mu.Unlock()
 		close(h.stop)
