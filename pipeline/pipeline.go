@@ -244,14 +244,20 @@ func (p *Pipeline) Commit(ctx context.Context, tx cdc.Tx, c cdc.Commit) error {
 	if err := p.dispatch(ctx, it); err != nil {
 		return err
 	}
-	p.handed = c.Position
-	p.handedA.Store(uint64(c.Position))
 	p.lastPos.Store(uint64(c.Position))
 	p.lastCommitNanos.Store(c.Time.UnixNano())
-	if len(p.workers) == 0 {
-		p.src.Ack(c.Position)
-	}
+	p.handedOver(c.Position)
 	return nil
+}
+
+// handedOver records that everything up to pos is on its way to the sinks;
+// without sinks it is acknowledged at once.
+func (p *Pipeline) handedOver(pos cdc.Position) {
+	p.handed = pos
+	p.handedA.Store(uint64(pos))
+	if len(p.workers) == 0 {
+		p.src.Ack(pos)
+	}
 }
 
 // Resumed implements cdc.Handler: the floor reaches every sink in order.
@@ -269,11 +275,7 @@ func (p *Pipeline) Idle(pos cdc.Position) {
 	if err := p.dispatch(context.Background(), newItem(kindIdle, sink.Txn{Position: pos, Time: time.Now()})); err != nil {
 		return
 	}
-	p.handed = pos
-	p.handedA.Store(uint64(pos))
-	if len(p.workers) == 0 {
-		p.src.Ack(pos)
-	}
+	p.handedOver(pos)
 }
 
 // Progress implements cdc.Handler.

@@ -84,8 +84,8 @@ const idleSpins = 100
 // idle waits for items, or for the next attempt of a pending reset.
 func (w *worker) idle(ctx context.Context) {
 	for range idleSpins {
-		if w.q.len() > 0 {
-			return
+		if len(w.q.ready) > 0 { // a push signalled (no lock: the select below takes it)
+			break
 		}
 		runtime.Gosched()
 	}
