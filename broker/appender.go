@@ -187,19 +187,10 @@ func (a *Appender) Idle(pos cdc.Position) {
 	if pos <= a.delivered {
 		return
 	}
-	var args []any
-	if a.hasFloor {
-		args = append(args, entryID(a.floor), kindFloor, now(), "", "")
-	}
-	args = append(args, entryID(pos), kindCommit, now(), "[]", "")
-	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.Timeout)
-	defer cancel()
-	if err := a.append(ctx, args); err != nil {
+	// An empty transaction, as Deliver appends the last of a batch.
+	if err := a.Deliver(context.Background(), []sink.Txn{{Position: pos, Time: time.Now()}}); err != nil {
 		a.log.Debug("broker: appending an idle position failed; the next transaction moves the edges on", logErr, err)
-		return
 	}
-	a.hasFloor = false
-	a.delivered = pos
 }
 
 // Reset appends a reset entry: every edge resets its clients.
