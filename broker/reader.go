@@ -48,7 +48,6 @@ type Reader struct {
 
 	reading    atomic.Bool  // connected and reading
 	writerSeen atomic.Int64 // UnixNano when the lease was last seen held
-	acked      atomic.Uint64
 	entries    atomic.Uint64
 	lost       atomic.Uint64
 }
@@ -107,9 +106,9 @@ func (r *Reader) Ready() bool {
 	return s.Reading && s.WriterActive
 }
 
-// Ack records what the edge's sinks accepted; the broker keeps its stream
-// for every edge, so there is nothing to tell it.
-func (r *Reader) Ack(pos cdc.Position) { r.acked.Store(uint64(pos)) }
+// Ack does nothing: the broker keeps its stream for every edge, so there
+// is nothing to tell it what one edge's sinks accepted.
+func (r *Reader) Ack(cdc.Position) {}
 
 // Close closes the connections.
 func (r *Reader) Close() error { return r.client.Close() }
