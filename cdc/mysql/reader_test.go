@@ -633,15 +633,15 @@ func TestReadTimeoutReconnects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	proxy := newStallProxy(t, d.Addr())
-	e.cfg.DSN = fmt.Sprintf("mysql://%s@%s/%s", d.User, proxy.addr(), d.Database)
+	proxy := testcontainers.NewProxy(t, d.Addr())
+	e.cfg.DSN = fmt.Sprintf("mysql://%s@%s/%s", d.User, proxy.Addr(), d.Database)
 	e.cfg.ReadTimeout = time.Second
 	rec := newRecorder(t, e.schema)
 	e.start(rec)
 	e.exec("INSERT INTO t VALUES (1)")
 	rec.Lines(t, 1)
 
-	proxy.stall() // the binlog connection goes silent, heartbeats included
+	proxy.Stall(testcontainers.ToClient) // the binlog connection goes silent, heartbeats included
 	e.exec("INSERT INTO t VALUES (2)")
 	got := rec.Lines(t, 2)
 	if want := []string{"insert t new=[id=1]", "insert t new=[id=2]"}; !slices.Equal(got, want) {
