@@ -47,11 +47,13 @@ type Reader struct {
 	sampledGen  uint64
 	wake        chan struct{} // write the newest acked checkpoint at once
 
-	writeMu      sync.Mutex // serialises checkpoint writes
-	writtenGen   uint64
-	writeFailing bool        // the last write failed (logged once until one succeeds)
-	failed       *checkpoint // what that write tried to write, retried every tick
-	failedGen    uint64
+	writeMu    sync.Mutex // serialises checkpoint writes
+	writtenGen uint64
+	// failed is what the last write tried to write when it failed (nil:
+	// it succeeded), retried every tick; the error is logged once per run
+	// of failures.
+	failed    *checkpoint
+	failedGen uint64
 
 	retained      atomic.Int64 // binlog bytes after the checkpoint, last measured
 	retainedKnown atomic.Bool
@@ -208,16 +210,14 @@ func (r *Reader) writeCheckpoint(cp checkpoint, gen uint64) {
 		return
 	}
 	if err := saveCheckpoint(r.path, &cp); err != nil {
-		r.failed, r.failedGen = &cp, gen
-		if !r.writeFailing {
-			r.writeFailing = true
+		if r.failed == nil {
 			r.log.Error("mysql: checkpoint not written; retrying; until it is, a restart resumes from the last one written and repeats work", logErr, err)
 		}
+		r.failed, r.failedGen = &cp, gen
 		return // retried on the next tick or at exit
 	}
-	r.failed = nil
-	if r.writeFailing {
-		r.writeFailing = false
+	if r.failed != nil {
+		r.failed = nil
 		r.log.Info("mysql: checkpoint written again", logPosition, cp.Position)
 	}
 	r.writtenGen = gen
