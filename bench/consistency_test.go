@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tagstream/tagstream/internal/launch"
 	"github.com/tagstream/tagstream/testcontainers"
 )
 
@@ -20,7 +21,7 @@ func TestConsistencyWithFence(t *testing.T) {
 	}
 	ctx := context.Background()
 	dir := t.TempDir()
-	bin, err := buildTagstream(ctx, dir)
+	bin, err := launch.BuildTagstream(ctx, dir)
 	if err != nil {
 		t.Fatal(err)
 	}

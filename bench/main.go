@@ -22,7 +22,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"slices"
@@ -30,6 +29,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tagstream/tagstream/internal/launch"
 	"github.com/tagstream/tagstream/testcontainers"
 )
 
@@ -220,7 +220,7 @@ func (b *bench) prepare(ctx context.Context, fds int) error {
 	}
 	if b.tagstream = b.cfg.tagstream; b.tagstream == "" {
 		var err error
-		if b.tagstream, err = buildTagstream(ctx, b.tmp); err != nil {
+		if b.tagstream, err = launch.BuildTagstream(ctx, b.tmp); err != nil {
 			return err
 		}
 	}
@@ -291,33 +291,6 @@ func (b *bench) record(name string, args ...string) {
 		}
 	}
 	b.commands = append(b.commands, line)
-}
-
-// buildTagstream compiles ./cmd/tagstream of this module.
-func buildTagstream(ctx context.Context, dir string) (string, error) {
-	out := filepath.Join(dir, "tagstream")
-	root, err := moduleRoot(ctx)
-	if err != nil {
-		return "", err
-	}
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/tagstream")
-	cmd.Dir = root
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/tagstream: %w\n%s", err, b)
-	}
-	return out, nil
-}
-
-func moduleRoot(ctx context.Context) (string, error) {
-	b, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %w", err)
-	}
-	mod := strings.TrimSpace(string(b))
-	if mod == "" || mod == os.DevNull {
-		return "", errors.New("run the benchmark from inside the tagstream module (make bench)")
-	}
-	return filepath.Dir(mod), nil
 }
 
 // raiseFDLimit lifts RLIMIT_NOFILE to at least n (root may raise the hard

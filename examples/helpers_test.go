@@ -67,11 +67,7 @@ func tagstreamBinary(t *testing.T) string {
 			buildErr = err
 			return
 		}
-		binary = filepath.Join(dir, "tagstream")
-		out, err := exec.Command("go", "build", "-o", binary, "../cmd/tagstream").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %w\n%s", err, out)
-		}
+		binary, buildErr = launch.BuildTagstream(context.Background(), dir)
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)

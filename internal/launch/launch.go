@@ -16,7 +16,9 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -218,6 +220,34 @@ func HTTPStatus200(url string) func(context.Context) bool {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	}
+}
+
+// BuildTagstream compiles ./cmd/tagstream of the module the harness runs
+// in into dir and returns the binary's path.
+func BuildTagstream(ctx context.Context, dir string) (string, error) {
+	out := filepath.Join(dir, "tagstream")
+	root, err := moduleRoot(ctx)
+	if err != nil {
+		return "", err
+	}
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/tagstream")
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("launch: go build ./cmd/tagstream: %w\n%s", err, b)
+	}
+	return out, nil
+}
+
+func moduleRoot(ctx context.Context) (string, error) {
+	b, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("launch: go env GOMOD: %w", err)
+	}
+	mod := strings.TrimSpace(string(b))
+	if mod == "" || mod == os.DevNull {
+		return "", errors.New("launch: run from inside the tagstream module")
+	}
+	return filepath.Dir(mod), nil
 }
 
 // FreeAddr returns a loopback TCP address that was free a moment ago.
