@@ -2,7 +2,6 @@ package examples
 
 import (
 	"io"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -33,16 +32,10 @@ func TestClientAgainstTagstream(t *testing.T) {
 	said.expectAnyOrder(t, c, "invalidate todos,todo:*", "ready true")
 }
 
-// stop sends SIGTERM and waits for a clean exit.
+// stop sends SIGTERM (launch's Stop) and asserts a clean exit within 30 s.
 func (p *proc) stop(t *testing.T) {
 	t.Helper()
-	_ = p.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("%s did not stop within 30s\n%s", p.name, p.log)
-	}
-	if err := p.Err(); err != nil {
-		t.Fatalf("%s exit: %v\n%s", p.name, err, p.log)
+	if err := p.Stop(30 * time.Second); err != nil {
+		t.Fatalf("%s stop: %v\n%s", p.name, err, p.log)
 	}
 }
