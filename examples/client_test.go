@@ -19,7 +19,7 @@ func TestClientAgainstTagstream(t *testing.T) {
 
 	c := newProc(t, "client", "../clients/js", nil, true, "node", "test/live/follow.mjs", "http://"+addr+"/events", "not-a-position")
 	c.run(t)
-	said := readLines(io.TeeReader(c.Stdout(), c.log))
+	said := readLines(io.TeeReader(c.Stdout(), c.Log()))
 	said.expect(t, c, "reset")
 	said.expect(t, c, "ready false")
 	execSQL(t, db, `INSERT INTO todos (id, title) VALUES (2, 'two')`)
@@ -36,6 +36,6 @@ func TestClientAgainstTagstream(t *testing.T) {
 func (p *proc) stop(t *testing.T) {
 	t.Helper()
 	if err := p.Stop(30 * time.Second); err != nil {
-		t.Fatalf("%s stop: %v\n%s", p.name, err, p.log)
+		t.Fatalf("%s stop: %v\n%s", p.name, err, p.Log())
 	}
 }

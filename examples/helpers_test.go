@@ -90,9 +90,6 @@ func freeAddr(t *testing.T) string {
 type proc struct {
 	*launch.Process
 	name string
-	cmd  *exec.Cmd
-	log  *launch.Log // its output (stdout too unless piped)
-	done <-chan struct{}
 }
 
 func start(t *testing.T, name, dir string, env []string, bin string, args ...string) *proc {
@@ -111,7 +108,7 @@ func newProc(t *testing.T, name, dir string, env []string, pipeStdout bool, bin 
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &proc{Process: lp, name: name, cmd: lp.Cmd, log: lp.Log(), done: lp.Done()}
+	return &proc{Process: lp, name: name}
 }
 
 func (p *proc) run(t *testing.T) {
@@ -122,7 +119,7 @@ func (p *proc) run(t *testing.T) {
 	t.Cleanup(func() {
 		_ = p.Stop(10 * time.Second)
 		if t.Failed() {
-			t.Logf("%s output:\n%s", p.name, p.log)
+			t.Logf("%s output:\n%s", p.name, p.Log())
 		}
 	})
 }
@@ -131,7 +128,7 @@ func (p *proc) run(t *testing.T) {
 func (p *proc) waitHTTP(t *testing.T, url, want string) {
 	t.Helper()
 	if err := poll(p, url, want, 90*time.Second); err != nil {
-		t.Fatalf("%s: %v\n%s", p.name, err, p.log)
+		t.Fatalf("%s: %v\n%s", p.name, err, p.Log())
 	}
 }
 
@@ -232,7 +229,7 @@ func readLines(r io.Reader) *lines {
 func (l *lines) expect(t *testing.T, p *proc, want string) {
 	t.Helper()
 	if got := l.next(t, p, want); got != want {
-		t.Fatalf("%s said %q, want %q\n%s", p.name, got, want, p.log)
+		t.Fatalf("%s said %q, want %q\n%s", p.name, got, want, p.Log())
 	}
 }
 
@@ -245,7 +242,7 @@ func (l *lines) expectAnyOrder(t *testing.T, p *proc, want ...string) {
 		got := l.next(t, p, strings.Join(left, " | "))
 		i := slices.Index(left, got)
 		if i < 0 {
-			t.Fatalf("%s said %q, want one of %q\n%s", p.name, got, left, p.log)
+			t.Fatalf("%s said %q, want one of %q\n%s", p.name, got, left, p.Log())
 		}
 		left = slices.Delete(left, i, i+1)
 	}
@@ -256,12 +253,12 @@ func (l *lines) next(t *testing.T, p *proc, want string) string {
 	select {
 	case got, ok := <-l.ch:
 		if !ok {
-			<-p.done
-			t.Fatalf("%s ended (%v) before %q\n%s", p.name, p.Err(), want, p.log)
+			<-p.Done()
+			t.Fatalf("%s ended (%v) before %q\n%s", p.name, p.Err(), want, p.Log())
 		}
 		return got
 	case <-time.After(120 * time.Second):
-		t.Fatalf("%s did not say %q within 120s\n%s", p.name, want, p.log)
+		t.Fatalf("%s did not say %q within 120s\n%s", p.name, want, p.Log())
 	}
 	return ""
 }

@@ -85,12 +85,12 @@ func TestNextJS(t *testing.T) {
 
 	// The browser opens B's page and waits for the live connection.
 	browser := newProc(t, "chromium", nextDir, []string{"CHROMIUM=" + chromium}, true, "node", "e2e/browser.mjs", baseB+"/", "write the rules")
-	stdin, err := browser.cmd.StdinPipe()
+	stdin, err := browser.Cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	browser.run(t)
-	said := readLines(io.TeeReader(browser.Stdout(), browser.log))
+	said := readLines(io.TeeReader(browser.Stdout(), browser.Log()))
 	said.expect(t, browser, "opened")
 
 	execSQL(t, db, `INSERT INTO todos (id, title) VALUES (2, 'ship the client')`)
@@ -100,7 +100,7 @@ func TestNextJS(t *testing.T) {
 		base string
 	}{{a, baseA}, {b, baseB}} {
 		if err := poll(p.proc, p.base+"/", "ship the client", 60e9); err != nil {
-			t.Fatalf("%s: %v\ntagstream:\n%s", p.proc.name, err, ts.log)
+			t.Fatalf("%s: %v\ntagstream:\n%s", p.proc.name, err, ts.Log())
 		}
 	}
 	said.expect(t, browser, "updated")
@@ -113,7 +113,7 @@ func TestNextJS(t *testing.T) {
 		base string
 	}{{a, baseA}, {b, baseB}} {
 		if err := poll(p.proc, p.base+"/", "first: <!-- -->none", 60e9); err != nil {
-			t.Fatalf("%s: %v\ntagstream:\n%s", p.proc.name, err, ts.log)
+			t.Fatalf("%s: %v\ntagstream:\n%s", p.proc.name, err, ts.Log())
 		}
 	}
 }

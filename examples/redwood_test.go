@@ -38,7 +38,7 @@ func TestRedwood(t *testing.T) {
 
 	api := newProc(t, "redwood api", redwoodDir, []string{"DATABASE_URL=" + dsn, "REDIS_URL=" + redis.URL(0)}, true, "node", "live.mjs")
 	api.run(t)
-	said := readLines(io.TeeReader(api.Stdout(), api.log))
+	said := readLines(io.TeeReader(api.Stdout(), api.Log()))
 	said.expectAnyOrder(t, api, "list 1:lamp", "one 1:lamp")
 
 	// A new auction: Query.auctions and Auction:2 — the list, not auction(id: 1).
