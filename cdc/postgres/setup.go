@@ -122,6 +122,23 @@ func checkServer(si serverInfo) error {
 	return nil
 }
 
+// createPublication is the statement that creates the reader's
+// publication: for its tables, or FOR ALL TABLES when it was given none.
+func (r *Reader) createPublication(version int) string {
+	stmt := "CREATE PUBLICATION " + quoteIdent(r.cfg.Publication) + " FOR ALL TABLES"
+	if r.tables != nil {
+		names := make([]string, len(r.tables))
+		for i, t := range r.tables {
+			names[i] = t.sql()
+		}
+		stmt = "CREATE PUBLICATION " + quoteIdent(r.cfg.Publication) + " FOR TABLE " + strings.Join(names, ", ")
+	}
+	if version >= 130000 {
+		stmt += " WITH (publish_via_partition_root = true)"
+	}
+	return stmt
+}
+
 // ensurePublication creates the publication when it is missing and, when
 // the reader was given its tables, adds those the publication lacks.
 // PostgreSQL 13+ publishes a partitioned table's changes under its own name
@@ -135,17 +152,7 @@ func (r *Reader) ensurePublication(ctx context.Context, conn *pgx.Conn, version 
 	var allTables bool
 	err := conn.QueryRow(ctx, `SELECT puballtables FROM pg_publication WHERE pubname = $1`, pub).Scan(&allTables)
 	if errors.Is(err, pgx.ErrNoRows) {
-		stmt := "CREATE PUBLICATION " + quoteIdent(pub) + " FOR ALL TABLES"
-		if r.tables != nil {
-			names := make([]string, len(r.tables))
-			for i, t := range r.tables {
-				names[i] = t.sql()
-			}
-			stmt = "CREATE PUBLICATION " + quoteIdent(pub) + " FOR TABLE " + strings.Join(names, ", ")
-		}
-		if version >= 130000 {
-			stmt += " WITH (publish_via_partition_root = true)"
-		}
+		stmt := r.createPublication(version)
 		if _, err := conn.Exec(ctx, stmt); err != nil {
 			switch pgCode(err) {
 			case codeInsufficientPriv:

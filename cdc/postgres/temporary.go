@@ -25,11 +25,7 @@ func (r *Reader) requirePublication(ctx context.Context, conn *pgx.Conn, version
 	var one int
 	err := conn.QueryRow(ctx, `SELECT 1 FROM pg_publication WHERE pubname = $1`, pub).Scan(&one)
 	if errors.Is(err, pgx.ErrNoRows) {
-		stmt := "CREATE PUBLICATION " + quoteIdent(pub) + " FOR ALL TABLES"
-		if version >= 130000 {
-			stmt += " WITH (publish_via_partition_root = true)"
-		}
-		return fmt.Errorf("postgres: %w: publication %q does not exist, and a dry run creates nothing durable: run %s; or name an existing publication (--publication)", ErrConfig, pub, stmt)
+		return fmt.Errorf("postgres: %w: publication %q does not exist, and a dry run creates nothing durable: run %s; or name an existing publication (--publication)", ErrConfig, pub, r.createPublication(version))
 	}
 	if err != nil {
 		return fmt.Errorf("postgres: read publication: %w", err)
