@@ -22,9 +22,6 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	// check only reads the database when --db is given on the command line
 	// or in the environment; the default is offline.
 	if err := parseFlags(fs, args); err != nil {
-		if errors.Is(err, errHelp) {
-			return nil
-		}
 		return err
 	}
 	if *rulesPath == "" {

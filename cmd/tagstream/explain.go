@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -29,9 +28,6 @@ func runExplain(_ context.Context, args []string, stdout, stderr io.Writer) erro
 	oldImages := fs.String("old-images", "wildcard", "an update without an old image: wildcard or new-only, as for run (env TAGSTREAM_OLD_IMAGES)")
 	verbose := fs.Bool("v", false, "verbose: print each tag as its rule's name, a tab, and the tag")
 	if err := parseArgs(fs, args); err != nil {
-		if errors.Is(err, errHelp) {
-			return nil
-		}
 		return err
 	}
 	// The change itself comes from the command line only.

@@ -83,7 +83,7 @@ var errInvalid = errors.New("invalid")
 func report(err error, stderr io.Writer) int {
 	var ue *usageError
 	switch {
-	case err == nil:
+	case err == nil, errors.Is(err, errHelp): // -h printed the usage
 		return 0
 	case errors.As(err, &ue):
 		fmt.Fprintln(stderr, "tagstream:", ue.msg)

@@ -131,20 +131,10 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	d.cmd = "run"
 	fs := runFlagSet(stdout, &d, &kf, &ef)
 	bf.register(fs, true)
-	if err := parseFlags(fs, args); err != nil {
-		if errors.Is(err, errHelp) {
-			return nil
-		}
+	if err := d.parse(fs, args, stderr, d.df.validate); err != nil {
 		return err
 	}
-	logger, err := newLogger(stderr, d.df.logFormat, d.df.logLevel)
-	if err != nil {
-		return err
-	}
-	d.log = logger
-	if err := d.df.validate(); err != nil {
-		return err
-	}
+	var err error
 	if d.edge, err = ef.build(ctx, d.log); err != nil {
 		return err
 	}
@@ -153,6 +143,21 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	return d.serve(ctx)
+}
+
+// parse reads the command line and the environment into fs, gives d its
+// logger, then checks the flags with validate: run and serve start the same
+// way and differ only in what they validate.
+func (d *instance) parse(fs *flag.FlagSet, args []string, stderr io.Writer, validate func() error) error {
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	logger, err := newLogger(stderr, d.df.logFormat, d.df.logLevel)
+	if err != nil {
+		return err
+	}
+	d.log = logger
+	return validate()
 }
 
 // assemble builds every part without starting anything but the pipeline's

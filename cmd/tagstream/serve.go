@@ -76,23 +76,13 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	kf.register(fs)
 	var ef edgeFlags
 	ef.register(fs)
-	if err := parseFlags(fs, args); err != nil {
-		if errors.Is(err, errHelp) {
-			return nil
-		}
-		return err
-	}
-	logger, err := newLogger(stderr, d.df.logFormat, d.df.logLevel)
-	if err != nil {
-		return err
-	}
-	d.log = logger
-	if err := d.df.validateServing("serve"); err != nil {
+	if err := d.parse(fs, args, stderr, func() error { return d.df.validateServing("serve") }); err != nil {
 		return err
 	}
 	if bf.url == "" {
 		return usageErrorf("serve: --broker is required (or TAGSTREAM_BROKER): redis://host:port[/db], the broker `tagstream run --broker` appends to")
 	}
+	var err error
 	if d.edge, err = ef.build(ctx, d.log); err != nil {
 		return err
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -33,9 +32,6 @@ func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	oldImages := fs.String("old-images", "wildcard", "an update without an old row: wildcard or new-only, as for run (env TAGSTREAM_OLD_IMAGES)")
 	logLevel := fs.String("log-level", "warn", "level of the logs on stderr: debug, info, warn or error")
 	if err := parseArgs(fs, args); err != nil {
-		if errors.Is(err, errHelp) {
-			return nil
-		}
 		return err
 	}
 	// Only these come from the environment: the daemon's TAGSTREAM_SLOT or
