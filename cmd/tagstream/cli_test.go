@@ -288,7 +288,7 @@ func TestExplainRulesErrors(t *testing.T) {
 // TestHelpOnce: -h prints a command's usage once, on stdout, and exits 0;
 // a mistake prints one line on stderr and no usage.
 func TestHelpOnce(t *testing.T) {
-	for _, cmd := range []string{"run", "check", "explain"} {
+	for _, cmd := range []string{"run", "serve", "check", "explain", "tail"} {
 		code, stdout, stderr := runBinary(t, nil, cmd, "-h")
 		if code != 0 || stderr != "" || strings.Count(stdout, "Usage of tagstream "+cmd) != 1 || !strings.HasPrefix(stdout, "Usage of tagstream "+cmd) {
 			t.Errorf("%s -h: exit %d stderr %q stdout %q", cmd, code, stderr, stdout)
