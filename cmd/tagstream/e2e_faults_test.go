@@ -13,7 +13,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -868,7 +867,7 @@ func TestFaultsClientFlood(t *testing.T) {
 		t.Fatalf("flood client: %s", msg)
 	}
 	t.Logf("client flood: %d rows received by the steady client while %d clients made %d connections", rows, clients, connects.Load())
-	waitFor(t, func() bool { return strings.Contains(metricsText(t, r.d.base), "\ntagstream_subscribers 1\n") })
+	waitFor(t, func() bool { return strings.Contains(metricsBody(t, r.d), "\ntagstream_subscribers 1\n") })
 	r.stop("after the flood")
 }
 
@@ -932,18 +931,6 @@ func floodOnce(ctx context.Context, hc *http.Client, base string, i int, cursor 
 			}
 		}
 	}
-}
-
-// metricsText returns the daemon's /metrics.
-func metricsText(t *testing.T, base string) string {
-	t.Helper()
-	resp, err := http.Get(base + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return string(b)
 }
 
 // TestSourceTimeoutFlag: --source-timeout (and its environment variable)
