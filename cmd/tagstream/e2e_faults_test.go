@@ -418,13 +418,10 @@ func pgExec(t *testing.T, dsn string, sql ...string) {
 	}
 }
 
+// writeTodoRules writes the fault tests' rules file (todo:{id}).
 func writeTodoRules(t *testing.T) string {
 	t.Helper()
-	f := filepath.Join(t.TempDir(), "rules.yaml")
-	if err := os.WriteFile(f, []byte("rules:\n  - table: todos\n    tags: [\"todo:{id}\"]\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return f
+	return writeFile(t, "rules.yaml", "rules:\n  - table: todos\n    tags: [\"todo:{id}\"]\n")
 }
 
 // hostOf returns a DSN's host:port.
