@@ -199,37 +199,23 @@ func TestTailPostgres(t *testing.T) {
 	if l := p.raw(t); l != `reset reason="temporary replication slot \"tail_e2e\" ended with its connection: changes since may be missing"` {
 		t.Fatalf("after the connection ended: %q", l)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	waitFor(t, func() bool { // a new slot, streaming to a new walsender
 		var active *int32
 		err := db.QueryRow(ctx, `SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'tail_e2e'`).Scan(&active)
-		if err == nil && active != nil && *active != pid {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no new slot within 30s (%v)", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err == nil && active != nil && *active != pid
+	})
 	step("rows=public.markers:1 tags=marker:2", `INSERT INTO markers VALUES (2)`)
 
 	p.interrupt(t)
 	// The server drops a temporary slot once its walsender has exited,
 	// which it does after the process left.
-	deadline = time.Now().Add(30 * time.Second)
-	for {
+	waitFor(t, func() bool {
 		var n int
 		if err := db.QueryRow(ctx, `SELECT count(*) FROM pg_replication_slots WHERE database = current_database()`).Scan(&n); err != nil {
 			t.Fatal(err)
 		}
-		if n == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d slot(s) remain after tail exited", n)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return n == 0
+	})
 	var pubs []string
 	rows, err := db.Query(ctx, `SELECT pubname::text FROM pg_publication ORDER BY 1`)
 	if err != nil {
