@@ -329,7 +329,7 @@ func (p *parser) rule(n *yaml.Node, index int) *Rule {
 		case "on":
 			r.On = []cdc.Op{}
 			p.list(v, label, "on", func(i int, s string, e *yaml.Node) {
-				op, ok := parseOp(s)
+				op, ok := ParseOp(s)
 				if !ok {
 					p.errorf(e, label, "on[%d]: unknown operation %q (want insert, update, delete or truncate)", i, s)
 					return
@@ -370,7 +370,9 @@ func (p *parser) rule(n *yaml.Node, index int) *Rule {
 	return r
 }
 
-func parseOp(s string) (cdc.Op, bool) {
+// ParseOp parses an op's name as rules and `tagstream explain --op` write
+// it: insert, update, delete or truncate.
+func ParseOp(s string) (cdc.Op, bool) {
 	for _, op := range allOps {
 		if s == op.String() {
 			return op, true

@@ -74,7 +74,7 @@ func runExplain(_ context.Context, args []string, stdout, stderr io.Writer) erro
 
 // explainChange builds the change explain evaluates from its flags.
 func explainChange(table, schema, opName, oldJSON, newJSON, key string) (*cdc.Change, error) {
-	op, ok := parseOp(opName)
+	op, ok := rules.ParseOp(opName)
 	if !ok {
 		if opName == "" {
 			return nil, usageErrorf("explain: --op is required: insert, update, delete or truncate")
@@ -134,15 +134,6 @@ func explainChange(table, schema, opName, oldJSON, newJSON, key string) (*cdc.Ch
 		ch.Old = image(t.Columns, oldRow)
 	}
 	return ch, nil
-}
-
-func parseOp(s string) (cdc.Op, bool) {
-	for op := cdc.Insert; op <= cdc.Truncate; op++ {
-		if s == op.String() {
-			return op, true
-		}
-	}
-	return 0, false
 }
 
 // explainTable parses --table: TABLE (in schema) or SCHEMA.TABLE.
