@@ -124,3 +124,47 @@ func TestPGHeartbeatAlias(t *testing.T) {
 		})
 	}
 }
+
+// TestPartBDefaults: the defaults and environment variables design Part B
+// names (Commands, SSE, Sinks, Authorization, Scale-out), as `run` registers
+// them.
+func TestPartBDefaults(t *testing.T) {
+	fs, _ := runFlags()
+	var bf brokerFlags
+	bf.register(fs, true)
+	for _, tc := range []struct{ flag, def, env string }{
+		{"db", "", "TAGSTREAM_DB"},
+		{"rules", "", "TAGSTREAM_RULES"},
+		{"listen", "127.0.0.1:8080", "TAGSTREAM_LISTEN"},
+		{"slot", "tagstream", "TAGSTREAM_SLOT"},
+		{"publication", "tagstream", "TAGSTREAM_PUBLICATION"},
+		{"state-dir", "./.tagstream", "TAGSTREAM_STATE_DIR"},
+		{"heartbeat", "15s", "TAGSTREAM_HEARTBEAT"},
+		{"old-images", "wildcard", "TAGSTREAM_OLD_IMAGES"},
+		{"webhook", "", "TAGSTREAM_WEBHOOKS"},
+		{"webhook-secret", "", "TAGSTREAM_WEBHOOK_SECRET"},
+		{"webhook-timeout", "5s", "TAGSTREAM_WEBHOOK_TIMEOUT"},
+		{"webhook-give-up", "10m0s", "TAGSTREAM_WEBHOOK_GIVE_UP"},
+		{"redis-publish", "", "TAGSTREAM_REDIS_PUBLISH"},
+		{"redis-channel", "live-query-invalidations", "TAGSTREAM_REDIS_CHANNEL"},
+		{"jwt-secret", "", "TAGSTREAM_JWT_SECRET"},
+		{"jwt-cookie", "tagstream_token", "TAGSTREAM_JWT_COOKIE"},
+		{"cors-origins", "", "TAGSTREAM_CORS_ORIGINS"},
+		{"max-connections", "0", "TAGSTREAM_MAX_CONNECTIONS"},
+		{"max-connections-per-ip", "0", "TAGSTREAM_MAX_CONNECTIONS_PER_IP"},
+		{"broker", "", "TAGSTREAM_BROKER"},
+		{"lease", "10s", "TAGSTREAM_LEASE"},
+	} {
+		f := fs.Lookup(tc.flag)
+		if f == nil {
+			t.Errorf("run has no --%s", tc.flag)
+			continue
+		}
+		if f.DefValue != tc.def {
+			t.Errorf("--%s defaults to %q, want %q", tc.flag, f.DefValue, tc.def)
+		}
+		if got := envName(tc.flag); got != tc.env {
+			t.Errorf("--%s reads %s, want %s", tc.flag, got, tc.env)
+		}
+	}
+}
