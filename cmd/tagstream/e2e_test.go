@@ -199,6 +199,9 @@ func execSQL(t *testing.T, db *pgx.Conn, sql ...string) {
 func TestEndToEndPostgres(t *testing.T) {
 	dsn, db, rulesFile := setupPG(t)
 	d := startDaemon(t, "--db", dsn, "--rules", rulesFile, "--slot", "e2e", "--publication", "e2e")
+	if !launch.HTTPStatus200(d.base + "/healthz")(context.Background()) {
+		t.Error("/healthz is not 200 on a live process")
+	}
 
 	all := subscribe(t, d.base, "tags=todos,marker:*", "")
 	one := subscribe(t, d.base, "tags=todo:42", "")
