@@ -41,7 +41,7 @@ func freeAddr(t *testing.T) string {
 
 // logged is a launch condition: the process's log has s.
 func logged(s string) func(*daemon) bool {
-	return func(d *daemon) bool { return strings.Contains(d.stderr.String(), s) }
+	return func(d *daemon) bool { return strings.Contains(d.Log().String(), s) }
 }
 
 const standbyLine = "standby: another process holds the lease"
@@ -259,8 +259,8 @@ func TestBrokerScaleOut(t *testing.T) {
 	var paused, other *daemon
 	for _, d := range c.runs[1:] {
 		select {
-		case <-d.done:
-			if !strings.Contains(d.stderr.String(), "broker: lease lost: another process holds it now") {
+		case <-d.Done():
+			if !strings.Contains(d.Log().String(), "broker: lease lost: another process holds it now") {
 				t.Fatalf("a writer stopped for another reason: %v", d.Err())
 			}
 			continue
@@ -284,17 +284,17 @@ func TestBrokerScaleOut(t *testing.T) {
 	if got := metricLine(t, other.base, "tagstream_broker_lease_held"); got != "tagstream_broker_lease_held 0" {
 		t.Errorf("standby: %q", got)
 	}
-	if err := paused.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+	if err := paused.Cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool { return logged("lease acquired")(other) })
 	c.insert(t, 4001, 4002)
-	if err := paused.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+	if err := paused.Cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
-	<-paused.done
-	if paused.Err() == nil || !strings.Contains(paused.stderr.String(), "broker: lease lost") {
-		t.Fatalf("the paused writer woke up: exit %v, want an error saying the lease was lost\n%s", paused.Err(), paused.stderr)
+	<-paused.Done()
+	if paused.Err() == nil || !strings.Contains(paused.Log().String(), "broker: lease lost") {
+		t.Fatalf("the paused writer woke up: exit %v, want an error saying the lease was lost\n%s", paused.Err(), paused.Log())
 	}
 	// The other one now gets the slot and streams what was written while
 	// the old writer was paused.

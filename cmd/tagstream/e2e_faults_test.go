@@ -125,7 +125,7 @@ func (r *rig) recv() (sseEvent, bool) {
 		r.record(ev)
 		return ev, true
 	case <-time.After(30 * time.Second):
-		r.t.Fatalf("no event within 30s; seen %d of %d rows\n%s", len(r.seen), r.next-1, r.d.stderr)
+		r.t.Fatalf("no event within 30s; seen %d of %d rows\n%s", len(r.seen), r.next-1, r.d.Log())
 	}
 	return sseEvent{}, false
 }
@@ -139,7 +139,7 @@ func (r *rig) record(ev sseEvent) {
 	}
 	switch ev.Event {
 	case "reset":
-		r.t.Fatalf("reset where continuity is provable: %s\n%s", ev, r.d.stderr)
+		r.t.Fatalf("reset where continuity is provable: %s\n%s", ev, r.d.Log())
 	case "invalidate":
 		for _, tag := range strings.Fields(strings.TrimPrefix(render(r.t, ev), "invalidate ")) {
 			n, err := strconv.Atoi(strings.TrimPrefix(tag, "todo:"))
@@ -714,7 +714,7 @@ func tmpfsWrap(dir, opts, setup string) []string {
 
 // inNamespace runs a shell command in the daemon's mount namespace.
 func inNamespace(d *daemon, script string) ([]byte, error) {
-	return exec.Command("nsenter", "-t", strconv.Itoa(d.cmd.Process.Pid), "-m", "sh", "-c", script).CombinedOutput()
+	return exec.Command("nsenter", "-t", strconv.Itoa(d.Cmd.Process.Pid), "-m", "sh", "-c", script).CombinedOutput()
 }
 
 // TestFaultsMySQLStateDir: a state dir that is read-only or full at start
@@ -779,15 +779,15 @@ func TestFaultsMySQLStateDir(t *testing.T) {
 			}
 		}, func() {
 			// Acknowledged rows now fail to reach the file: one error line.
-			waitFor(t, func() bool { return strings.Count(r.d.stderr.String(), notWritten) == i+1 })
+			waitFor(t, func() bool { return strings.Count(r.d.Log().String(), notWritten) == i+1 })
 		})
-		if n := strings.Count(r.d.stderr.String(), notWritten); n != i+1 {
+		if n := strings.Count(r.d.Log().String(), notWritten); n != i+1 {
 			t.Fatalf("%s: %q logged %d times in all, want %d (once per failing stretch)", f.name, notWritten, n, i+1)
 		}
 		if out, err := inNamespace(r.d, fmt.Sprintf(f.repair, dir)); err != nil {
 			t.Fatalf("%s: %v %s", f.repair, err, out)
 		}
-		waitFor(t, func() bool { return strings.Count(r.d.stderr.String(), writtenAgain) == i+1 })
+		waitFor(t, func() bool { return strings.Count(r.d.Log().String(), writtenAgain) == i+1 })
 		caughtUp()
 	}
 	// The tmpfs, and the checkpoint on it, end with the daemon's namespace.

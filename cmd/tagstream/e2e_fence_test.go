@@ -41,8 +41,8 @@ func TestVisibilityFenceThroughTheBinary(t *testing.T) {
 	if got := metricLine(t, d.base, "tagstream_fence_timeouts_total"); got != "tagstream_fence_timeouts_total 0" {
 		t.Errorf("fence timeouts: %q, want 0", got)
 	}
-	if !strings.Contains(d.stderr.String(), "visibility_fence=true") {
-		t.Errorf("the start line does not say the fence is on:\n%s", d.stderr)
+	if !strings.Contains(d.Log().String(), "visibility_fence=true") {
+		t.Errorf("the start line does not say the fence is on:\n%s", d.Log())
 	}
 	d.stop(t)
 
@@ -55,8 +55,8 @@ func TestVisibilityFenceThroughTheBinary(t *testing.T) {
 	if got := metricLine(t, d.base, "tagstream_fence_waits_total"); got != "tagstream_fence_waits_total 0" {
 		t.Errorf("fence waits with the fence off: %q, want 0", got)
 	}
-	if !strings.Contains(d.stderr.String(), "visibility_fence=false") {
-		t.Errorf("the start line does not say the fence is off:\n%s", d.stderr)
+	if !strings.Contains(d.Log().String(), "visibility_fence=false") {
+		t.Errorf("the start line does not say the fence is off:\n%s", d.Log())
 	}
 	d.stop(t)
 }

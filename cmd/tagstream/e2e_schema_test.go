@@ -53,8 +53,8 @@ func metricsBody(t *testing.T, d *daemon) string {
 func TestOldImagesDefaultIdentity(t *testing.T) {
 	dsn, db, rulesFile := setupDefaultIdentity(t)
 	d := startDaemon(t, "--db", dsn, "--rules", rulesFile, "--slot", "oldimg", "--publication", "oldimg")
-	waitFor(t, func() bool { return strings.Contains(d.stderr.String(), "database check done") })
-	logs := d.stderr.String()
+	waitFor(t, func() bool { return strings.Contains(d.Log().String(), "database check done") })
+	logs := d.Log().String()
 	for _, want := range []string{
 		`old_images=wildcard`,
 		`level=WARN msg="database check: the rule reads old values of user_id but table public.d sends only its key in old rows (REPLICA IDENTITY DEFAULT): unknown old values become wildcards" fix="ALTER TABLE \"public\".\"d\" REPLICA IDENTITY FULL;" rule=d`,
@@ -102,8 +102,8 @@ func TestOldImagesNewOnly(t *testing.T) {
 	dsn, db, rulesFile := setupDefaultIdentity(t)
 	t.Setenv("TAGSTREAM_OLD_IMAGES", "new-only")
 	d := startDaemon(t, "--db", dsn, "--rules", rulesFile, "--slot", "newonly", "--publication", "newonly")
-	if !strings.Contains(d.stderr.String(), "old_images=new-only") {
-		t.Errorf("the start line does not name the mode:\n%s", d.stderr)
+	if !strings.Contains(d.Log().String(), "old_images=new-only") {
+		t.Errorf("the start line does not name the mode:\n%s", d.Log())
 	}
 	all := subscribe(t, d.base, "tags=user:*:d,d:*", "")
 	all.expect(t, `ready {"resumed":false}`)

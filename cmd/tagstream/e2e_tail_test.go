@@ -23,8 +23,7 @@ import (
 // tailProc is a running `tagstream tail` process.
 type tailProc struct {
 	*launch.Process
-	lines  chan string // stdout, line by line; closed at EOF
-	stderr *launch.Log
+	lines chan string // stdout, line by line; closed at EOF (Log() is stderr)
 }
 
 // startTail runs `tagstream tail args…` in dir with env and waits until it
@@ -43,7 +42,7 @@ func startTailCommand(t *testing.T, o launch.Options) *tailProc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &tailProc{Process: lp, lines: make(chan string, 100), stderr: lp.Log()}
+	p := &tailProc{Process: lp, lines: make(chan string, 100)}
 	go func() {
 		sc := bufio.NewScanner(lp.Stdout())
 		for sc.Scan() {
@@ -54,13 +53,13 @@ func startTailCommand(t *testing.T, o launch.Options) *tailProc {
 	t.Cleanup(func() {
 		lp.Kill()
 		if t.Failed() {
-			t.Logf("tagstream tail stderr:\n%s", p.stderr)
+			t.Logf("tagstream tail stderr:\n%s", p.Log())
 		}
 	})
 	ctx, cancel := context.WithTimeoutCause(context.Background(), 30*time.Second, errors.New("not streaming within 30s"))
 	defer cancel()
 	streaming := func(context.Context) bool {
-		return strings.Contains(p.stderr.String(), "tagstream tail: streaming from position ")
+		return strings.Contains(p.Log().String(), "tagstream tail: streaming from position ")
 	}
 	if err := lp.Await(ctx, 20*time.Millisecond, streaming); err != nil {
 		t.Fatalf("tail: %v", err)
@@ -75,11 +74,11 @@ func (p *tailProc) raw(t *testing.T) string {
 	case l, ok := <-p.lines:
 		if !ok {
 			<-p.Done() // stdout ends after the exit
-			t.Fatalf("tail stdout ended: %v\n%s", p.Err(), p.stderr)
+			t.Fatalf("tail stdout ended: %v\n%s", p.Err(), p.Log())
 		}
 		return l
 	case <-time.After(30 * time.Second):
-		t.Fatalf("no tail line within 30s\n%s", p.stderr)
+		t.Fatalf("no tail line within 30s\n%s", p.Log())
 	}
 	return ""
 }
@@ -93,7 +92,7 @@ func (p *tailProc) next(t *testing.T) (uint64, string) {
 	case l, ok := <-p.lines:
 		if !ok {
 			<-p.Done() // stdout ends after the exit
-			t.Fatalf("tail stdout ended: %v\n%s", p.Err(), p.stderr)
+			t.Fatalf("tail stdout ended: %v\n%s", p.Err(), p.Log())
 		}
 		m := tailLine.FindStringSubmatch(l)
 		if m == nil {
@@ -105,7 +104,7 @@ func (p *tailProc) next(t *testing.T) (uint64, string) {
 		}
 		return pos, m[2]
 	case <-time.After(30 * time.Second):
-		t.Fatalf("no tail line within 30s\n%s", p.stderr)
+		t.Fatalf("no tail line within 30s\n%s", p.Log())
 	}
 	return 0, ""
 }
@@ -121,7 +120,7 @@ func (p *tailProc) interrupt(t *testing.T) {
 	}
 	<-p.Done()
 	if p.Err() != nil || len(rest) > 0 {
-		t.Fatalf("after SIGINT: exit %v, more lines %q\n%s", p.Err(), rest, p.stderr)
+		t.Fatalf("after SIGINT: exit %v, more lines %q\n%s", p.Err(), rest, p.Log())
 	}
 }
 

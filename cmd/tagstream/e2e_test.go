@@ -11,7 +11,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -33,11 +32,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binary = filepath.Join(dir, "tagstream")
-	build := exec.Command("go", "build", "-o", binary, ".")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build tagstream:", err)
+	if binary, err = launch.BuildTagstream(context.Background(), dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	code := m.Run()
@@ -49,11 +45,8 @@ func TestMain(m *testing.M) {
 // daemon is a running `tagstream run` (or serve) process, started by
 // internal/launch like the examples' and the benchmark's.
 type daemon struct {
-	*launch.Process
-	cmd    *exec.Cmd
-	base   string      // http://127.0.0.1:port
-	stderr *launch.Log // its stderr (and stdout)
-	done   <-chan struct{}
+	*launch.Process        // Log() is its stderr (and stdout)
+	base            string // http://127.0.0.1:port
 }
 
 // startDaemon runs `tagstream run` with args plus --listen on a free port and
@@ -96,11 +89,11 @@ func launchWrapped(t *testing.T, wrap []string, sub, addr string, up func(*daemo
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{Process: p, cmd: p.Cmd, base: "http://" + addr, stderr: p.Log(), done: p.Done()}
+	d := &daemon{Process: p, base: "http://" + addr}
 	t.Cleanup(func() {
 		p.Kill()
 		if t.Failed() {
-			t.Logf("tagstream %s stderr:\n%s", sub, d.stderr)
+			t.Logf("tagstream %s stderr:\n%s", sub, d.Log())
 		}
 	})
 	ctx, cancel := context.WithTimeoutCause(context.Background(), 30*time.Second, errors.New("not up within 30s"))
@@ -127,12 +120,12 @@ func (d *daemon) stopWith(t *testing.T, sig os.Signal) {
 	t.Helper()
 	_ = d.Signal(sig)
 	select {
-	case <-d.done:
+	case <-d.Done():
 	case <-time.After(20 * time.Second):
-		t.Fatalf("tagstream did not stop within 20s after %v\n%s", sig, d.stderr)
+		t.Fatalf("tagstream did not stop within 20s after %v\n%s", sig, d.Log())
 	}
 	if err := d.Err(); err != nil {
-		t.Fatalf("tagstream exit: %v\n%s", err, d.stderr)
+		t.Fatalf("tagstream exit: %v\n%s", err, d.Log())
 	}
 }
 
@@ -398,16 +391,16 @@ func TestRulesReload(t *testing.T) {
 	if err := os.WriteFile(rulesFile, []byte("rules:\n  - table: markers\n    tags: [\"mark:{id\"]\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d.cmd.Process.Signal(syscall.SIGHUP)
-	waitFor(t, func() bool { return strings.Contains(d.stderr.String(), "rules reload rejected") })
+	d.Cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, func() bool { return strings.Contains(d.Log().String(), "rules reload rejected") })
 	execSQL(t, db, `INSERT INTO markers VALUES (1)`)
 	c.expect(t, "invalidate marker:1")
 
 	if err := os.WriteFile(rulesFile, []byte("rules:\n  - table: markers\n    tags: [\"mark:{id}\"]\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d.cmd.Process.Signal(syscall.SIGHUP)
-	waitFor(t, func() bool { return strings.Contains(d.stderr.String(), "rules reloaded") })
+	d.Cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, func() bool { return strings.Contains(d.Log().String(), "rules reloaded") })
 	execSQL(t, db, `INSERT INTO markers VALUES (2)`)
 	c.expect(t, "invalidate mark:2")
 	d.stop(t)
