@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -409,4 +410,27 @@ func TestReadmeScaleOut(t *testing.T) {
 	for _, d := range append(edges, runs[1]) {
 		d.stop(t)
 	}
+}
+
+// TestEdgeWithoutWriterIsAliveNotReady: /healthz says the process is alive
+// (200) while /readyz says it cannot serve yet (503): an edge whose broker
+// has never had a writer.
+func TestEdgeWithoutWriterIsAliveNotReady(t *testing.T) {
+	rs := testcontainers.Redis(t)
+	alive := func(d *daemon) bool { return launch.HTTPStatus200(d.base + "/healthz")(context.Background()) }
+	d := launchDaemon(t, "serve", freeAddr(t), alive, "--broker", rs.URL(0))
+	for _, c := range []struct {
+		path string
+		want int
+	}{{"/healthz", http.StatusOK}, {"/readyz", http.StatusServiceUnavailable}} {
+		resp, err := http.Get(d.base + c.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != c.want {
+			t.Errorf("GET %s: %d, want %d", c.path, resp.StatusCode, c.want)
+		}
+	}
+	d.stop(t)
 }
