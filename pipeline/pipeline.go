@@ -75,6 +75,10 @@ type Options struct {
 	Fence bool
 	// FenceBatch bounds the commits proven by one round trip (default 1024).
 	FenceBatch int
+	// ObserveSource, when set, gets each commit's delay from its commit
+	// time to the source handing it over: the database, its walsender or
+	// binlog sender and the reader, before the fence and the sinks.
+	ObserveSource func(time.Duration)
 }
 
 // Pipeline is the cdc.Handler of a source. Create it with New, hand it to
@@ -88,6 +92,8 @@ type Pipeline struct {
 	fence      cdc.Fence
 	fenceQ     *queue
 	fenceBatch int
+
+	observeSource func(time.Duration)
 
 	handed cdc.Position // last commit handed to the sinks (reader goroutine)
 
@@ -126,12 +132,14 @@ func New(src cdc.Source, engine *rules.Engine, targets []Target, opts Options) *
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Pipeline{
-		src:     src,
-		log:     log,
-		ackSig:  make(chan struct{}, 1),
-		resumed: make(chan struct{}),
-		ctx:     ctx,
-		cancel:  cancel,
+		src:    src,
+		log:    log,
+		ackSig: make(chan struct{}, 1),
+
+		observeSource: opts.ObserveSource,
+		resumed:       make(chan struct{}),
+		ctx:           ctx,
+		cancel:        cancel,
 	}
 	p.engine.Store(engine)
 	for _, t := range targets {
@@ -233,6 +241,9 @@ func (p *Pipeline) Commit(ctx context.Context, tx cdc.Tx, c cdc.Commit) error {
 	if c.Position <= p.handed {
 		p.duplicates.Add(1)
 		return nil
+	}
+	if p.observeSource != nil {
+		p.observeSource(time.Since(c.Time))
 	}
 	tags := tx.Tags()
 	p.commits.Add(1)

@@ -493,3 +493,31 @@ func TestIdleIsAcknowledgedAfterEverySink(t *testing.T) {
 		}
 	})
 }
+
+// TestObserveSourceGetsEachCommitsAge: the source delay is the commit's
+// age when the source hands it over, once per commit (not for one read
+// again after a reconnect), before any fence or sink.
+func TestObserveSourceGetsEachCommitsAge(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var got []time.Duration
+		src := &fencedSource{allow: make(chan struct{})}
+		p := newPipeline(t, src, Options{Fence: true, ObserveSource: func(d time.Duration) { got = append(got, d) }},
+			Target{Name: "r", Sink: &recorder{}})
+		p.Resumed(1)
+		now := time.Now()
+		for i, age := range []time.Duration{3 * time.Millisecond, 250 * time.Millisecond} {
+			c := cdc.Commit{Position: cdc.Position(2 + i), Time: now.Add(-age)}
+			if err := p.Commit(context.Background(), tx{"a"}, c); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := p.Commit(context.Background(), tx{"a"}, cdc.Commit{Position: 3, Time: now}); err != nil {
+			t.Fatal(err)
+		}
+		// Observed while the fence still holds both commits.
+		if want := []time.Duration{3 * time.Millisecond, 250 * time.Millisecond}; !slices.Equal(got, want) {
+			t.Fatalf("observed %v, want %v", got, want)
+		}
+		close(src.allow)
+	})
+}

@@ -274,6 +274,8 @@ func TestEndToEndPostgres(t *testing.T) {
 		"\ntagstream_sink_delivered_total{sink=\"sse\"} 10\n",
 		"\n# TYPE tagstream_publish_delay_seconds histogram\n",
 		"\ntagstream_publish_delay_seconds_count{sink=\"sse\"} 10\n",
+		"\n# TYPE tagstream_source_delay_seconds histogram\n",
+		"\ntagstream_source_delay_seconds_count 10\n",
 		"\n# TYPE go_goroutines gauge\n",
 		"\n# TYPE process_resident_memory_bytes gauge\n",
 	} {

@@ -22,10 +22,11 @@ var publishDelayBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1
 
 // metrics is the daemon's Prometheus registry. Figures are read from the
 // components' own atomic counters when /metrics is scraped, so nothing is
-// added to the path of a transaction but the publish-delay histogram.
+// added to the path of a transaction but the delay histograms.
 type metrics struct {
-	reg   *prometheus.Registry
-	delay *prometheus.HistogramVec
+	reg    *prometheus.Registry
+	delay  *prometheus.HistogramVec
+	source prometheus.Histogram
 }
 
 func newMetrics() *metrics {
@@ -35,7 +36,12 @@ func newMetrics() *metrics {
 		Help:    "Delay from a transaction's commit (database clock) to its acceptance by a sink.",
 		Buckets: publishDelayBuckets,
 	}, []string{"sink"})
-	m.reg.MustRegister(m.delay,
+	m.source = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "tagstream_source_delay_seconds",
+		Help:    "Delay from a transaction's commit (database clock) to its reading by tagstream (the database's replication stream and the reader; on an edge, the broker), before the fence and the sinks.",
+		Buckets: publishDelayBuckets,
+	})
+	m.reg.MustRegister(m.delay, m.source,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -46,6 +52,9 @@ func (m *metrics) observer(sink string) func(time.Duration) {
 	o := m.delay.WithLabelValues(sink)
 	return func(d time.Duration) { o.Observe(d.Seconds()) }
 }
+
+// observeSource records a commit's source delay.
+func (m *metrics) observeSource(d time.Duration) { m.source.Observe(d.Seconds()) }
 
 func (m *metrics) handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{ErrorLog: nil})

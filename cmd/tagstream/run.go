@@ -225,7 +225,7 @@ func (d *instance) wire(targets []pipeline.Target, closers []io.Closer, engine *
 	for i := range targets {
 		targets[i].ObserveDelay = d.metrics.observer(targets[i].Name)
 	}
-	d.pipe = pipeline.New(d.reader, engine, targets, pipeline.Options{Logger: d.log, Fence: d.df.fence})
+	d.pipe = pipeline.New(d.reader, engine, targets, pipeline.Options{Logger: d.log, Fence: d.df.fence, ObserveSource: d.metrics.observeSource})
 	d.metrics.reg.MustRegister(statsCollector{pipe: d.pipe, hub: d.hub}, accessCollector{d.hub})
 	if d.health != nil {
 		d.metrics.reg.MustRegister(healthCollector{d.health})
