@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -137,5 +138,77 @@ func TestRecordQuotesCommands(t *testing.T) {
 	want := []string{"pgbench -n -f a.sql@5 'postgres://u@h/db?sslmode=disable'", `x 'it'\''s'`}
 	if strings.Join(b.commands, "\n") != strings.Join(want, "\n") {
 		t.Errorf("commands = %q, want %q", b.commands, want)
+	}
+}
+
+// TestSSEClientSocketTimes: with stamp, an event carries the kernel's
+// receive time, between the server's write and the harness's read. The
+// kernel turns timestamping on shortly after the first socket asks, so the
+// first events may come without one (and are then not counted).
+func TestSSEClientSocketTimes(t *testing.T) {
+	send := make(chan struct{})
+	sent := make(chan time.Time, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		f := w.(http.Flusher)
+		fmt.Fprint(w, "event: ready\nid: 5\ndata: {\"resumed\":false}\n\n")
+		f.Flush()
+		for range send {
+			sent <- time.Now()
+			fmt.Fprint(w, "event: invalidate\nid: 7\ndata: {\"tags\":[\"a\"],\"ts\":\"2026-01-02T03:04:05Z\"}\n\n")
+			f.Flush()
+		}
+	}))
+	defer srv.Close()
+	defer close(send)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := dialSSE(ctx, strings.TrimPrefix(srv.URL, "http://"), "a", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	if _, err := c.waitReady(deadline); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.conn.stamp(); err != nil {
+		t.Fatal(err)
+	}
+	for range 100 {
+		send <- struct{}{}
+		ev, err := c.next(deadline)
+		if err != nil {
+			t.Fatal(err)
+		}
+		at := <-sent
+		if ev.Arrived.IsZero() {
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		if ev.Name != "invalidate" || ev.Arrived.Before(at) || ev.Arrived.After(ev.At) {
+			t.Fatalf("event %q arrived %v; want between the write (%v) and the read (%v)", ev.Name, ev.Arrived, at, ev.At)
+		}
+		return
+	}
+	t.Fatal("no event carried a receive time")
+}
+
+// TestRecorderWindows: samples split by commit time, worst window first.
+func TestRecorderWindows(t *testing.T) {
+	r := newRecorder()
+	t0 := time.Unix(100, 0)
+	r.start(t0)
+	for i, lat := range []time.Duration{1, 2, 3, 40, 50} {
+		commit := t0.Add(time.Duration(i) * 200 * time.Millisecond) // windows of 500 ms: 0,0,0,1,1
+		r.add("k", commit, commit.Add(lat*time.Millisecond), time.Time{})
+	}
+	got := r.windows("k", 500*time.Millisecond)
+	want := []window{
+		{from: 500 * time.Millisecond, n: 2, p99: 50 * time.Millisecond, max: 50 * time.Millisecond},
+		{from: 0, n: 3, p99: 3 * time.Millisecond, max: 3 * time.Millisecond},
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("windows = %+v, want %+v", got, want)
 	}
 }

@@ -141,7 +141,7 @@ func (b *bench) connectBrokerSubscribers(ctx context.Context, writer *daemon, ed
 		}
 	}
 	for _, e := range edges {
-		subs, err := connectSubscribers(ctx, e.addr, per, rec)
+		subs, err := connectSubscribers(ctx, e.addr, per, rec, b.cfg.socketTimes)
 		if err != nil {
 			closeAll()
 			return nil, fmt.Errorf("edge %s: %w", e.addr, err)
@@ -149,7 +149,7 @@ func (b *bench) connectBrokerSubscribers(ctx context.Context, writer *daemon, ed
 		all = append(all, subs)
 	}
 	b.logf("  %d subscribers live on 2 edges", 2*per)
-	dsubs, err := connectSubscribers(ctx, writer.addr, nDirect, direct)
+	dsubs, err := connectSubscribers(ctx, writer.addr, nDirect, direct, b.cfg.socketTimes)
 	if err != nil {
 		closeAll()
 		return nil, fmt.Errorf("writer %s: %w", writer.addr, err)
@@ -193,6 +193,18 @@ type delayBucket struct {
 // delayBuckets scrapes d's publish-delay histogram for sink (nil when it
 // cannot).
 func delayBuckets(d *daemon, sink string) delayHistogram {
+	return scrapeBuckets(d, `tagstream_publish_delay_seconds_bucket{sink="`+sink)
+}
+
+// sourceBuckets scrapes d's source-delay histogram: commit → read by the
+// daemon, before the fence and the sinks.
+func sourceBuckets(d *daemon) delayHistogram {
+	return scrapeBuckets(d, `tagstream_source_delay_seconds_bucket{`)
+}
+
+// scrapeBuckets scrapes the bucket lines of d's /metrics that start with
+// prefix.
+func scrapeBuckets(d *daemon, prefix string) delayHistogram {
 	client := &http.Client{Timeout: 2 * time.Second}
 	resp, err := client.Get("http://" + d.addr + "/metrics")
 	if err != nil {
@@ -201,7 +213,6 @@ func delayBuckets(d *daemon, sink string) delayHistogram {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	var h delayHistogram
-	prefix := `tagstream_publish_delay_seconds_bucket{sink="` + sink
 	for line := range strings.SplitSeq(string(body), "\n") {
 		if !strings.HasPrefix(line, prefix) {
 			continue

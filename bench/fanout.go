@@ -22,19 +22,28 @@ type recorder struct {
 	mu       sync.Mutex
 	since    time.Time // samples of transactions committed before are warm-up
 	samples  map[string][]time.Duration
+	commits  map[string][]time.Time // the commit time of each sample, in step with samples
 	received map[string]int
 	resets   atomic.Int64
 }
 
 func newRecorder() *recorder {
-	return &recorder{samples: map[string][]time.Duration{}, received: map[string]int{}}
+	return &recorder{samples: map[string][]time.Duration{}, commits: map[string][]time.Time{}, received: map[string]int{}}
 }
 
-func (r *recorder) add(kind string, commit, at time.Time) {
+// add records a delivery of kind committed at commit and read at at;
+// arrived, when not zero, is when it reached the client's socket (recorded
+// as kind+socketSuffix).
+func (r *recorder) add(kind string, commit, at, arrived time.Time) {
 	r.mu.Lock()
 	r.received[kind]++
 	if !commit.Before(r.since) {
 		r.samples[kind] = append(r.samples[kind], at.Sub(commit))
+		r.commits[kind] = append(r.commits[kind], commit)
+		if !arrived.IsZero() {
+			k := kind + socketSuffix
+			r.samples[k] = append(r.samples[k], arrived.Sub(commit))
+		}
 	}
 	r.mu.Unlock()
 }
@@ -43,6 +52,7 @@ func (r *recorder) start(since time.Time) {
 	r.mu.Lock()
 	r.since = since
 	r.samples = map[string][]time.Duration{}
+	r.commits = map[string][]time.Time{}
 	r.received = map[string]int{}
 	r.mu.Unlock()
 	r.resets.Store(0)
@@ -62,6 +72,41 @@ func (r *recorder) take(kind string) []time.Duration {
 	return s
 }
 
+// socketSuffix marks the samples taken at the kernel's receive time.
+const socketSuffix = "@socket"
+
+// window is the latency of the commits of one slice of a run.
+type window struct {
+	from     time.Duration // since the first sample's commit
+	n        int
+	p99, max time.Duration
+}
+
+// windows splits kind's samples by commit time into slices of width w and
+// returns them worst (highest max) first: a run whose tail comes from one
+// stall shows it in one or two windows, an overloaded one in all of them.
+func (r *recorder) windows(kind string, w time.Duration) []window {
+	r.mu.Lock()
+	lat, at := slices.Clone(r.samples[kind]), slices.Clone(r.commits[kind])
+	r.mu.Unlock()
+	if len(at) == 0 {
+		return nil
+	}
+	first := slices.MinFunc(at, func(a, b time.Time) int { return a.Compare(b) })
+	byWin := map[int][]time.Duration{}
+	for i, c := range at {
+		k := int(c.Sub(first) / w)
+		byWin[k] = append(byWin[k], lat[i])
+	}
+	out := make([]window, 0, len(byWin))
+	for k, s := range byWin {
+		slices.Sort(s)
+		out = append(out, window{from: time.Duration(k) * w, n: len(s), p99: pct(s, 0.99), max: s[len(s)-1]})
+	}
+	slices.SortFunc(out, func(a, b window) int { return int(b.max - a.max) })
+	return out
+}
+
 // subscribers is a set of connected SSE clients whose reader goroutines
 // feed a recorder.
 type subscribers struct {
@@ -71,7 +116,8 @@ type subscribers struct {
 
 // connect opens n subscribers, subscriber k watching `user:k:todos` and the
 // broadcast tag `Query.auctions`, each live (`ready`) before it returns.
-func connectSubscribers(ctx context.Context, addr string, n int, rec *recorder) (*subscribers, error) {
+// With stamps, each also takes the kernel's receive times (stampConn).
+func connectSubscribers(ctx context.Context, addr string, n int, rec *recorder, stamps bool) (*subscribers, error) {
 	s := &subscribers{clients: make([]*sseClient, n)}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
@@ -92,6 +138,9 @@ func connectSubscribers(ctx context.Context, addr string, n int, rec *recorder) 
 				c, err := dialSSE(ctx, addr, fmt.Sprintf("user:%d:todos,Query.auctions", k+1), "")
 				if err == nil {
 					_, err = c.waitReady(deadline)
+				}
+				if err == nil && stamps {
+					err = c.conn.stamp()
 				}
 				if err != nil {
 					mu.Lock()
@@ -135,7 +184,7 @@ func connectSubscribers(ctx context.Context, addr string, n int, rec *recorder) 
 					if strings.Contains(ev.Data, `"Query.auctions"`) {
 						kind = "broadcast"
 					}
-					rec.add(kind, ts, ev.At)
+					rec.add(kind, ts, ev.At, ev.Arrived)
 				}
 			}
 		})
@@ -233,7 +282,7 @@ func (b *bench) fanoutRun(ctx context.Context, srv *testcontainers.PostgresServe
 		defer targets.record(nil)
 	}
 	t0 := time.Now()
-	subs, err := connectSubscribers(ctx, d.addr, n, rec)
+	subs, err := connectSubscribers(ctx, d.addr, n, rec, b.cfg.socketTimes)
 	if err != nil {
 		return err
 	}
@@ -285,15 +334,15 @@ func (b *bench) latencyRuns(ctx context.Context, d *daemon, dsn string, rec *rec
 	if b.cfg.highRate > 0 && n == b.cfg.highSubs {
 		// High rate: the targeted workload at 10,000 tx/s (each
 		// transaction still reaches one subscriber).
-		before := delayBuckets(d, "sse")
+		before, sourceBefore := delayBuckets(d, "sse"), sourceBuckets(d)
 		row, err := b.loadRun(ctx, d, dsn, rec, "targeted", n, b.cfg.highRate, b.cfg.latDuration, 1,
 			"INSERT INTO todos (user_id, title) VALUES ($1, 'buy milk')", func(i int) []any { return []any{i%n + 1} })
 		if err != nil {
 			return err
 		}
 		row.Mode = "targeted, high rate"
-		b.note("high rate: p99 of commit → accepted by the SSE hub over the run (the daemon's publish-delay histogram: the source, the rules and the fence, before any client write) %s",
-			delayBuckets(d, "sse").p99(before))
+		b.note("high rate: p99 over the run, from the daemon's histograms: commit → read by the daemon (source delay: PostgreSQL's commit, its walsender and the reader) %s; commit → accepted by the SSE hub (publish delay: the same plus the rules and the fence, before any client write) %s",
+			sourceBuckets(d).p99(sourceBefore), delayBuckets(d, "sse").p99(before))
 		b.latency = append(b.latency, row)
 	}
 	return nil
@@ -372,7 +421,22 @@ func (b *bench) loadRun(ctx context.Context, d *daemon, dsn string, rec *recorde
 		return row, errors.New("no deliveries measured")
 	}
 	row.P50, row.P90, row.P99, row.Max = pct(s, 0.50), pct(s, 0.90), pct(s, 0.99), s[len(s)-1]
-	b.logf("  %s: %d tx at %.0f/s, %d/%d deliveries, p50 %s p99 %s max %s", kind, row.Sent, row.Rate, row.Received, row.Expected, ms(row.P50), ms(row.P99), ms(row.Max))
+	if s := rec.take(kind + socketSuffix); len(s) > 0 {
+		row.SocketP50, row.SocketP99 = pct(s, 0.50), pct(s, 0.99)
+	}
+	socket := ""
+	if row.SocketP50 > 0 {
+		socket = fmt.Sprintf(" (at the socket p50 %s p99 %s)", ms(row.SocketP50), ms(row.SocketP99))
+	}
+	b.logf("  %s: %d tx at %.0f/s, %d/%d deliveries, p50 %s p99 %s max %s%s", kind, row.Sent, row.Rate, row.Received, row.Expected,
+		ms(row.P50), ms(row.P99), ms(row.Max), socket)
+	if ws := rec.windows(kind, 500*time.Millisecond); len(ws) > 0 {
+		var worst []string
+		for _, w := range ws[:min(4, len(ws))] {
+			worst = append(worst, fmt.Sprintf("%s+500ms: p99 %s max %s (%d)", w.from, ms(w.p99), ms(w.max), w.n))
+		}
+		b.logf("    worst windows by commit time: %s", strings.Join(worst, "; "))
+	}
 	if warm > 0 {
 		b.note("latency: the first %s of each run is warm-up, excluded from the percentiles (counted in deliveries)", warm)
 	}

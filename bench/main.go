@@ -62,6 +62,7 @@ type config struct {
 	latDuration time.Duration
 	latSubs     string
 	latSinks    bool
+	socketTimes bool
 	bcastRate   int
 	bcastDur    time.Duration
 	highRate    int
@@ -173,6 +174,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.latRate, "latency-rate", 1000, "latency: transactions per second")
 	fs.DurationVar(&c.latDuration, "latency-duration", 10*time.Second, "latency: how long each targeted run writes (the first second is warm-up)")
 	fs.StringVar(&c.latSubs, "latency-subscribers", "1000,10000", "latency: subscriber counts, comma-separated")
+	fs.BoolVar(&c.socketTimes, "socket-times", false, "latency: also take each delivery's arrival at the client's socket (kernel receive time, SO_TIMESTAMPNS); the harness's reads cost more CPU, so the other figures rise")
 	fs.BoolVar(&c.latSinks, "latency-sinks", true, "latency: the daemon also delivers to a webhook and Redis (and the webhook's latency is reported)")
 	fs.IntVar(&c.bcastRate, "broadcast-rate", 10, "latency: broadcast transactions per second (to every subscriber; 0 = skip)")
 	fs.DurationVar(&c.bcastDur, "broadcast-duration", 10*time.Second, "latency: how long the broadcast run writes")

@@ -288,7 +288,7 @@ func (b *bench) profileFanout(ctx context.Context, addr, heapPath string) (strin
 	}
 	rec := newRecorder()
 	rec.start(time.Now().Add(time.Hour))
-	subs, err := connectSubscribers(ctx, addr, n, rec)
+	subs, err := connectSubscribers(ctx, addr, n, rec, false)
 	if err != nil {
 		return "", fmt.Errorf("profile: subscribers: %w", err)
 	}

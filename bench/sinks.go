@@ -98,7 +98,7 @@ func (s *sinkTargets) serveHook(w http.ResponseWriter, r *http.Request) {
 	ts, _ := time.Parse(time.RFC3339Nano, body.TS)
 	s.mu.Lock()
 	if s.rec != nil && !ts.IsZero() {
-		s.rec.add("webhook", ts, at)
+		s.rec.add("webhook", ts, at, time.Time{})
 	}
 	if slices.Contains(body.Tags, markerTag) {
 		s.hookMarker = at

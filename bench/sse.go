@@ -20,7 +20,10 @@ type sseEvent struct {
 	Name string
 	ID   string
 	Data string
-	At   time.Time // when the event's last line arrived
+	At   time.Time // when the harness read the event's last line
+	// Arrived is when the kernel received the newest segment read by then
+	// (at or after the event's last byte reached the client's socket).
+	Arrived time.Time
 }
 
 // invalidation is the data of an `invalidate` event.
@@ -33,7 +36,7 @@ type invalidation struct {
 // reader, no goroutines of its own — so that 10,000 of them cost the load
 // generator little next to the daemon under test.
 type sseClient struct {
-	conn   net.Conn
+	conn   *stampConn
 	body   io.ReadCloser // closed after conn: closing a live body first would drain it
 	events *ssereader.Reader
 }
@@ -42,10 +45,11 @@ type sseClient struct {
 // is sent as Last-Event-ID.
 func dialSSE(ctx context.Context, addr, tags, cursor string) (*sseClient, error) {
 	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", addr)
+	nc, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
+	conn := &stampConn{TCPConn: nc.(*net.TCPConn)}
 	q := url.Values{"tags": {tags}}
 	req := "GET /events?" + q.Encode() + " HTTP/1.1\r\nHost: " + addr + "\r\nAccept: text/event-stream\r\n"
 	if cursor != "" {
@@ -83,7 +87,7 @@ func (c *sseClient) next(deadline time.Time) (sseEvent, error) {
 	if err != nil {
 		return sseEvent{}, err
 	}
-	ev := sseEvent{Name: e.Event, ID: e.ID, Data: e.Data, At: time.Now()}
+	ev := sseEvent{Name: e.Event, ID: e.ID, Data: e.Data, At: time.Now(), Arrived: c.conn.arrived()}
 	if ev.Name == "" {
 		ev.Name = "message"
 	}
