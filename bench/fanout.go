@@ -424,6 +424,16 @@ func (b *bench) loadRun(ctx context.Context, d *daemon, dsn string, rec *recorde
 	if s := rec.take(kind + socketSuffix); len(s) > 0 {
 		row.SocketP50, row.SocketP99 = pct(s, 0.50), pct(s, 0.99)
 	}
+	b.logRun(kind, row, rec)
+	if warm > 0 {
+		b.note("latency: the first %s of each run is warm-up, excluded from the percentiles (counted in deliveries)", warm)
+	}
+	b.record("# load generator:", fmt.Sprintf("%d tx/s for %s, %d connections, %s", rate, dur, writers, strings.TrimSpace(sql)))
+	return row, nil
+}
+
+// logRun logs a latency run's figures and its worst windows by commit time.
+func (b *bench) logRun(kind string, row latencyRow, rec *recorder) {
 	socket := ""
 	if row.SocketP50 > 0 {
 		socket = fmt.Sprintf(" (at the socket p50 %s p99 %s)", ms(row.SocketP50), ms(row.SocketP99))
@@ -437,11 +447,6 @@ func (b *bench) loadRun(ctx context.Context, d *daemon, dsn string, rec *recorde
 		}
 		b.logf("    worst windows by commit time: %s", strings.Join(worst, "; "))
 	}
-	if warm > 0 {
-		b.note("latency: the first %s of each run is warm-up, excluded from the percentiles (counted in deliveries)", warm)
-	}
-	b.record("# load generator:", fmt.Sprintf("%d tx/s for %s, %d connections, %s", rate, dur, writers, strings.TrimSpace(sql)))
-	return row, nil
 }
 
 // waitDeliveries waits for the stragglers: until expected deliveries of
@@ -463,9 +468,11 @@ func waitDeliveries(ctx context.Context, rec *recorder, kind string, expected in
 
 // webhookRow is the webhook's side of a targeted run: commit → receipt of
 // the request, measured from the commit time of the last transaction it
-// covers (at 1,000 tx/s most requests carry one).
+// covers. Its deliveries are requests: one carries the transactions
+// committed while the one before was in flight, so they may be fewer than
+// the transactions expected.
 func webhookRow(rec *recorder, sse latencyRow) latencyRow {
-	row := latencyRow{Mode: "targeted → webhook", Subscribers: sse.Subscribers, Rate: sse.Rate, Sent: sse.Sent,
+	row := latencyRow{Mode: "targeted → webhook (deliveries = requests)", Subscribers: sse.Subscribers, Rate: sse.Rate, Sent: sse.Sent,
 		Expected: sse.Sent, Received: rec.count("webhook"), DaemonCPU: sse.DaemonCPU, HarnessCPU: sse.HarnessCPU}
 	if s := rec.take("webhook"); len(s) > 0 {
 		row.P50, row.P90, row.P99, row.Max = pct(s, 0.50), pct(s, 0.90), pct(s, 0.99), s[len(s)-1]

@@ -133,30 +133,7 @@ func (b *bench) report(machine string, took time.Duration) string {
 		}
 		w.WriteString("\nratio = baseline drain time / tagstream drain time (targets: ≥ 0.9 PostgreSQL, ≥ 0.7 MariaDB).\n\n")
 	}
-	if len(b.latency) > 0 {
-		w.WriteString("## Latency: commit (the event's `ts`) → SSE client receive\n\n")
-		socket, socketSep := "", ""
-		if b.cfg.socketTimes {
-			socket, socketSep = " at the socket: p50 | p99 |", "---:|---:|"
-		}
-		w.WriteString("| mode | subscribers | tx/s | deliveries (expected) | resets | p50 | p90 | p99 | max |" + socket + " daemon CPU | harness CPU |\n")
-		w.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|" + socketSep + "---:|---:|\n")
-		for _, r := range b.latency {
-			fmt.Fprintf(&w, "| %s | %d | %.0f | %d (%d) | %d | %s | %s | %s | %s |",
-				r.Mode, r.Subscribers, r.Rate, r.Received, r.Expected, r.Resets, ms(r.P50), ms(r.P90), ms(r.P99), ms(r.Max))
-			if b.cfg.socketTimes {
-				fmt.Fprintf(&w, " %s | %s |", msOrDash(r.SocketP50), msOrDash(r.SocketP99))
-			}
-			fmt.Fprintf(&w, " %.0f%% | %.0f%% |\n", 100*r.DaemonCPU, 100*r.HarnessCPU)
-		}
-		if b.cfg.socketTimes {
-			w.WriteString("\nLatency is taken when the harness has read the event; \"at the socket\" is the kernel's receive time of the " +
-				"client socket's newest segment read by then (SO_TIMESTAMPNS, `-socket-times`): the delivery without the harness's own wait to read it " +
-				"(its clients share the cores with the daemon and the database). A segment read may be later than the event's bytes, never earlier.\n")
-		}
-		w.WriteString("\nCPU columns: cores used on average over the run (100% = one core; the machine has " + fmt.Sprint(runtime.NumCPU()) + ").\n")
-		w.WriteString("\nTargets: p50 ≤ 5 ms, p99 ≤ 25 ms at 1,000 tx/s with 1,000 and with 10,000 subscribers; p99 ≤ 50 ms at 10,000 tx/s with 1,000; broadcast p99 ≤ 100 ms with 10,000.\n\n")
-	}
+	w.WriteString(b.describeLatency())
 	if len(b.memory) > 0 {
 		w.WriteString("## Fan-out memory (idle subscribers)\n\n")
 		w.WriteString("| subscribers | daemon RSS before | after | per subscriber | notes |\n")
@@ -202,6 +179,37 @@ func rate(n int64, d time.Duration) string {
 		return "-"
 	}
 	return fmt.Sprintf("%.0f", float64(n)/d.Seconds())
+}
+
+// describeLatency renders the latency table ("" without latency runs).
+func (b *bench) describeLatency() string {
+	if len(b.latency) == 0 {
+		return ""
+	}
+	var w strings.Builder
+	w.WriteString("## Latency: commit (the event's `ts`) → SSE client receive\n\n")
+	socket, socketSep := "", ""
+	if b.cfg.socketTimes {
+		socket, socketSep = " at the socket: p50 | p99 |", "---:|---:|"
+	}
+	w.WriteString("| mode | subscribers | tx/s | deliveries (expected) | resets | p50 | p90 | p99 | max |" + socket + " daemon CPU | harness CPU |\n")
+	w.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|" + socketSep + "---:|---:|\n")
+	for _, r := range b.latency {
+		fmt.Fprintf(&w, "| %s | %d | %.0f | %d (%d) | %d | %s | %s | %s | %s |",
+			r.Mode, r.Subscribers, r.Rate, r.Received, r.Expected, r.Resets, ms(r.P50), ms(r.P90), ms(r.P99), ms(r.Max))
+		if b.cfg.socketTimes {
+			fmt.Fprintf(&w, " %s | %s |", msOrDash(r.SocketP50), msOrDash(r.SocketP99))
+		}
+		fmt.Fprintf(&w, " %.0f%% | %.0f%% |\n", 100*r.DaemonCPU, 100*r.HarnessCPU)
+	}
+	if b.cfg.socketTimes {
+		w.WriteString("\nLatency is taken when the harness has read the event; \"at the socket\" is the kernel's receive time of the " +
+			"client socket's newest segment read by then (SO_TIMESTAMPNS, `-socket-times`): the delivery without the harness's own wait to read it " +
+			"(its clients share the cores with the daemon and the database). A segment read may be later than the event's bytes, never earlier.\n")
+	}
+	w.WriteString("\nCPU columns: cores used on average over the run (100% = one core; the machine has " + fmt.Sprint(runtime.NumCPU()) + ").\n")
+	w.WriteString("\nTargets: p50 ≤ 5 ms, p99 ≤ 25 ms at 1,000 tx/s with 1,000 and with 10,000 subscribers; p99 ≤ 50 ms at 10,000 tx/s with 1,000; broadcast p99 ≤ 100 ms with 10,000.\n\n")
+	return w.String()
 }
 
 // msOrDash is ms, or "-" for a figure not measured.
