@@ -425,7 +425,7 @@ func (l *mariaLocal) remove() {
 // stop and start again (same data dir, same port) to inject faults.
 type PrivateMySQL struct {
 	*MySQLServer
-	local *mariaLocal
+	private
 }
 
 // NewPrivateMySQL starts a MariaDB server for t alone from this machine's
@@ -445,26 +445,8 @@ func NewPrivateMySQL(t testing.TB) *PrivateMySQL {
 	if err := l.start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	return &PrivateMySQL{MySQLServer: l.server(), local: l}
-}
-
-// Stop shuts the server down (Fast: SIGTERM; Immediate: SIGKILL) and waits
-// for it to exit.
-func (p *PrivateMySQL) Stop(mode ShutdownMode) {
-	sig := syscall.SIGTERM
-	if mode == Immediate {
-		sig = syscall.SIGKILL
-	}
-	p.local.stop(sig)
-}
-
-// Start starts the stopped server again and waits until it answers.
-func (p *PrivateMySQL) Start(ctx context.Context) error { return p.local.start(ctx) }
-
-// Restart is Stop then Start.
-func (p *PrivateMySQL) Restart(ctx context.Context, mode ShutdownMode) error {
-	p.Stop(mode)
-	return p.Start(ctx)
+	// Fast: SIGTERM, a clean shutdown; Immediate: SIGKILL, a crash.
+	return &PrivateMySQL{MySQLServer: l.server(), private: private{l, [2]syscall.Signal{syscall.SIGTERM, syscall.SIGKILL}}}
 }
 
 func mariadbdPath() string {

@@ -471,7 +471,7 @@ const (
 // may stop and start again (same data dir, same port) to inject faults.
 type PrivatePostgres struct {
 	*PostgresServer
-	local *pgLocal
+	private
 }
 
 // NewPrivatePostgres starts a Postgres server for t alone from this
@@ -496,24 +496,31 @@ func NewPrivatePostgres(t testing.TB, settings ...string) *PrivatePostgres {
 	if err := l.start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	return &PrivatePostgres{PostgresServer: l.server(), local: l}
+	return &PrivatePostgres{PostgresServer: l.server(), private: private{l, [2]syscall.Signal{syscall.SIGINT, syscall.SIGQUIT}}}
+}
+
+// localServer is a server process of this machine's binaries.
+type localServer interface {
+	start(ctx context.Context) error
+	stop(sig syscall.Signal)
+}
+
+// private is what PrivatePostgres and PrivateMySQL add to their server:
+// stopping it and starting it again on its port and data dir.
+type private struct {
+	local   localServer
+	signals [2]syscall.Signal // by ShutdownMode
 }
 
 // Stop shuts the server down in mode and waits for it to exit.
-func (p *PrivatePostgres) Stop(mode ShutdownMode) {
-	sig := syscall.SIGINT
-	if mode == Immediate {
-		sig = syscall.SIGQUIT
-	}
-	p.local.stop(sig)
-}
+func (p *private) Stop(mode ShutdownMode) { p.local.stop(p.signals[mode]) }
 
 // Start starts the stopped server again on its port and data dir, and
 // waits until it answers queries.
-func (p *PrivatePostgres) Start(ctx context.Context) error { return p.local.start(ctx) }
+func (p *private) Start(ctx context.Context) error { return p.local.start(ctx) }
 
 // Restart is Stop then Start.
-func (p *PrivatePostgres) Restart(ctx context.Context, mode ShutdownMode) error {
+func (p *private) Restart(ctx context.Context, mode ShutdownMode) error {
 	p.Stop(mode)
 	return p.Start(ctx)
 }
