@@ -181,16 +181,7 @@ func startTagstreamOn(t *testing.T, addr string, args ...string) *proc {
 // and a rules file.
 func postgres(t *testing.T, schema, rules string) (dsn string, db *pgx.Conn, rulesFile string) {
 	t.Helper()
-	dsn = testcontainers.Postgres(t)
-	ctx := context.Background()
-	db, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close(context.Background()) })
-	if _, err := db.Exec(ctx, schema); err != nil {
-		t.Fatal(err)
-	}
+	dsn, db = testcontainers.PostgresDB(t, schema)
 	rulesFile = filepath.Join(t.TempDir(), "rules.yaml")
 	if err := os.WriteFile(rulesFile, []byte(rules), 0o644); err != nil {
 		t.Fatal(err)

@@ -190,6 +190,26 @@ func Postgres(t testing.TB) string {
 	return dsn
 }
 
+// PostgresDB is Postgres with schema (SQL; empty for none) applied and a
+// connection to the database, closed when t ends.
+func PostgresDB(t testing.TB, schema string) (dsn string, db *pgx.Conn) {
+	t.Helper()
+	dsn = Postgres(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	db, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close(context.Background()) })
+	if schema != "" {
+		if _, err := db.Exec(ctx, schema); err != nil {
+			t.Fatalf("schema: %v", err)
+		}
+	}
+	return dsn, db
+}
+
 func sharedPostgres() (*PostgresServer, error) {
 	sharedPGMu.Lock()
 	defer sharedPGMu.Unlock()

@@ -19,20 +19,8 @@ import (
 // IDENTITY DEFAULT and a rules file reading a non-key column of it.
 func setupDefaultIdentity(t *testing.T) (dsn string, db *pgx.Conn, rulesFile string) {
 	t.Helper()
-	dsn = testcontainers.Postgres(t)
-	ctx := context.Background()
-	db, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close(context.Background()) })
-	execSQL(t, db, `CREATE TABLE d (id int PRIMARY KEY, user_id int, title text)`)
-	rulesFile = filepath.Join(t.TempDir(), "rules.yaml")
-	rules := "rules:\n  - name: d\n    table: d\n    tags: [\"d:{id}\", \"user:{user_id}:d\"]\n"
-	if err := os.WriteFile(rulesFile, []byte(rules), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return dsn, db, rulesFile
+	dsn, db = testcontainers.PostgresDB(t, `CREATE TABLE d (id int PRIMARY KEY, user_id int, title text)`)
+	return dsn, db, writeFile(t, "rules.yaml", "rules:\n  - name: d\n    table: d\n    tags: [\"d:{id}\", \"user:{user_id}:d\"]\n")
 }
 
 func metricsBody(t *testing.T, d *daemon) string {

@@ -306,14 +306,8 @@ var auctionRules = `rules:
 // with Redis restarted mid-stream the acknowledgement is held and nothing
 // is lost.
 func TestRedisPublishAndRestart(t *testing.T) {
-	dsn := testcontainers.Postgres(t)
 	ctx := context.Background()
-	db, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close(ctx)
-	execSQL(t, db, `CREATE TABLE auctions (id int PRIMARY KEY, title text)`)
+	dsn, db := testcontainers.PostgresDB(t, `CREATE TABLE auctions (id int PRIMARY KEY, title text)`)
 	rulesFile := writeFile(t, "rules.yaml", auctionRules)
 	rs := testcontainers.Redis(t)
 	msgs := redisSubscribe(t, rs.URL(0), "")

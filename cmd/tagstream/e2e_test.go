@@ -161,21 +161,8 @@ const todoRules = `rules:
 // and a rules file for it.
 func setupPG(t *testing.T) (dsn string, db *pgx.Conn, rulesFile string) {
 	t.Helper()
-	dsn = testcontainers.Postgres(t)
-	ctx := context.Background()
-	db, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close(context.Background()) })
-	if _, err := db.Exec(ctx, todoSchema); err != nil {
-		t.Fatal(err)
-	}
-	rulesFile = filepath.Join(t.TempDir(), "rules.yaml")
-	if err := os.WriteFile(rulesFile, []byte(todoRules), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return dsn, db, rulesFile
+	dsn, db = testcontainers.PostgresDB(t, todoSchema)
+	return dsn, db, writeFile(t, "rules.yaml", todoRules)
 }
 
 func execSQL(t *testing.T, db *pgx.Conn, sql ...string) {
