@@ -189,3 +189,43 @@ func publish(t *testing.T, h *Hub, pos cdc.Position, tags ...string) {
 		t.Fatal(err)
 	}
 }
+
+// overflow publishes events for tag (and the others) until a client's
+// queue overflows, calling each after every publish; it returns the last
+// position published.
+func overflow(t *testing.T, h *Hub, each func(cdc.Position), tags ...string) cdc.Position {
+	t.Helper()
+	var last cdc.Position
+	for pos := cdc.Position(1); h.Stats().Overflows == 0; pos++ {
+		if pos > 100000 {
+			t.Fatal("no overflow after 100000 events")
+		}
+		publish(t, h, pos, tags...)
+		if each != nil {
+			each(pos)
+		}
+		last = pos
+	}
+	return last
+}
+
+// readToReset reads a contiguous run of invalidations of tag from 1 up to
+// the overflow's reset (whose id is last, the head when it overflowed) and
+// returns the position after the run.
+func readToReset(t *testing.T, c *client, tag string, last cdc.Position) cdc.Position {
+	t.Helper()
+	pos := cdc.Position(1)
+	for {
+		e := c.next()
+		if e.Event == "reset" {
+			if e != reset(last, "client too slow: its queue overflowed") {
+				t.Fatalf("got %v", e)
+			}
+			return pos
+		}
+		if e != inv(pos, tag) {
+			t.Fatalf("got %v, want invalidate %d", e, pos)
+		}
+		pos++
+	}
+}

@@ -162,31 +162,11 @@ func TestOverflowResets(t *testing.T) {
 	c.expect(ready(0, false))
 	// The client stops reading. Publish until its queue overflows: the
 	// socket buffers and then the queue fill.
-	var last cdc.Position
-	for pos := cdc.Position(1); h.Stats().Overflows == 0; pos++ {
-		if pos > 100000 {
-			t.Fatal("no overflow after 100000 events")
-		}
-		publish(t, h, pos, tag, "other")
-		last = pos
-	}
+	last := overflow(t, h, nil, tag, "other")
 	publish(t, h, last+1, tag)
 	// Reading again: a contiguous run of events, the reset in place of the
 	// dropped ones (its id the head when it overflowed), then live events.
-	pos := cdc.Position(1)
-	for {
-		e := c.next()
-		if e.Event == "reset" {
-			if e != reset(last, "client too slow: its queue overflowed") {
-				t.Fatalf("got %v", e)
-			}
-			break
-		}
-		if e != inv(pos, tag) {
-			t.Fatalf("got %v, want invalidate %d", e, pos)
-		}
-		pos++
-	}
+	pos := readToReset(t, c, tag, last)
 	if pos != last-4 {
 		// The queue's 4 events and the one that did not fit.
 		t.Fatalf("reset after event %d of %d, want after %d", pos-1, last, last-5)

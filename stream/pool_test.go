@@ -56,29 +56,8 @@ func TestSlowClientDoesNotHoldOthers(t *testing.T) {
 	slow.expect(ready(0, false))
 	fast := b.dial(t, "tags=f")
 	fast.expect(ready(0, false))
-	var last cdc.Position
-	for pos := cdc.Position(1); h.Stats().Overflows == 0; pos++ {
-		if pos > 100000 {
-			t.Fatal("no overflow after 100000 events")
-		}
-		publish(t, h, pos, slowTag, "f")
-		fast.expect(inv(pos, "f"))
-		last = pos
-	}
-	pos := cdc.Position(1)
-	for {
-		e := slow.next()
-		if e.Event == "reset" {
-			if e != reset(last, "client too slow: its queue overflowed") {
-				t.Fatalf("got %v", e)
-			}
-			break
-		}
-		if e != inv(pos, slowTag) {
-			t.Fatalf("got %v, want invalidate %d", e, pos)
-		}
-		pos++
-	}
+	last := overflow(t, h, func(pos cdc.Position) { fast.expect(inv(pos, "f")) }, slowTag, "f")
+	readToReset(t, slow, slowTag, last)
 	publish(t, h, last+1, slowTag, "f")
 	slow.expect(inv(last+1, slowTag))
 	fast.expect(inv(last+1, "f"))
