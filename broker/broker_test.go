@@ -116,7 +116,14 @@ func (b *bundle) writer(t *testing.T, ttl time.Duration) (*Lease, *Appender) {
 // read runs a Reader into a new handler until the test ends.
 func (b *bundle) read(t *testing.T) *handler {
 	t.Helper()
-	r, err := NewReader(ReaderConfig{URL: b.url, Block: 100 * time.Millisecond})
+	_, h := b.readEvery(t, 100*time.Millisecond)
+	return h
+}
+
+// readEvery is read with the Reader's Block, returning the Reader too.
+func (b *bundle) readEvery(t *testing.T, block time.Duration) (*Reader, *handler) {
+	t.Helper()
+	r, err := NewReader(ReaderConfig{URL: b.url, Block: block})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +132,7 @@ func (b *bundle) read(t *testing.T) *handler {
 	done := make(chan struct{})
 	go func() { _ = r.Run(ctx, h); close(done) }()
 	t.Cleanup(func() { cancel(); <-done; r.Close() })
-	return h
+	return r, h
 }
 
 func txn(pos int, tags ...string) sink.Txn {
@@ -364,15 +371,7 @@ func TestKeepSurvivesBrokerRestart(t *testing.T) {
 // holds the lease; not before a writer came, nor once none holds it.
 func TestReaderReady(t *testing.T) {
 	b := setup(t)
-	r, err := NewReader(ReaderConfig{URL: b.url, Block: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := newHandler()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = r.Run(ctx, h); close(done) }()
-	defer func() { cancel(); <-done; r.Close() }()
+	r, h := b.readEvery(t, 50*time.Millisecond)
 	if r.Ready() {
 		t.Fatal("ready without a writer")
 	}
