@@ -389,10 +389,10 @@ func (p *Pipeline) runFence(ctx context.Context) {
 	for ctx.Err() == nil {
 		batch = p.fenceQ.take(batch[:0], p.fenceBatch)
 		if len(batch) == 0 {
-			select {
-			case <-p.fenceQ.ready:
-			case <-ctx.Done():
-			}
+			// No spinning: each batch waits a database round trip anyway
+			// (a spinning fence measured no faster: 3-tag drain 0.67–1.22
+			// against 0.66–1.04 × pg_recvlogical, four runs each).
+			p.fenceQ.wait(ctx, 0, nil)
 			continue
 		}
 		commits = commits[:0]

@@ -2,7 +2,9 @@ package pipeline
 
 import (
 	"context"
+	"runtime"
 	"sync"
+	"time"
 
 	"github.com/tagstream/tagstream/sink"
 )
@@ -109,6 +111,32 @@ func (q *queue) take(dst []item, n int) []item {
 		notify(q.space)
 	}
 	return dst
+}
+
+// idleSpins is how many times a sink's worker yields on an empty queue
+// before it parks. A reader handing over tens of thousands of commits a second to
+// a faster consumer would otherwise park and wake it (a futex round trip
+// between OS threads) once per commit; a few microseconds of yielding catch
+// the next one. A quiet source costs one short spin per commit.
+const idleSpins = 100
+
+// wait returns once items may be waiting, wake fires or ctx ends (the
+// consumer checks which), first yielding up to spins times.
+func (q *queue) wait(ctx context.Context, spins int, wake <-chan time.Time) {
+	for range spins {
+		// The length, not the ready signal: a signal left over from an item
+		// already taken ends the spin early (measured: the 3-tag drain
+		// 0.84–0.88 × pg_recvlogical that way, 0.95–0.96 this way).
+		if q.len() > 0 {
+			return
+		}
+		runtime.Gosched()
+	}
+	select {
+	case <-q.ready:
+	case <-wake:
+	case <-ctx.Done():
+	}
 }
 
 // len is the number of items waiting.

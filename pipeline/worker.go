@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -74,35 +73,15 @@ func (w *worker) run(ctx context.Context) {
 	}
 }
 
-// idleSpins is how many times an idle worker yields before it parks. A
-// reader handing over tens of thousands of commits a second to a faster
-// worker would otherwise park and wake it (a futex round trip between OS
-// threads) once per commit; a few microseconds of yielding catch the next
-// one. A quiet source costs one short spin per commit.
-const idleSpins = 100
-
 // idle waits for items, or for the next attempt of a pending reset.
 func (w *worker) idle(ctx context.Context) {
-	for range idleSpins {
-		// The queue's length, not its ready signal: a signal left over from
-		// an item already taken ends the spin early (measured: the 3-tag
-		// drain 0.84–0.88 × pg_recvlogical that way, 0.95–0.96 this way).
-		if w.q.len() > 0 {
-			return
-		}
-		runtime.Gosched()
-	}
 	var retry <-chan time.Time
 	if w.resetPending {
 		t := time.NewTimer(time.Until(w.nextReset))
 		defer t.Stop()
 		retry = t.C
 	}
-	select {
-	case <-w.q.ready:
-	case <-retry:
-	case <-ctx.Done():
-	}
+	w.q.wait(ctx, idleSpins, retry)
 }
 
 // process hands consecutive commits over as one batch; markers split them.
