@@ -216,15 +216,7 @@ func Readyz(ready func() bool) http.Handler {
 	})
 }
 
-// invalidateData encodes {"tags":[…],"ts":"<RFC3339Nano>"}.
-func invalidateData(tags []string, ts time.Time) []byte {
-	n := 40
-	for _, t := range tags {
-		n += len(t) + 3
-	}
-	return appendInvalidateData(make([]byte, 0, n), tags, ts)
-}
-
+// appendInvalidateData appends {"tags":[…],"ts":"<RFC3339Nano>"} to b.
 func appendInvalidateData(b []byte, tags []string, ts time.Time) []byte {
 	b = append(b, `{"tags":[`...)
 	for i, t := range tags {

@@ -179,7 +179,7 @@ func TestIndexAgreesWithScan(t *testing.T) {
 func TestEventData(t *testing.T) {
 	tags := []string{"todo:1", `q"uote`, `back\slash`, "<html>&", "naïve", "line\u2028sep", "bad\xffutf8", "ctl\x01"}
 	ts := time.Date(2025, 1, 2, 3, 4, 5, 600000000, time.FixedZone("CET", 3600))
-	data := invalidateData(tags, ts)
+	data := appendInvalidateData(nil, tags, ts)
 	want := `{"tags":["todo:1","q\"uote","back\\slash","<html>&","naïve","line\u2028sep","bad\ufffdutf8","ctl\u0001"],"ts":"2025-01-02T02:04:05.6Z"}`
 	if string(data) != want {
 		t.Fatalf("got  %s\nwant %s", data, want)
@@ -197,7 +197,7 @@ func TestEventData(t *testing.T) {
 	if got := string(resetData(`slot "tagstream" lost`)); got != `{"reason":"slot \"tagstream\" lost"}` {
 		t.Fatalf("reset data %s", got)
 	}
-	if got := string(invalidateData(nil, time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))); got != `{"tags":[],"ts":"2025-01-01T00:00:00Z"}` {
+	if got := string(appendInvalidateData(nil, nil, time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))); got != `{"tags":[],"ts":"2025-01-01T00:00:00Z"}` {
 		t.Fatalf("empty %s", got)
 	}
 }
