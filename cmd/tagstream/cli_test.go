@@ -58,6 +58,8 @@ func TestConfigErrors(t *testing.T) {
 		{"bad scheme", nil, []string{"run", "--rules", good, "--db", "redis://localhost"}, `tagstream: --db: unsupported scheme "redis"; use postgres://, postgresql://, mysql:// or mariadb://`},
 		{"not a url", nil, []string{"run", "--rules", good, "--db", "host=localhost"}, `tagstream: --db: "host=localhost" is not a URL; use postgres://user@host:5432/db or mysql://user:pass@host:3306/db`},
 		{"mysql without database", nil, []string{"run", "--rules", good, "--db", "mysql://root:secret@127.0.0.1:3306"}, "tagstream: --db: mysql://root:xxxxx@127.0.0.1:3306 names no database; add /dbname, the default schema for unqualified tables in rules"},
+		{"mariadb scheme reads the binlog", nil, []string{"run", "--rules", good, "--db", "mariadb://root@h"}, "tagstream: --db: mariadb://root@h names no database; add /dbname, the default schema for unqualified tables in rules"},
+		{"postgresql scheme reads the WAL", nil, []string{"run", "--rules", good, "--db", "postgresql://localhost:99999/x"}, "tagstream: postgres: configuration error: invalid DSN: cannot parse the DSN"},
 		{"env db bad", []string{"TAGSTREAM_DB=ftp://x"}, []string{"run", "--rules", good}, `tagstream: --db: unsupported scheme "ftp"; use postgres://, postgresql://, mysql:// or mariadb://`},
 		{"flag overrides env", []string{"TAGSTREAM_RULES=" + bad}, []string{"run", "--rules", good, "--db", "ftp://x"}, `tagstream: --db: unsupported scheme "ftp"; use postgres://, postgresql://, mysql:// or mariadb://`},
 		{"bad log format", nil, []string{"run", "--log-format", "xml"}, `tagstream: --log-format: "xml" is not text or json`},

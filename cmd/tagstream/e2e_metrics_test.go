@@ -38,20 +38,7 @@ func TestOperabilityMetrics(t *testing.T) {
 			t.Errorf("/metrics lacks the line %q", want)
 		}
 	}
-	// Part B "Metrics": counters end in _total and are typed counter, and
-	// nothing else ends in _total.
-	typed := 0
-	for _, line := range strings.Split(body, "\n") {
-		f := strings.Fields(line)
-		if len(f) != 4 || f[1] != "TYPE" || !strings.HasPrefix(f[2], "tagstream_") {
-			continue
-		}
-		typed++
-		if (f[3] == "counter") != strings.HasSuffix(f[2], "_total") {
-			t.Errorf("/metrics: %s is typed %s", f[2], f[3])
-		}
-	}
-	if typed < 20 {
+	if typed := checkMetricTypes(t, body); typed < 20 {
 		t.Errorf("/metrics: %d tagstream_ TYPE lines", typed)
 	}
 	for _, name := range []string{"tagstream_replication_lag_bytes", "tagstream_replication_lag_seconds"} {
@@ -101,4 +88,23 @@ func TestReconnectsMetricMySQL(t *testing.T) {
 	execMySQL(t, db, `INSERT INTO markers VALUES (1)`)
 	c.expect(t, "invalidate marker:1")
 	d.stop(t)
+}
+
+// checkMetricTypes applies Part B "Metrics" to a /metrics body: counters
+// end in _total and are typed counter, and nothing else ends in _total. It
+// returns how many tagstream_ TYPE lines it saw.
+func checkMetricTypes(t *testing.T, body string) int {
+	t.Helper()
+	typed := 0
+	for _, line := range strings.Split(body, "\n") {
+		f := strings.Fields(line)
+		if len(f) != 4 || f[1] != "TYPE" || !strings.HasPrefix(f[2], "tagstream_") {
+			continue
+		}
+		typed++
+		if (f[3] == "counter") != strings.HasSuffix(f[2], "_total") {
+			t.Errorf("/metrics: %s is typed %s", f[2], f[3])
+		}
+	}
+	return typed
 }

@@ -251,6 +251,18 @@ func TestWebhookGivenUpIsResetWhenBack(t *testing.T) {
 	sink := `{sink="webhook ` + rcv.srv.URL + `"}`
 	execSQL(t, db, `INSERT INTO todos (id, user_id) VALUES (1, 7)`)
 	d.waitMetric(t, "tagstream_sink_given_up"+sink, func(v float64) bool { return v == 1 })
+	// Part B "Metrics": the per-sink state is gauges, the events counters.
+	body := metricsBody(t, d)
+	checkMetricTypes(t, body)
+	for _, want := range []string{
+		"# TYPE tagstream_sink_given_up gauge", "# TYPE tagstream_sink_queued gauge",
+		"# TYPE tagstream_sink_lag_positions gauge", "# TYPE tagstream_sink_lag_seconds gauge",
+		"# TYPE tagstream_sink_failures_total counter", "# TYPE tagstream_sink_give_ups_total counter",
+	} {
+		if !strings.Contains(body, "\n"+want+"\n") {
+			t.Errorf("/metrics lacks the line %q", want)
+		}
+	}
 	first := d.metric(t, "tagstream_position")
 	execSQL(t, db, `INSERT INTO todos (id, user_id) VALUES (2, 7)`)
 	// Given up: the position advances without the webhook.
