@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -78,6 +79,15 @@ type recorder struct {
 	failOn func() bool // fails while this says so (when set)
 	block  chan struct{}
 	calls  int
+	// Deliver and Reset calls under way, and the most at once.
+	inFlight, most atomic.Int32
+}
+
+func (r *recorder) enter() func() {
+	n := r.inFlight.Add(1)
+	for m := r.most.Load(); n > m && !r.most.CompareAndSwap(m, n); m = r.most.Load() {
+	}
+	return func() { r.inFlight.Add(-1) }
 }
 
 func (r *recorder) failing() bool {
@@ -92,6 +102,7 @@ func (r *recorder) failing() bool {
 }
 
 func (r *recorder) Deliver(ctx context.Context, batch []sink.Txn) error {
+	defer r.enter()()
 	if r.block != nil {
 		select {
 		case <-r.block:
@@ -112,6 +123,7 @@ func (r *recorder) Deliver(ctx context.Context, batch []sink.Txn) error {
 }
 
 func (r *recorder) Reset(_ context.Context, reason string, pos cdc.Position) error {
+	defer r.enter()()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.calls++
@@ -519,5 +531,31 @@ func TestObserveSourceGetsEachCommitsAge(t *testing.T) {
 			t.Fatalf("observed %v, want %v", got, want)
 		}
 		close(src.allow)
+	})
+}
+
+// TestOneDeliveryAtATime: Part B — never two requests to a target at once:
+// what comes while a delivery hangs waits for it, then goes in order.
+func TestOneDeliveryAtATime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		slow := &recorder{block: make(chan struct{})}
+		p := newPipeline(t, &source{}, Options{}, Target{Name: "slow", Sink: slow})
+		p.Resumed(0)
+		mustCommit(t, p, 1, "a")
+		synctest.Wait() // the first delivery hangs
+		mustCommit(t, p, 2, "b")
+		mustCommit(t, p, 3, "c")
+		synctest.Wait()
+		if n := slow.most.Load(); n != 1 {
+			t.Fatalf("%d deliveries at once", n)
+		}
+		close(slow.block)
+		synctest.Wait()
+		if want := []string{"floor@0", "1[a]", "2[b]", "3[c]"}; !slices.Equal(slow.got(), want) {
+			t.Fatalf("got %q, want %q", slow.got(), want)
+		}
+		if n := slow.most.Load(); n != 1 {
+			t.Fatalf("%d deliveries at once", n)
+		}
 	})
 }
