@@ -168,3 +168,34 @@ func (c *sseClient) expectAnyOrder(t *testing.T, want ...string) {
 		t.Fatalf("got %q, want %q in any order", got, want)
 	}
 }
+
+// TestHeartbeatFlag: --heartbeat sets the ping period (Part B: `ping`, data
+// {}, its id the current head); the default, 15 s, would send none here.
+func TestHeartbeatFlag(t *testing.T) {
+	dsn, _, rulesFile := setupPG(t)
+	d := startDaemon(t, "--db", dsn, "--rules", rulesFile, "--slot", "heartbeat", "--publication", "heartbeat", "--heartbeat", "300ms")
+	c := subscribe(t, d.base, "tags=todo:*", "")
+	ready := c.expect(t, `ready {"resumed":false}`)[0]
+	deadline := time.After(3 * time.Second)
+	for {
+		select {
+		case ev, ok := <-c.events:
+			if !ok {
+				t.Fatalf("event stream ended: %v", c.err)
+			}
+			if ev.Event != "ping" {
+				continue
+			}
+			// The head may have moved on with the source's idle position.
+			id, err := strconv.ParseUint(ev.ID, 10, 64)
+			head, _ := strconv.ParseUint(ready.ID, 10, 64)
+			if ev.Data != "{}" || err != nil || id < head {
+				t.Fatalf("ping %+v, want data {} and the head (at least %s)", ev, ready.ID)
+			}
+			d.stop(t)
+			return
+		case <-deadline:
+			t.Fatal("no ping within 3s with --heartbeat 300ms")
+		}
+	}
+}
