@@ -484,6 +484,15 @@ func TestFaultsPostgres(t *testing.T) {
 		name := map[testcontainers.ShutdownMode]string{testcontainers.Fast: "fast", testcontainers.Immediate: "immediate"}[mode]
 		r.fault("postgres restarted ("+name+")", func() {
 			srv.Stop(mode)
+			// Part B: /readyz is 503 while the source is not streaming.
+			waitFor(t, func() bool {
+				resp, err := http.Get(r.d.base + "/readyz")
+				if err != nil {
+					return false
+				}
+				resp.Body.Close()
+				return resp.StatusCode == http.StatusServiceUnavailable
+			})
 			if db.w != nil {
 				db.w.Close(ctx)
 				db.w = nil
