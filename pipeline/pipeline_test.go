@@ -559,3 +559,31 @@ func TestOneDeliveryAtATime(t *testing.T) {
 		}
 	})
 }
+
+// TestRetryBackoffCapsAt30s: Part B — a failing target is retried with
+// exponential backoff, capped at 30 s (the default BackoffMax).
+func TestRetryBackoffCapsAt30s(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var calls []time.Time
+		hook := &recorder{failOn: func() bool { calls = append(calls, time.Now()); return true }}
+		p := newPipeline(t, &source{}, Options{}, Target{Name: "webhook", Sink: hook})
+		p.Resumed(0)
+		mustCommit(t, p, 1, "a")
+		time.Sleep(10 * time.Minute)
+		synctest.Wait()
+		if len(calls) < 20 {
+			t.Fatalf("%d attempts in 10 minutes", len(calls))
+		}
+		var longest time.Duration
+		for i := 1; i < len(calls); i++ {
+			longest = max(longest, calls[i].Sub(calls[i-1]))
+		}
+		// Full steps of 30 s draw from 15–30 s.
+		if longest > 30*time.Second || longest < 15*time.Second {
+			t.Fatalf("longest wait between attempts %v, want the 30 s cap's 15–30 s", longest)
+		}
+		if last := calls[len(calls)-1].Sub(calls[len(calls)-2]); last < 15*time.Second {
+			t.Fatalf("waits did not grow to the cap: the last was %v", last)
+		}
+	})
+}

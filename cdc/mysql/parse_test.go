@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"math"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -58,8 +59,12 @@ func TestConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if r.cfg.Heartbeat != DefaultHeartbeat || r.cfg.ReadTimeout != 3*DefaultHeartbeat || r.cfg.StateDir != DefaultStateDir ||
-		r.cfg.BackoffMin != DefaultBackoffMin || r.cfg.BackoffMax != DefaultBackoffMax || r.cfg.ServerID < 1000 {
+		r.cfg.BackoffMin != DefaultBackoffMin || r.cfg.BackoffMax != DefaultBackoffMax {
 		t.Errorf("defaults: %+v", r.cfg)
+	}
+	// Part B: the server id is derived from the host name.
+	if host, err := os.Hostname(); err != nil || r.cfg.ServerID != DefaultServerID(host) {
+		t.Errorf("server id %d, want DefaultServerID(%q) = %d (%v)", r.cfg.ServerID, host, DefaultServerID(host), err)
 	}
 	if r.DefaultSchema() != "shop" || r.CheckpointPath() != ".tagstream/mysql-db-3306-shop.json" || r.Ready() {
 		t.Errorf("schema %q, checkpoint %q, ready %v", r.DefaultSchema(), r.CheckpointPath(), r.Ready())
