@@ -397,10 +397,17 @@ func TestReadmeScaleOut(t *testing.T) {
 		c.expect(t, `ready {"resumed":false}`)
 		clients = append(clients, c)
 	}
+	// Part B: run --broker still serves /events itself, with the same ids.
+	writer := subscribe(t, runs[0].base, "tags=todo:*", "")
+	writer.expect(t, `ready {"resumed":false}`)
 	execSQL(t, db, `INSERT INTO todos (id, user_id) VALUES (1, 1)`)
+	id := writer.expect(t, "invalidate todo:1")[0].ID
 	for _, c := range clients {
-		c.expect(t, "invalidate todo:1")
+		if got := c.expect(t, "invalidate todo:1")[0].ID; got != id {
+			t.Fatalf("edge id %s, writer id %s", got, id)
+		}
 	}
+	writer.close()
 	runs[0].stop(t)
 	waitFor(t, runs[1].ready)
 	execSQL(t, db, `INSERT INTO todos (id, user_id) VALUES (2, 1)`)
