@@ -364,3 +364,23 @@ func TestNewCORSErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestRefusedBeforeReady: before the hub knows where the source resumed, a
+// valid request waits (Options.Ready), but a bad or unauthorized one is
+// answered at once instead of being held.
+func TestRefusedBeforeReady(t *testing.T) {
+	var seen []string
+	gate := make(chan struct{})
+	_, b := setup(t, Options{Authorize: testAuthorize(&seen), Ready: func() <-chan struct{} { return gate }})
+	refused(t, b.dialRaw(t, "tags=a", "X-Grant: none").resp, http.StatusUnauthorized, "invalid token: expired", nil)
+	refused(t, b.dialRaw(t, "tags=a,,b").resp, http.StatusBadRequest, "invalid tag 2: empty entry", nil)
+	got := make(chan *client, 1)
+	go func() { got <- b.dial(t, "tags=a") }()
+	select {
+	case <-got:
+		t.Fatal("a valid request was answered before the hub was ready")
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(gate)
+	(<-got).expect(ready(0, false))
+}

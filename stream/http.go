@@ -25,6 +25,13 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if h.opts.Ready != nil {
+		select {
+		case <-h.opts.Ready():
+		case <-r.Context().Done():
+			return
+		}
+	}
 
 	// HTTP/1.x: take the connection over from net/http, so that an idle
 	// client costs one goroutine and no net/http buffers (their reader

@@ -93,6 +93,12 @@ type Options struct {
 	// bound a request gets 503 with Retry-After.
 	MaxConnections      int
 	MaxConnectionsPerIP int
+	// Ready, when set, gives a channel closed once the hub knows where the
+	// source resumed from. A valid, authorized /events request waits for it
+	// (a client resuming right after a restart would otherwise be judged
+	// against an unknown floor and get a needless reset); a bad or
+	// unauthorized one is answered at once.
+	Ready func() <-chan struct{}
 }
 
 var (

@@ -421,15 +421,17 @@ func TestReadmeScaleOut(t *testing.T) {
 
 // TestEdgeWithoutWriterIsAliveNotReady: /healthz says the process is alive
 // (200) while /readyz says it cannot serve yet (503): an edge whose broker
-// has never had a writer.
+// has never had a writer. Its /events refuses a request without a token.
 func TestEdgeWithoutWriterIsAliveNotReady(t *testing.T) {
 	rs := testcontainers.Redis(t)
 	alive := func(d *daemon) bool { return launch.HTTPStatus200(d.base + "/healthz")(context.Background()) }
-	d := launchDaemon(t, "serve", freeAddr(t), alive, "--broker", rs.URL(0))
+	// serve takes run's authorization flags (Part B), and a request without
+	// a token is refused at once, not held until the edge is ready.
+	d := launchDaemon(t, "serve", freeAddr(t), alive, "--broker", rs.URL(0), "--jwt-secret", "edge-secret")
 	for _, c := range []struct {
 		path string
 		want int
-	}{{"/healthz", http.StatusOK}, {"/readyz", http.StatusServiceUnavailable}} {
+	}{{"/healthz", http.StatusOK}, {"/readyz", http.StatusServiceUnavailable}, {"/events?tags=a", http.StatusUnauthorized}} {
 		resp, err := http.Get(d.base + c.path)
 		if err != nil {
 			t.Fatal(err)

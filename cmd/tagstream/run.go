@@ -219,6 +219,8 @@ func (d *instance) wire(targets []pipeline.Target, closers []io.Closer, engine *
 		Heartbeat:  d.df.heartbeat,
 		QueueSize:  d.df.queueSize,
 		Logger:     d.log,
+		// Clients wait until every sink knows where the source resumed.
+		Ready: func() <-chan struct{} { return d.pipe.Ready() },
 	}))
 	targets = append([]pipeline.Target{{Name: "sse", Sink: d.hub}}, targets...)
 	d.metrics = newMetrics()
@@ -241,26 +243,11 @@ func (d *instance) wire(targets []pipeline.Target, closers []io.Closer, engine *
 
 func (d *instance) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/events", d.edge.events(d.events()))
+	mux.Handle("/events", d.edge.events(d.hub))
 	mux.Handle("GET /healthz", stream.Healthz())
 	mux.Handle("GET /readyz", stream.Readyz(d.reader.Ready))
 	mux.Handle("GET /metrics", d.metrics.handler())
 	return mux
-}
-
-// events serves the hub's /events once every sink knows where the source
-// resumed from: a client reconnecting with its cursor right after a restart
-// would otherwise be judged against an unknown floor and get a needless
-// reset. It waits with the client (EventSource gives up on an error status)
-// until then.
-func (d *instance) events() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-d.pipe.Ready():
-			d.hub.ServeHTTP(w, r)
-		case <-r.Context().Done():
-		}
-	})
 }
 
 // serve runs the reader until ctx is cancelled (SIGINT/SIGTERM) or it
