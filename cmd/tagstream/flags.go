@@ -172,6 +172,14 @@ func (k dbKind) String() string {
 	return "postgres"
 }
 
+// label names the kind in messages.
+func (k dbKind) label() string {
+	if k == dbMySQL {
+		return "MySQL/MariaDB"
+	}
+	return "Postgres"
+}
+
 func parseDBKind(dsn string) (dbKind, error) {
 	scheme, _, ok := strings.Cut(dsn, "://")
 	if !ok {

@@ -17,6 +17,7 @@ import (
 
 // sourceFlags are the flags that select and configure the change reader.
 type sourceFlags struct {
+	fs *flag.FlagSet // the command line they were parsed from (nil: not checked)
 	db string
 
 	// Postgres
@@ -30,6 +31,7 @@ type sourceFlags struct {
 }
 
 func (sf *sourceFlags) register(fs *flag.FlagSet) {
+	sf.fs = fs
 	fs.StringVar(&sf.db, "db", envOr("TAGSTREAM_DB", ""), "database `DSN`: postgres://… or mysql://user:pass@host:3306/db (env TAGSTREAM_DB)")
 	fs.StringVar(&sf.slot, "slot", envOr("TAGSTREAM_SLOT", "tagstream"), "Postgres: logical replication slot, created when missing")
 	fs.StringVar(&sf.publication, "publication", envOr("TAGSTREAM_PUBLICATION", "tagstream"), "Postgres: publication, created when missing")
@@ -61,6 +63,9 @@ func (sf *sourceFlags) configure(set *rules.Set, logger *slog.Logger) (*source, 
 	}
 	if sf.sourceTimeout < 0 || (sf.sourceTimeout > 0 && sf.sourceTimeout < 30*time.Millisecond) {
 		return nil, usageErrorf("--source-timeout: %s is below 30ms", sf.sourceTimeout)
+	}
+	if err := sf.foreignFlag(kind); err != nil {
+		return nil, err
 	}
 	s := &source{kind: kind}
 	switch kind {
@@ -106,6 +111,32 @@ func (sf *sourceFlags) configure(set *rules.Set, logger *slog.Logger) (*source, 
 		}
 	}
 	return s, nil
+}
+
+// readerFlags are the flags only one reader reads. A command could
+// ignore the other reader's, but one given on the command line is a
+// mistake (a MySQL DSN with --publication-tables=rules limits nothing):
+// it is refused. The environment is not checked — one set of variables
+// may serve several deployments.
+var readerFlags = map[string]dbKind{
+	"slot": dbPostgres, "publication": dbPostgres, "publication-tables": dbPostgres,
+	"pg-heartbeat": dbPostgres, "heartbeat-interval": dbPostgres, "temporary-slot": dbPostgres,
+	"server-id": dbMySQL, "state-dir": dbMySQL,
+}
+
+// foreignFlag refuses a flag given on the command line that the reader
+// --db selects does not read.
+func (sf *sourceFlags) foreignFlag(kind dbKind) error {
+	if sf.fs == nil {
+		return nil
+	}
+	var err error
+	sf.fs.Visit(func(f *flag.Flag) {
+		if k, ok := readerFlags[f.Name]; ok && k != kind && err == nil {
+			err = usageErrorf("--%s is a %s flag, and --db selects %s: remove it", f.Name, k.label(), kind.label())
+		}
+	})
+	return err
 }
 
 // ruleTables lists the exact tables the rules name, for a publication that

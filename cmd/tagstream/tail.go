@@ -22,7 +22,7 @@ import (
 // its own, and no checkpoint file. SIGINT/SIGTERM: exit 0.
 func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("tail", stdout)
-	var sf sourceFlags
+	sf := sourceFlags{fs: fs}
 	fs.StringVar(&sf.db, "db", "", "database `DSN`: postgres://… or mysql://user:pass@host:3306/db (env TAGSTREAM_DB)")
 	rulesPath := fs.String("rules", "", "rules `FILE` (env TAGSTREAM_RULES)")
 	fs.StringVar(&sf.publication, "publication", "tagstream", "Postgres: an existing publication to read (env TAGSTREAM_PUBLICATION); tail creates none")
