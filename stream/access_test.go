@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -383,4 +384,88 @@ func TestRefusedBeforeReady(t *testing.T) {
 	}
 	close(gate)
 	(<-got).expect(ready(0, false))
+}
+
+// TestLimitsCountWaiting: requests waiting for Options.Ready count against
+// MaxConnections and MaxConnectionsPerIP as admitted ones do (a daemon slow
+// to start gathers no unbounded backlog); one that gives up frees its
+// place, and the waiting ones are admitted once the hub is ready.
+func TestLimitsCountWaiting(t *testing.T) {
+	gate := make(chan struct{})
+	h, b := setup(t, Options{MaxConnections: 3, MaxConnectionsPerIP: 2, Ready: func() <-chan struct{} { return gate }})
+	dialFrom := func(ip string) net.Conn {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+		conn, err := d.Dial("tcp", b.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	waiting := func(want int) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+			h.mu.Lock()
+			n := h.waiting
+			h.mu.Unlock()
+			if n == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d requests waiting, want %d", n, want)
+			}
+		}
+	}
+	// wait sends a request that waits for the gate; its client comes on
+	// the channel once answered.
+	wait := func(ip string) chan *client {
+		conn := dialFrom(ip)
+		got := make(chan *client, 1)
+		go func() { got <- newClient(t, conn, "tags=a") }()
+		return got
+	}
+	gaveUp := dialFrom("127.0.0.1")
+	if _, err := gaveUp.Write([]byte("GET /events?tags=a HTTP/1.1\r\nHost: tagstream\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	waiting(1)
+	second := wait("127.0.0.1")
+	waiting(2)
+	refused(t, newClient(t, dialFrom("127.0.0.1"), "tags=a").resp, http.StatusServiceUnavailable,
+		"too many connections from your address: retry later", map[string]string{"Retry-After": "5"})
+	third := wait("127.0.0.2")
+	waiting(3)
+	refused(t, newClient(t, dialFrom("127.0.0.3"), "tags=a").resp, http.StatusServiceUnavailable,
+		"too many connections: retry later", map[string]string{"Retry-After": "5"})
+
+	// A client that gives up while waiting frees its place, in all and
+	// for its address.
+	gaveUp.Close()
+	waiting(2)
+	fourth := wait("127.0.0.1")
+	waiting(3)
+	select {
+	case c := <-second:
+		t.Fatalf("answered %d before the hub was ready", c.resp.StatusCode)
+	default:
+	}
+	close(gate)
+	var clients []*client
+	for _, got := range []chan *client{second, third, fourth} {
+		c := <-got
+		c.expect(ready(0, false))
+		clients = append(clients, c)
+	}
+	publish(t, h, 1, "a")
+	for _, c := range clients {
+		c.expect(inv(1, "a"))
+	}
+	h.mu.Lock()
+	if h.waiting != 0 || h.perIP[netip.MustParseAddr("127.0.0.1")] != 2 || h.perIP[netip.MustParseAddr("127.0.0.2")] != 1 || len(h.perIP) != 2 {
+		t.Errorf("waiting %d, perIP %v", h.waiting, h.perIP)
+	}
+	h.mu.Unlock()
+	if st := h.Stats(); st.Access.MaxConnections != 1 || st.Access.MaxConnectionsPerIP != 1 || st.Subscribers != 3 {
+		t.Fatalf("stats %+v", st)
+	}
 }

@@ -25,12 +25,8 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if h.opts.Ready != nil {
-		select {
-		case <-h.opts.Ready():
-		case <-r.Context().Done():
-			return
-		}
+	if !h.waitReady(w, r) {
+		return
 	}
 
 	// HTTP/1.x: take the connection over from net/http, so that an idle
@@ -145,15 +141,8 @@ func (h *Hub) check(w http.ResponseWriter, r *http.Request) (req request, ok boo
 func (h *Hub) admit(c *conn, req request) (refused string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	switch {
-	case h.closed:
-		return "shutting down"
-	case h.opts.MaxConnections > 0 && len(h.conns) >= h.opts.MaxConnections:
-		h.access.maxConns.Add(1)
-		return "too many connections: retry later"
-	case c.ip.IsValid() && h.perIP[c.ip] >= h.opts.MaxConnectionsPerIP:
-		h.access.maxConnsPerIP.Add(1)
-		return "too many connections from your address: retry later"
+	if refused := h.limit(c.ip); refused != "" {
+		return refused
 	}
 	if c.ip.IsValid() {
 		h.perIP[c.ip]++
@@ -169,6 +158,75 @@ func (h *Hub) admit(c *conn, req request) (refused string) {
 		c.queue = slices.Insert(c.queue, 0, item{kind: kindReset, id: c.lastID, data: resetData(req.badCursor)})
 		c.initial = len(c.queue)
 		h.resetCount.Add(1)
+	}
+	return ""
+}
+
+// waitReady holds a valid request until the hub knows where the source
+// resumed (Options.Ready). A request waiting counts against the connection
+// limits as one admitted would: a daemon that takes long to start does not
+// gather unbounded requests. It returns false when it has answered (503) or
+// the client has gone.
+func (h *Hub) waitReady(w http.ResponseWriter, r *http.Request) bool {
+	if h.opts.Ready == nil {
+		return true
+	}
+	ready := h.opts.Ready()
+	select {
+	case <-ready:
+		return true
+	default:
+	}
+	var ip netip.Addr
+	if h.opts.MaxConnectionsPerIP > 0 {
+		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+			ip = ap.Addr().Unmap()
+		}
+	}
+	if reason := h.hold(ip, 1); reason != "" {
+		h.refuse(w, nil, reason)
+		return false
+	}
+	defer h.hold(ip, -1)
+	select {
+	case <-ready:
+		return true
+	case <-r.Context().Done():
+		return false
+	}
+}
+
+// hold counts (delta 1) a request waiting for Ready against the limits, or
+// lets it go (delta -1).
+func (h *Hub) hold(ip netip.Addr, delta int) (refused string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if delta > 0 {
+		if refused = h.limit(ip); refused != "" {
+			return refused
+		}
+	}
+	h.waiting += delta
+	if ip.IsValid() {
+		if h.perIP[ip] += delta; h.perIP[ip] <= 0 {
+			delete(h.perIP, ip)
+		}
+	}
+	return ""
+}
+
+// limit says why one more connection from ip is refused ("" when it is
+// not), counting it (h.mu held).
+func (h *Hub) limit(ip netip.Addr) string {
+	switch {
+	case h.closed:
+		return "shutting down"
+	case h.opts.MaxConnections > 0 && len(h.conns)+h.waiting >= h.opts.MaxConnections:
+		h.access.maxConns.Add(1)
+		return "too many connections: retry later"
+	case ip.IsValid() && h.perIP[ip] >= h.opts.MaxConnectionsPerIP:
+		h.access.maxConnsPerIP.Add(1)
+		return "too many connections from your address: retry later"
 	}
 	return ""
 }

@@ -90,7 +90,8 @@ type Options struct {
 	Authorize func(r *http.Request, entries []string) (expires time.Time, err error)
 	// MaxConnections and MaxConnectionsPerIP bound the concurrent /events
 	// connections, in all and per client address (0: unlimited). Over a
-	// bound a request gets 503 with Retry-After.
+	// bound a request gets 503 with Retry-After. Requests waiting for
+	// Ready count as connections.
 	MaxConnections      int
 	MaxConnectionsPerIP int
 	// Ready, when set, gives a channel closed once the hub knows where the
@@ -160,7 +161,8 @@ type Hub struct {
 	win          window
 	idx          *index
 	conns        map[*conn]struct{}
-	perIP        map[netip.Addr]int // connections per client address (with MaxConnectionsPerIP)
+	perIP        map[netip.Addr]int // connections per client address (with MaxConnectionsPerIP), waiting ones included
+	waiting      int                // requests waiting for Options.Ready (counted against MaxConnections)
 	nextID       uint64
 
 	wg     sync.WaitGroup // connections being served (handlers and hijacked connections)
