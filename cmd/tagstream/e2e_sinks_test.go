@@ -48,7 +48,8 @@ type receiver struct {
 	srv    *httptest.Server
 	mu     sync.Mutex
 	status int
-	failed int // requests answered with a non-2xx status
+	delay  time.Duration // while set, a request is held this long, then answered 200 unrecorded (a target too slow)
+	failed int           // requests answered with a non-2xx status
 	bodies chan hookBody
 }
 
@@ -67,11 +68,15 @@ func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	r.mu.Lock()
-	status := r.status
-	if status/100 != 2 {
+	status, delay := r.status, r.delay
+	if status/100 != 2 && delay == 0 {
 		r.failed++
 	}
 	r.mu.Unlock()
+	if delay > 0 {
+		time.Sleep(delay)
+		return
+	}
 	if status/100 != 2 {
 		http.Error(w, "down for maintenance", status)
 		return
@@ -87,6 +92,12 @@ func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 func (r *receiver) setStatus(code int) {
 	r.mu.Lock()
 	r.status = code
+	r.mu.Unlock()
+}
+
+func (r *receiver) setDelay(d time.Duration) {
+	r.mu.Lock()
+	r.delay = d
 	r.mu.Unlock()
 }
 
@@ -209,6 +220,8 @@ func TestWebhookRetriedInOrderThenAcknowledged(t *testing.T) {
 	if v := d.metric(t, "tagstream_acknowledged_position"); v >= float64(first) {
 		t.Fatalf("acknowledged position %v (first transaction %d) while the webhook has accepted nothing", v, first)
 	}
+	// Every commit is before this moment; the deliveries are after it.
+	okAt := time.Now()
 	rcv.setStatus(http.StatusOK)
 	var tags []string
 	var last hookBody
@@ -224,8 +237,9 @@ func TestWebhookRetriedInOrderThenAcknowledged(t *testing.T) {
 	if want := []string{"todo:1", "todo:2", "todos", "user:7:todos", "user:9:todos"}; !slices.Equal(tags, want) {
 		t.Fatalf("webhook tags %q, want %q", tags, want)
 	}
-	if _, err := time.Parse(time.RFC3339Nano, last.TS); err != nil {
-		t.Fatalf("ts %q: %v", last.TS, err)
+	// ts is the commit time, not the delivery's.
+	if ts, err := time.Parse(time.RFC3339Nano, last.TS); err != nil || !ts.Before(okAt) || ts.Before(okAt.Add(-time.Minute)) {
+		t.Fatalf("ts %q (%v): want the commit time, before %s", last.TS, err, okAt.Format(time.RFC3339Nano))
 	}
 	d.waitMetric(t, "tagstream_sink_delivered_total"+sink, func(v float64) bool { return v == 3 })
 	if v := d.metric(t, "tagstream_sink_failures_total"+sink); v < 3 {
@@ -322,7 +336,7 @@ func TestRedisPublishAndRestart(t *testing.T) {
 	dsn, db := testcontainers.PostgresDB(t, `CREATE TABLE auctions (id int PRIMARY KEY, title text)`)
 	rulesFile := writeFile(t, "rules.yaml", auctionRules)
 	rs := testcontainers.Redis(t)
-	msgs := redisSubscribe(t, rs.URL(0), "")
+	msgs := redisSubscribe(t, rs.URL(0), "", redispubChannel)
 
 	d := startDaemon(t, "--db", dsn, "--rules", rulesFile, "--slot", "redis", "--publication", "redis",
 		"--redis-publish", rs.URL(0), "--redis-reset-keys", "Query.auctions")
@@ -347,7 +361,7 @@ func TestRedisPublishAndRestart(t *testing.T) {
 	if v := d.metric(t, "tagstream_acknowledged_position"); v < acked || v >= pos43 {
 		t.Fatalf("acknowledged %v while Redis refuses the publish of %v, want from %v and below it", v, pos43, acked)
 	}
-	msgs = redisSubscribe(t, rs.URL(0), "pw")
+	msgs = redisSubscribe(t, rs.URL(0), "pw", redispubChannel)
 	admin := redis.NewClient(&redis.Options{Addr: rs.Addr, Password: "pw"})
 	defer admin.Close()
 	if err := admin.ConfigSet(ctx, "requirepass", "").Err(); err != nil {
@@ -360,9 +374,12 @@ func TestRedisPublishAndRestart(t *testing.T) {
 	d.stop(t)
 }
 
+// redispubChannel is --redis-channel's default.
+const redispubChannel = "live-query-invalidations"
+
 type redisMessages struct{ ch <-chan *redis.Message }
 
-func redisSubscribe(t *testing.T, url, password string) redisMessages {
+func redisSubscribe(t *testing.T, url, password, channel string) redisMessages {
 	t.Helper()
 	opts, err := redis.ParseURL(url)
 	if err != nil {
@@ -371,7 +388,7 @@ func redisSubscribe(t *testing.T, url, password string) redisMessages {
 	opts.Password = password
 	c := redis.NewClient(opts)
 	t.Cleanup(func() { c.Close() })
-	ps := c.Subscribe(context.Background(), "live-query-invalidations")
+	ps := c.Subscribe(context.Background(), channel)
 	t.Cleanup(func() { ps.Close() })
 	if _, err := ps.Receive(context.Background()); err != nil {
 		t.Fatal(err)
@@ -392,6 +409,45 @@ func (m redisMessages) next(t *testing.T, n int) []string {
 	}
 	slices.Sort(got)
 	return got
+}
+
+// TestSinkFlagsThroughTheDaemon: --webhook repeated delivers to each
+// target; --webhook-timeout cuts a request to a target too slow (a
+// failure, retried until it answers in time); --redis-channel names the
+// channel published to, and nothing goes to the default one.
+func TestSinkFlagsThroughTheDaemon(t *testing.T) {
+	dsn, db, rulesFile := setupPG(t)
+	fast, slow := newReceiver(t, http.StatusNoContent), newReceiver(t, http.StatusNoContent)
+	slow.setDelay(2 * time.Second)
+	rs := testcontainers.Redis(t)
+	custom := redisSubscribe(t, rs.URL(0), "", "app-invalidations")
+	dflt := redisSubscribe(t, rs.URL(0), "", redispubChannel)
+	d := startDaemon(t, "--db", dsn, "--rules", rulesFile, "--slot", "sinkflags", "--publication", "sinkflags",
+		"--webhook", fast.srv.URL, "--webhook", slow.srv.URL, "--webhook-secret", hookSecret, "--webhook-timeout", "300ms",
+		"--redis-publish", rs.URL(0), "--redis-channel", "app-invalidations")
+	execSQL(t, db, `INSERT INTO todos (id, user_id) VALUES (1, 7)`)
+	want := []string{"todo:1", "todos", "user:7:todos"}
+	if got := custom.next(t, 3); !slices.Equal(got, want) {
+		t.Fatalf("published on app-invalidations %q, want %q", got, want)
+	}
+	fast.tagsUntil(t, want...)
+	slowSink := `{sink="webhook ` + slow.srv.URL + `"}`
+	d.waitMetric(t, "tagstream_sink_failures_total"+slowSink, func(v float64) bool { return v >= 2 })
+	if v := d.metric(t, "tagstream_sink_delivered_total"+slowSink); v != 0 {
+		t.Fatalf("delivered %v to a target slower than --webhook-timeout", v)
+	}
+	slow.setDelay(0)
+	slow.tagsUntil(t, want...)
+	d.waitMetric(t, "tagstream_sink_delivered_total"+slowSink, func(v float64) bool { return v == 1 })
+	if v := d.metric(t, `tagstream_sink_delivered_total{sink="webhook `+fast.srv.URL+`"}`); v != 1 {
+		t.Fatalf("delivered %v to the fast target, want 1", v)
+	}
+	select {
+	case m := <-dflt.ch:
+		t.Fatalf("published %q on the default channel with --redis-channel set", m.Payload)
+	case <-time.After(100 * time.Millisecond):
+	}
+	d.stop(t)
 }
 
 // writeFile writes content to name in a temp dir of t and returns its path.

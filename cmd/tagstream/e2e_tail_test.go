@@ -257,6 +257,9 @@ func TestTailMariaDB(t *testing.T) {
 	if err := os.WriteFile(rulesFile, []byte(todoRules), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// Committed before tail starts: tail reads from the current head, so
+	// its first line is the first step's, not this.
+	execMySQL(t, db, `INSERT INTO todos (id, user_id) VALUES (99, 5)`)
 	// A state directory from the environment, and the working directory
 	// (default ./.tagstream): tail writes into neither.
 	work, state := t.TempDir(), t.TempDir()
