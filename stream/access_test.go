@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -181,24 +180,15 @@ func TestMaxConnectionsPerIP(t *testing.T) {
 	h, b := setup(t, Options{MaxConnectionsPerIP: 1})
 	left := make(chan struct{}, 10)
 	h.testHookLeave = func() { left <- struct{}{} }
-	dialFrom := func(ip string) net.Conn {
-		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
-		conn, err := d.Dial("tcp", b.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		return conn
-	}
-	c1 := newClient(t, dialFrom("127.0.0.1"), "tags=a")
+	c1 := newClient(t, b.dialFrom(t, "127.0.0.1"), "tags=a")
 	c1.expect(ready(0, false))
-	refused(t, newClient(t, dialFrom("127.0.0.1"), "tags=a").resp, http.StatusServiceUnavailable,
+	refused(t, newClient(t, b.dialFrom(t, "127.0.0.1"), "tags=a").resp, http.StatusServiceUnavailable,
 		"too many connections from your address: retry later", map[string]string{"Retry-After": "5"})
 	// Another address has its own allowance.
-	newClient(t, dialFrom("127.0.0.2"), "tags=a").expect(ready(0, false))
+	newClient(t, b.dialFrom(t, "127.0.0.2"), "tags=a").expect(ready(0, false))
 	c1.conn.Close()
 	<-left
-	newClient(t, dialFrom("127.0.0.1"), "tags=a").expect(ready(0, false))
+	newClient(t, b.dialFrom(t, "127.0.0.1"), "tags=a").expect(ready(0, false))
 	h.mu.Lock()
 	if len(h.perIP) != 2 {
 		t.Errorf("perIP %v", h.perIP)
@@ -393,15 +383,6 @@ func TestRefusedBeforeReady(t *testing.T) {
 func TestLimitsCountWaiting(t *testing.T) {
 	gate := make(chan struct{})
 	h, b := setup(t, Options{MaxConnections: 3, MaxConnectionsPerIP: 2, Ready: func() <-chan struct{} { return gate }})
-	dialFrom := func(ip string) net.Conn {
-		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
-		conn, err := d.Dial("tcp", b.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		return conn
-	}
 	waiting := func(want int) {
 		t.Helper()
 		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
@@ -419,23 +400,23 @@ func TestLimitsCountWaiting(t *testing.T) {
 	// wait sends a request that waits for the gate; its client comes on
 	// the channel once answered.
 	wait := func(ip string) chan *client {
-		conn := dialFrom(ip)
+		conn := b.dialFrom(t, ip)
 		got := make(chan *client, 1)
 		go func() { got <- newClient(t, conn, "tags=a") }()
 		return got
 	}
-	gaveUp := dialFrom("127.0.0.1")
+	gaveUp := b.dialFrom(t, "127.0.0.1")
 	if _, err := gaveUp.Write([]byte("GET /events?tags=a HTTP/1.1\r\nHost: tagstream\r\n\r\n")); err != nil {
 		t.Fatal(err)
 	}
 	waiting(1)
 	second := wait("127.0.0.1")
 	waiting(2)
-	refused(t, newClient(t, dialFrom("127.0.0.1"), "tags=a").resp, http.StatusServiceUnavailable,
+	refused(t, newClient(t, b.dialFrom(t, "127.0.0.1"), "tags=a").resp, http.StatusServiceUnavailable,
 		"too many connections from your address: retry later", map[string]string{"Retry-After": "5"})
 	third := wait("127.0.0.2")
 	waiting(3)
-	refused(t, newClient(t, dialFrom("127.0.0.3"), "tags=a").resp, http.StatusServiceUnavailable,
+	refused(t, newClient(t, b.dialFrom(t, "127.0.0.3"), "tags=a").resp, http.StatusServiceUnavailable,
 		"too many connections: retry later", map[string]string{"Retry-After": "5"})
 
 	// A client that gives up while waiting frees its place, in all and

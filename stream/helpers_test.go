@@ -90,6 +90,18 @@ func (b *bundle) dial(t *testing.T, query string, header ...string) *client {
 	return c
 }
 
+// dialFrom connects to the hub from the loopback address ip.
+func (b *bundle) dialFrom(t *testing.T, ip string) net.Conn {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	conn, err := d.Dial("tcp", b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
 func (b *bundle) dialRaw(t *testing.T, query string, header ...string) *client {
 	t.Helper()
 	conn, err := net.Dial("tcp", b.addr)
