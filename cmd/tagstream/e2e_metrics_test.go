@@ -108,3 +108,27 @@ func checkMetricTypes(t *testing.T, body string) int {
 	}
 	return typed
 }
+
+// TestLongTagIsWidened: an expansion over 256 bytes (the Next.js limit) is
+// replaced by its template's wildcard form, which reaches every subscriber
+// it could match, and counted in tagstream_rules_long_tags_total; the
+// transaction's other tags stay exact.
+func TestLongTagIsWidened(t *testing.T) {
+	dsn, db := testcontainers.PostgresDB(t, todoSchema)
+	rulesFile := writeFile(t, "rules.yaml", "rules:\n  - name: title\n    table: todos\n    tags: [\"title:{title}\", \"todo:{id}\"]\n")
+	d := startDaemon(t, "--db", dsn, "--rules", rulesFile, "--slot", "longtag", "--publication", "longtag")
+	title := subscribe(t, d.base, "tags=title:short", "")
+	todo2 := subscribe(t, d.base, "tags=todo:2,title:short", "")
+	for _, c := range []*sseClient{title, todo2} {
+		c.expect(t, `ready {"resumed":false}`)
+	}
+	execSQL(t, db, `INSERT INTO todos (id, user_id, title) VALUES (1, 7, repeat('x', 300))`)
+	title.expect(t, "invalidate title:short")
+	todo2.expect(t, "invalidate title:short")
+	execSQL(t, db, `INSERT INTO todos (id, user_id, title) VALUES (2, 7, 'other')`)
+	todo2.expect(t, "invalidate todo:2")
+	if v := d.metric(t, "tagstream_rules_long_tags_total"); v != 1 {
+		t.Fatalf("tagstream_rules_long_tags_total %v, want 1", v)
+	}
+	d.stop(t)
+}
