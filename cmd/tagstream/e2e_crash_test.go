@@ -3,16 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/tagstream/tagstream/testcontainers"
 )
 
 // resumeAfterCrash writes rows as fast as one connection can, SIGKILLs the
@@ -133,14 +129,7 @@ func TestResumeAfterCrashUnderLoadPostgres(t *testing.T) {
 }
 
 func TestResumeAfterCrashUnderLoadMySQL(t *testing.T) {
-	dsn := testcontainers.MySQL(t)
-	db := mysqlConn(t, dsn)
-	execMySQL(t, db, `CREATE TABLE todos (id int PRIMARY KEY, user_id int, title varchar(200) NOT NULL DEFAULT '', done tinyint(1) NOT NULL DEFAULT 0, updated_at datetime(6) NULL)`,
-		`CREATE TABLE markers (id int PRIMARY KEY)`)
-	rulesFile := filepath.Join(t.TempDir(), "rules.yaml")
-	if err := os.WriteFile(rulesFile, []byte(todoRules), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	dsn, _, rulesFile := setupMariaDB(t)
 	w := mysqlConn(t, dsn)
 	args := []string{"--db", dsn, "--rules", rulesFile, "--state-dir", t.TempDir(), "--server-id", "4243", "--queue-size", crashQueue}
 	resumeAfterCrash(t, func() *daemon { return startDaemon(t, args...) }, func(id int) error {

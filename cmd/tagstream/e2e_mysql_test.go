@@ -2,8 +2,6 @@ package main
 
 import (
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -28,6 +26,21 @@ func mysqlConn(t *testing.T, dsn string) *gomysql.Conn {
 	return conn
 }
 
+// todoSchemaMySQL is todoSchema on MariaDB/MySQL.
+var todoSchemaMySQL = []string{
+	`CREATE TABLE todos (id int PRIMARY KEY, user_id int, title varchar(200) NOT NULL DEFAULT '', done tinyint(1) NOT NULL DEFAULT 0, updated_at datetime(6) NULL)`,
+	`CREATE TABLE markers (id int PRIMARY KEY)`,
+}
+
+// setupMariaDB is setupPG on a fresh MariaDB database.
+func setupMariaDB(t *testing.T) (dsn string, db *gomysql.Conn, rulesFile string) {
+	t.Helper()
+	dsn = testcontainers.MySQL(t)
+	db = mysqlConn(t, dsn)
+	execMySQL(t, db, todoSchemaMySQL...)
+	return dsn, db, writeFile(t, "rules.yaml", todoRules)
+}
+
 func execMySQL(t *testing.T, conn *gomysql.Conn, stmts ...string) {
 	t.Helper()
 	for _, s := range stmts {
@@ -40,15 +53,7 @@ func execMySQL(t *testing.T, conn *gomysql.Conn, stmts ...string) {
 // TestEndToEndMySQL: the same contract through the binlog reader, and a
 // restart that resumes from the checkpoint file.
 func TestEndToEndMySQL(t *testing.T) {
-	dsn := testcontainers.MySQL(t)
-	db := mysqlConn(t, dsn)
-	execMySQL(t, db,
-		`CREATE TABLE todos (id int PRIMARY KEY, user_id int, title varchar(200) NOT NULL DEFAULT '', done tinyint(1) NOT NULL DEFAULT 0, updated_at datetime(6) NULL)`,
-		`CREATE TABLE markers (id int PRIMARY KEY)`)
-	rulesFile := filepath.Join(t.TempDir(), "rules.yaml")
-	if err := os.WriteFile(rulesFile, []byte(todoRules), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	dsn, db, rulesFile := setupMariaDB(t)
 	args := []string{"--db", dsn, "--rules", rulesFile, "--state-dir", t.TempDir(), "--server-id", "4242"}
 	d := startDaemon(t, args...)
 

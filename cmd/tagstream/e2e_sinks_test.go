@@ -464,11 +464,7 @@ func writeFile(t *testing.T, name, content string) string {
 // acknowledgement: it does not pass a transaction the webhook has not
 // accepted, and reaches it once it has.
 func TestWebhookHoldsTheMySQLCheckpoint(t *testing.T) {
-	dsn := testcontainers.MySQL(t)
-	db := mysqlConn(t, dsn)
-	execMySQL(t, db, `CREATE TABLE todos (id int PRIMARY KEY, user_id int, title varchar(200) NOT NULL DEFAULT '', done tinyint(1) NOT NULL DEFAULT 0)`,
-		`CREATE TABLE markers (id int PRIMARY KEY)`)
-	rulesFile := writeFile(t, "rules.yaml", todoRules)
+	dsn, db, rulesFile := setupMariaDB(t)
 	state := t.TempDir()
 	rcv := newReceiver(t, http.StatusServiceUnavailable)
 	d := startDaemon(t, "--db", dsn, "--rules", rulesFile, "--state-dir", state, "--server-id", "4243",

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -17,7 +16,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tagstream/tagstream/internal/launch"
-	"github.com/tagstream/tagstream/testcontainers"
 )
 
 // tailProc is a running `tagstream tail` process.
@@ -246,17 +244,9 @@ func binlogPosition(t *testing.T, conn *gomysql.Conn) uint64 {
 // TestTailMariaDB: tail from the binlog head prints each transaction with
 // its exact position; SIGINT exits 0 and no checkpoint file was written.
 func TestTailMariaDB(t *testing.T) {
-	dsn := testcontainers.MySQL(t)
-	db := mysqlConn(t, dsn)
-	execMySQL(t, db,
-		`CREATE TABLE todos (id int PRIMARY KEY, user_id int, title varchar(200) NOT NULL DEFAULT '', done tinyint(1) NOT NULL DEFAULT 0, updated_at datetime(6) NULL)`,
-		`CREATE TABLE markers (id int PRIMARY KEY)`,
-		`CREATE TABLE other (id int PRIMARY KEY)`)
+	dsn, db, rulesFile := setupMariaDB(t)
+	execMySQL(t, db, `CREATE TABLE other (id int PRIMARY KEY)`)
 	schema := strings.TrimPrefix(dsn[strings.LastIndexByte(dsn, '/'):], "/")
-	rulesFile := filepath.Join(t.TempDir(), "rules.yaml")
-	if err := os.WriteFile(rulesFile, []byte(todoRules), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	// Committed before tail starts: tail reads from the current head, so
 	// its first line is the first step's, not this.
 	execMySQL(t, db, `INSERT INTO todos (id, user_id) VALUES (99, 5)`)
