@@ -54,8 +54,12 @@ func subscribe(t *testing.T, base, query, lastID string) *sseClient {
 		cancel()
 		t.Fatalf("subscribe %s: status %s", query, resp.Status)
 	}
-	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
-		t.Fatalf("Content-Type %q", ct)
+	// The response headers of Part B, on every subscription the tests open.
+	for k, v := range map[string]string{"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"} {
+		if got := resp.Header.Get(k); got != v {
+			cancel()
+			t.Fatalf("subscribe %s: %s %q, want %q", query, k, got, v)
+		}
 	}
 	c := &sseClient{resp: resp, events: make(chan sseEvent, 1024), ctx: ctx, cancel: cancel, done: make(chan struct{})}
 	go c.read()
