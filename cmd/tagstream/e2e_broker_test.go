@@ -10,7 +10,9 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 
@@ -489,4 +491,50 @@ func TestBrokerStandbyMariaDB(t *testing.T) {
 	}
 	edge.stop(t)
 	standby.stop(t)
+}
+
+// TestBrokerHoldsTheAcknowledgement: with --broker, a transaction is
+// acknowledged to the database only once the broker has accepted it: while
+// Redis holds writes back (CLIENT PAUSE … WRITE), the slot and
+// tagstream_acknowledged_position stay before the transaction read; once
+// Redis takes writes again, both reach it and the client gets the event.
+func TestBrokerHoldsTheAcknowledgement(t *testing.T) {
+	ctx := context.Background()
+	dsn, db, rulesFile := setupPG(t)
+	rs := testcontainers.Redis(t)
+	admin := redis.NewClient(&redis.Options{Addr: rs.Addr})
+	t.Cleanup(func() { admin.Close() })
+	// A lease longer than the pause: the writer keeps it throughout.
+	d := startDaemon(t, "--db", dsn, "--rules", rulesFile, "--slot", "brokerack", "--publication", "brokerack",
+		"--broker", rs.URL(0), "--lease", "60s")
+	c := subscribe(t, d.base, "tags=todo:*", "")
+	c.expect(t, `ready {"resumed":false}`)
+	execSQL(t, db, `INSERT INTO todos (id, user_id) VALUES (1, 1)`)
+	c.expect(t, "invalidate todo:1")
+	first := d.metric(t, "tagstream_position")
+	d.waitMetric(t, "tagstream_acknowledged_position", func(v float64) bool { return v >= first })
+
+	if err := admin.Do(ctx, "CLIENT", "PAUSE", "30000", "WRITE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { admin.Do(ctx, "CLIENT", "UNPAUSE") })
+	execSQL(t, db, `INSERT INTO todos (id, user_id) VALUES (2, 1)`)
+	d.waitMetric(t, "tagstream_position", func(v float64) bool { return v > first })
+	second := d.metric(t, "tagstream_position")
+	time.Sleep(500 * time.Millisecond) // time to acknowledge, were it not held
+	if v := d.metric(t, "tagstream_acknowledged_position"); v >= second {
+		t.Fatalf("acknowledged %v while the broker holds back the append of %v", v, second)
+	}
+	if got := slotLSN(t, db, "brokerack"); float64(got) >= second {
+		t.Fatalf("slot confirmed %s while the broker holds back the append of %v", pglogrepl.LSN(got), second)
+	}
+	if err := admin.Do(ctx, "CLIENT", "UNPAUSE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	c.expect(t, "invalidate todo:2")
+	d.waitMetric(t, "tagstream_acknowledged_position", func(v float64) bool { return v >= second })
+	d.stop(t)
+	if got := slotLSN(t, db, "brokerack"); float64(got) < second {
+		t.Fatalf("slot confirmed %s after a clean stop, want at least %v", pglogrepl.LSN(got), second)
+	}
 }
