@@ -512,32 +512,72 @@ func (r *Reader) replicate(ctx context.Context, h cdc.Handler, info *serverInfo,
 	if err != nil {
 		return false, fmt.Errorf("mysql: start binlog dump: %w", err)
 	}
+	streaming := func() {
+		if r.ready.Swap(true) || *resumed {
+			return
+		}
+		*resumed = true
+		// The head read at start is a position this stream will reach: a
+		// client whose cursor lies between the resume point and it (a
+		// crash left the checkpoint behind the events it received) waits
+		// for its events instead of getting a reset. Reported before
+		// Resumed, which lets waiting clients in.
+		r.progress(h, r.st.startEnd)
+		h.Resumed(resumeFrom)
+	}
+	sawPreamble := false
 	for {
-		ev, err := s.GetEvent(ctx)
+		wait := time.Duration(0)
+		if sawPreamble && !r.ready.Load() {
+			wait = preambleQuiet
+		}
+		ev, err := nextEvent(ctx, s, wait)
+		if errors.Is(err, errQuiet) {
+			// The preamble, then silence: the server accepted the start
+			// point and waits for commits (a quiet database would
+			// otherwise keep clients waiting for the first heartbeat).
+			// Should it refuse the start point after all, the refusal is
+			// a loss of continuity like any other: every client gets a
+			// reset.
+			streaming()
+			continue
+		}
 		if err != nil {
 			return connected, err
 		}
-		if !connected && !preamble(ev) {
+		if preamble(ev) {
+			sawPreamble = true
+		} else if !connected {
 			// Streaming for real: the server found our start point (it
 			// reports a purged one after the preamble).
 			connected = true
-			r.ready.Store(true)
-			if !*resumed {
-				*resumed = true
-				// The head read at start is a position this stream will
-				// reach: a client whose cursor lies between the resume
-				// point and it (a crash left the checkpoint behind the
-				// events it received) waits for its events instead of
-				// getting a reset. Reported before Resumed, which lets
-				// waiting clients in.
-				r.progress(h, r.st.startEnd)
-				h.Resumed(resumeFrom)
-			}
+			streaming()
 		}
 		if err := r.handle(ctx, h, ev, 0); err != nil {
 			return connected, err
 		}
 	}
+}
+
+// preambleQuiet is how long a dump that has sent its preamble stays
+// silent before the reader counts it as streaming.
+const preambleQuiet = 200 * time.Millisecond
+
+// errQuiet is nextEvent's answer when nothing came within its wait.
+var errQuiet = errors.New("mysql: no event yet")
+
+// nextEvent is s.GetEvent, waiting at most wait when that is positive.
+func nextEvent(ctx context.Context, s *replication.BinlogStreamer, wait time.Duration) (*replication.BinlogEvent, error) {
+	if wait <= 0 {
+		return s.GetEvent(ctx)
+	}
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	ev, err := s.GetEvent(wctx)
+	if err != nil && ctx.Err() == nil && wctx.Err() != nil {
+		return nil, errQuiet
+	}
+	return ev, err
 }
 
 // errText is err's message without the stack trace that go-mysql's

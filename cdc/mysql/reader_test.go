@@ -412,19 +412,15 @@ func TestRestartFromCheckpoint(t *testing.T) {
 	}
 }
 
-func TestReconnectAfterKill(t *testing.T) {
-	e := setup(t)
-	e.exec("CREATE TABLE t (id INT PRIMARY KEY)")
-	rec := newRecorder(t, e.schema)
-	e.start(rec)
-	e.exec("INSERT INTO t VALUES (1)")
-	rec.Lines(t, 1)
-
+// killDumps kills the server's binlog dump threads (the reader's
+// replication connection).
+func (e *env) killDumps() {
+	e.t.Helper()
 	admin := e.connect()
 	killed := 0
 	r, err := admin.Execute("SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'")
 	if err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
 	for i := range r.RowNumber() {
 		id, _ := r.GetInt(i, 0)
@@ -433,8 +429,19 @@ func TestReconnectAfterKill(t *testing.T) {
 		}
 	}
 	if killed == 0 {
-		t.Fatal("no binlog dump thread to kill")
+		e.t.Fatal("no binlog dump thread to kill")
 	}
+}
+
+func TestReconnectAfterKill(t *testing.T) {
+	e := setup(t)
+	e.exec("CREATE TABLE t (id INT PRIMARY KEY)")
+	rec := newRecorder(t, e.schema)
+	e.start(rec)
+	e.exec("INSERT INTO t VALUES (1)")
+	rec.Lines(t, 1)
+
+	e.killDumps()
 	e.exec("INSERT INTO t VALUES (2)", "BEGIN", "INSERT INTO t VALUES (3)", "INSERT INTO t VALUES (4)", "COMMIT")
 	got := rec.Lines(t, 3)
 	want := []string{"insert t new=[id=1]", "insert t new=[id=2]", "insert t new=[id=3] | insert t new=[id=4]"}
@@ -680,4 +687,30 @@ func TestRetainedBytes(t *testing.T) {
 	waitRetained("at least the 2 MB written", func(n int64) bool { return n >= 2_000_000 })
 	run.r.Ack(rec.Snapshot().Commits[0].Pos)
 	waitRetained("almost nothing once acknowledged", func(n int64) bool { return n < 10_000 })
+}
+
+// TestStreamingOnAQuietServer: on a server with no commits, the reader
+// streams (Ready, Resumed) once the dump's preamble is followed by
+// silence, not at the first heartbeat — which here would be a minute away
+// (WaitTimeout, well under it, bounds the wait). A reconnect streams the
+// same way.
+func TestStreamingOnAQuietServer(t *testing.T) {
+	e := setup(t)
+	e.exec("CREATE TABLE t (id INT PRIMARY KEY)")
+	e.cfg.Heartbeat, e.cfg.ReadTimeout = time.Minute, 3*time.Minute
+	rec := newRecorder(t, e.schema)
+	run := e.start(rec) // fails unless Resumed and Ready
+	e.killDumps()
+	for deadline := time.Now().Add(cdctest.WaitTimeout); run.r.Reconnects() < 1 || !run.r.Ready(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("not streaming again within %s of the kill (reconnects %d)", cdctest.WaitTimeout, run.r.Reconnects())
+		}
+	}
+	e.exec("INSERT INTO t VALUES (1)")
+	if got := rec.Lines(t, 1); !slices.Equal(got, []string{"insert t new=[id=1]"}) {
+		t.Fatalf("after the reconnect: %q", got)
+	}
+	if s := rec.Snapshot(); len(s.Resumed) != 1 || len(s.Lost) != 0 {
+		t.Fatalf("resumed %v, lost %v: want one Resumed", s.Resumed, s.Lost)
+	}
 }
