@@ -365,15 +365,13 @@ func TestRefusedBeforeReady(t *testing.T) {
 	_, b := setup(t, Options{Authorize: testAuthorize(&seen), Ready: func() <-chan struct{} { return gate }})
 	refused(t, b.dialRaw(t, "tags=a", "X-Grant: none").resp, http.StatusUnauthorized, "invalid token: expired", nil)
 	refused(t, b.dialRaw(t, "tags=a,,b").resp, http.StatusBadRequest, "invalid tag 2: empty entry", nil)
-	got := make(chan *client, 1)
-	go func() { got <- b.dial(t, "tags=a") }()
-	select {
-	case <-got:
+	valid := sendPending(t, b.dialFrom(t, "127.0.0.1"), "tags=a")
+	time.Sleep(200 * time.Millisecond)
+	if valid.answeredYet() {
 		t.Fatal("a valid request was answered before the hub was ready")
-	case <-time.After(200 * time.Millisecond):
 	}
 	close(gate)
-	(<-got).expect(ready(0, false))
+	valid.answered(t).expect(ready(0, false))
 }
 
 // TestLimitsCountWaiting: requests waiting for Options.Ready count against
@@ -397,14 +395,7 @@ func TestLimitsCountWaiting(t *testing.T) {
 			}
 		}
 	}
-	// wait sends a request that waits for the gate; its client comes on
-	// the channel once answered.
-	wait := func(ip string) chan *client {
-		conn := b.dialFrom(t, ip)
-		got := make(chan *client, 1)
-		go func() { got <- newClient(t, conn, "tags=a") }()
-		return got
-	}
+	wait := func(ip string) pending { return sendPending(t, b.dialFrom(t, ip), "tags=a") }
 	gaveUp := b.dialFrom(t, "127.0.0.1")
 	if _, err := gaveUp.Write([]byte("GET /events?tags=a HTTP/1.1\r\nHost: tagstream\r\n\r\n")); err != nil {
 		t.Fatal(err)
@@ -425,15 +416,13 @@ func TestLimitsCountWaiting(t *testing.T) {
 	waiting(2)
 	fourth := wait("127.0.0.1")
 	waiting(3)
-	select {
-	case c := <-second:
-		t.Fatalf("answered %d before the hub was ready", c.resp.StatusCode)
-	default:
+	if second.answeredYet() {
+		t.Fatal("answered before the hub was ready")
 	}
 	close(gate)
 	var clients []*client
-	for _, got := range []chan *client{second, third, fourth} {
-		c := <-got
+	for _, p := range []pending{second, third, fourth} {
+		c := p.answered(t)
 		c.expect(ready(0, false))
 		clients = append(clients, c)
 	}
@@ -448,5 +437,32 @@ func TestLimitsCountWaiting(t *testing.T) {
 	h.mu.Unlock()
 	if st := h.Stats(); st.Access.MaxConnections != 1 || st.Access.MaxConnectionsPerIP != 1 || st.Subscribers != 3 {
 		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestWaitingRefusedAtClose: a request waiting for Options.Ready when the
+// hub closes is answered 503 "shutting down" at once (a standby that never
+// became active would otherwise hold it, and the server's shutdown, until
+// the client gave up).
+func TestWaitingRefusedAtClose(t *testing.T) {
+	h, b := setup(t, Options{MaxConnections: 5, MaxConnectionsPerIP: 5, Ready: func() <-chan struct{} { return nil }})
+	waiting := sendPending(t, b.dialFrom(t, "127.0.0.1"), "tags=a")
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		h.mu.Lock()
+		n := h.waiting
+		h.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the request is not waiting")
+		}
+	}
+	h.Close()
+	refused(t, waiting.answered(t).resp, http.StatusServiceUnavailable, "shutting down", map[string]string{"Retry-After": "5"})
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.waiting != 0 || len(h.perIP) != 0 {
+		t.Fatalf("after close: waiting %d, perIP %v", h.waiting, h.perIP)
 	}
 }

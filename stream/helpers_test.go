@@ -117,6 +117,17 @@ func (b *bundle) dialRaw(t *testing.T, query string, header ...string) *client {
 
 func newClient(t *testing.T, conn net.Conn, query string, header ...string) *client {
 	t.Helper()
+	sendRequest(t, conn, query, header...)
+	c, err := readAnswer(t, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// sendRequest writes GET /events?query with the headers on conn.
+func sendRequest(t *testing.T, conn net.Conn, query string, header ...string) {
+	t.Helper()
 	req := "GET /events?" + query + " HTTP/1.1\r\nHost: tagstream\r\nAccept: text/event-stream\r\n"
 	for _, h := range header {
 		req += h + "\r\n"
@@ -124,18 +135,58 @@ func newClient(t *testing.T, conn net.Conn, query string, header ...string) *cli
 	if _, err := conn.Write([]byte(req + "\r\n")); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// readAnswer reads the response to a request sent on conn (it may run on
+// a goroutine of its own: it does not stop the test).
+func readAnswer(t *testing.T, conn net.Conn) (*client, error) {
 	c := &client{t: t, conn: conn, wait: 10 * time.Second}
 	c.deadline()
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	c.resp = resp
 	c.rd = bufio.NewReader(resp.Body)
 	c.events = ssereader.NewReader(c.rd)
 	c.events.Strict = true
-	return c
+	return c, nil
 }
+
+// pending is a request answered in the background (one the hub holds).
+type pending chan struct {
+	c   *client
+	err error
+}
+
+// sendPending sends a request on conn and reads its answer in the
+// background.
+func sendPending(t *testing.T, conn net.Conn, query string) pending {
+	t.Helper()
+	sendRequest(t, conn, query)
+	p := make(pending, 1)
+	go func() {
+		c, err := readAnswer(t, conn)
+		p <- struct {
+			c   *client
+			err error
+		}{c, err}
+	}()
+	return p
+}
+
+// answered waits for p's answer.
+func (p pending) answered(t *testing.T) *client {
+	t.Helper()
+	a := <-p // readAnswer's read deadline bounds the wait
+	if a.err != nil {
+		t.Fatal(a.err)
+	}
+	return a.c
+}
+
+// answeredYet reports whether p has been answered (without waiting).
+func (p pending) answeredYet() bool { return len(p) > 0 }
 
 func (c *client) deadline() { _ = c.conn.SetReadDeadline(time.Now().Add(c.wait)) }
 

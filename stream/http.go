@@ -25,7 +25,14 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if !h.waitReady(w, r) {
+	var ip netip.Addr // the client's address, with a per-address limit
+	if h.opts.MaxConnectionsPerIP > 0 {
+		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+			ip = ap.Addr().Unmap()
+		}
+	}
+	held, ok := h.waitReady(w, r, ip)
+	if !ok {
 		return
 	}
 
@@ -40,19 +47,14 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			nc = c
 		}
 	}
-	c := &conn{entries: req.entries, nc: nc}
+	c := &conn{entries: req.entries, nc: nc, ip: ip}
 	if !req.expires.IsZero() {
 		c.expires = max(req.expires.UnixNano(), 1)
-	}
-	if h.opts.MaxConnectionsPerIP > 0 {
-		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
-			c.ip = ap.Addr().Unmap()
-		}
 	}
 	if nc == nil {
 		c.wake = make(chan struct{}, 1)
 	}
-	if reason := h.admit(c, req); reason != "" {
+	if reason := h.admit(c, req, held); reason != "" {
 		h.refuse(w, nc, reason)
 		return
 	}
@@ -137,10 +139,14 @@ func (h *Hub) check(w http.ResponseWriter, r *http.Request) (req request, ok boo
 }
 
 // admit registers c unless the hub is closed or a connection limit is
-// reached; then it returns the reason for a 503.
-func (h *Hub) admit(c *conn, req request) (refused string) {
+// reached; then it returns the reason for a 503. held: c's request was
+// counted while it waited (waitReady); its place passes to c.
+func (h *Hub) admit(c *conn, req request, held bool) (refused string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if held {
+		h.release(c.ip)
+	}
 	if refused := h.limit(c.ip); refused != "" {
 		return refused
 	}
@@ -164,55 +170,58 @@ func (h *Hub) admit(c *conn, req request) (refused string) {
 
 // waitReady holds a valid request until the hub knows where the source
 // resumed (Options.Ready). A request waiting counts against the connection
-// limits as one admitted would: a daemon that takes long to start does not
-// gather unbounded requests. It returns false when it has answered (503) or
+// limits as one admitted would (held: admit takes its place over): a
+// daemon that takes long to start gathers no unbounded backlog. ok is
+// false when it has answered (503: over a limit, or the hub closing) or
 // the client has gone.
-func (h *Hub) waitReady(w http.ResponseWriter, r *http.Request) bool {
+func (h *Hub) waitReady(w http.ResponseWriter, r *http.Request, ip netip.Addr) (held, ok bool) {
 	if h.opts.Ready == nil {
-		return true
+		return false, true
 	}
 	ready := h.opts.Ready()
 	select {
 	case <-ready:
-		return true
+		return false, true
 	default:
 	}
-	var ip netip.Addr
-	if h.opts.MaxConnectionsPerIP > 0 {
-		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
-			ip = ap.Addr().Unmap()
+	h.mu.Lock()
+	reason := h.limit(ip)
+	if reason == "" {
+		h.waiting++
+		if ip.IsValid() {
+			h.perIP[ip]++
 		}
 	}
-	if reason := h.hold(ip, 1); reason != "" {
+	h.mu.Unlock()
+	if reason != "" {
 		h.refuse(w, nil, reason)
-		return false
+		return false, false
 	}
-	defer h.hold(ip, -1)
 	select {
 	case <-ready:
-		return true
+		return true, true
+	case <-h.stop:
+		h.mu.Lock()
+		h.release(ip)
+		h.mu.Unlock()
+		h.refuse(w, nil, "shutting down")
+		return false, false
 	case <-r.Context().Done():
-		return false
+		h.mu.Lock()
+		h.release(ip)
+		h.mu.Unlock()
+		return false, false
 	}
 }
 
-// hold counts (delta 1) a request waiting for Ready against the limits, or
-// lets it go (delta -1).
-func (h *Hub) hold(ip netip.Addr, delta int) (refused string) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if delta > 0 {
-		if refused = h.limit(ip); refused != "" {
-			return refused
-		}
-	}
-	h.waiting += delta
+// release lets go of the place a waiting request from ip held (h.mu held).
+func (h *Hub) release(ip netip.Addr) {
+	h.waiting--
 	if ip.IsValid() {
-		if h.perIP[ip] += delta; h.perIP[ip] <= 0 {
+		if h.perIP[ip]--; h.perIP[ip] <= 0 {
 			delete(h.perIP, ip)
 		}
 	}
-	return ""
 }
 
 // limit says why one more connection from ip is refused ("" when it is
