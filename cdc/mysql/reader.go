@@ -513,7 +513,8 @@ func (r *Reader) replicate(ctx context.Context, h cdc.Handler, info *serverInfo,
 		return false, fmt.Errorf("mysql: start binlog dump: %w", err)
 	}
 	streaming := func() {
-		if r.ready.Swap(true) || *resumed {
+		r.ready.Store(true)
+		if *resumed {
 			return
 		}
 		*resumed = true
@@ -574,8 +575,8 @@ func nextEvent(ctx context.Context, s *replication.BinlogStreamer, wait time.Dur
 	wctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	ev, err := s.GetEvent(wctx)
-	if err != nil && ctx.Err() == nil && wctx.Err() != nil {
-		return nil, errQuiet
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		return nil, errQuiet // not an error the server sent: that stays the stream's
 	}
 	return ev, err
 }

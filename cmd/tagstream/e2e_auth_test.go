@@ -177,8 +177,8 @@ func checkAnswers(t *testing.T, answers []answer) {
 }
 
 // TestEndToEndKeysAndClaims: the other authorization flags through the
-// binary, in one daemon: --jwt-public-key (ES256) and --jwks (an Ed25519
-// key by kid) both verify; --jwt-tags-claim reads a dotted claim instead
+// binary, in one daemon: --jwt-public-key (ES256) and --jwks (the Ed25519
+// key its kid names, of two) both verify; --jwt-tags-claim reads a dotted claim instead
 // of `tags`; --jwt-allow fills {sub}; --anonymous-tags is what a request
 // without a token gets; --jwt-cookie names the cookie.
 func TestEndToEndKeysAndClaims(t *testing.T) {
@@ -195,8 +195,14 @@ func TestEndToEndKeysAndClaims(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	jwksFile := writeFile(t, "jwks.json", `{"keys":[{"kty":"OKP","crv":"Ed25519","alg":"EdDSA","use":"sig","kid":"edge-1","x":"`+
-		base64.RawURLEncoding.EncodeToString(edPub)+`"}]}`)
+	otherPub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwk := func(kid string, pub ed25519.PublicKey) string {
+		return `{"kty":"OKP","crv":"Ed25519","alg":"EdDSA","use":"sig","kid":"` + kid + `","x":"` + base64.RawURLEncoding.EncodeToString(pub) + `"}`
+	}
+	jwksFile := writeFile(t, "jwks.json", `{"keys":[`+jwk("edge-0", otherPub)+`,`+jwk("edge-1", edPub)+`]}`)
 	sign := func(method jwt.SigningMethod, key any, kid string, claims jwt.MapClaims) string {
 		t.Helper()
 		claims["exp"] = time.Now().Add(time.Hour).Unix()
@@ -212,6 +218,7 @@ func TestEndToEndKeysAndClaims(t *testing.T) {
 	}
 	user7 := sign(jwt.SigningMethodES256, ecKey, "", jwt.MapClaims{"sub": "7", "app": map[string]any{"tags": []string{"todo:42"}}})
 	user8 := sign(jwt.SigningMethodEdDSA, edKey, "edge-1", jwt.MapClaims{"sub": "8"})
+	wrongKid := sign(jwt.SigningMethodEdDSA, edKey, "edge-0", jwt.MapClaims{"sub": "8"})
 	topLevel := sign(jwt.SigningMethodES256, ecKey, "", jwt.MapClaims{"sub": "7", "tags": []string{"todo:43"}})
 	hs := sign(jwt.SigningMethodHS256, []byte(e2eSecret), "", jwt.MapClaims{"sub": "7"})
 	otherKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -247,6 +254,8 @@ func TestEndToEndKeysAndClaims(t *testing.T) {
 		{get("tags=user:7:todos", "Cookie: tagstream_token="+user7), 401, `missing token: tag "user:7:todos" is not open to anonymous subscribers`, unauthorized},
 		{get("tags=todos&access_token=" + hs), 401, `invalid token: algorithm "HS256" is not accepted (accepted: ES256, ES384, ES512, EdDSA, PS256, PS384, PS512, RS256, RS384, RS512)`, unauthorized},
 		{get("tags=todos&access_token=" + forged), 401, "invalid token: bad signature", unauthorized},
+		// The key is the one its kid names, not any key of the set.
+		{get("tags=user:8:todos&access_token=" + wrongKid), 401, "invalid token: bad signature", unauthorized},
 	})
 	d.stop(t)
 }
