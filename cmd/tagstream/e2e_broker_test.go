@@ -65,6 +65,20 @@ func newCluster(t *testing.T) *cluster {
 	return c
 }
 
+// takeover waits for standby to stream after the active writer was
+// killed: within its lease (it expires that long after the last renewal)
+// plus a few seconds of slack for a loaded machine and the reader's start.
+func takeover(t *testing.T, standby *daemon, lease time.Duration) {
+	t.Helper()
+	start := time.Now()
+	waitFor(t, standby.ready)
+	took := time.Since(start)
+	t.Logf("the standby streams %s after the kill (--lease %s)", took.Round(time.Millisecond), lease)
+	if took > lease+5*time.Second {
+		t.Errorf("the standby took over %s after the kill, want within --lease %s (and 5 s of slack)", took, lease)
+	}
+}
+
 func (c *cluster) startStandby() *daemon {
 	d := launchDaemon(c.t, "run", freeAddr(c.t), logged(standbyLine), c.runArgs...)
 	c.runs = append(c.runs, d)
@@ -219,7 +233,7 @@ func TestBrokerScaleOut(t *testing.T) {
 	active, standby := c.runs[0], c.runs[1]
 	active.kill()
 	atKill := committed.Load()
-	waitFor(t, standby.ready)
+	takeover(t, standby, 2*time.Second)
 	if err := <-writer; err != nil {
 		t.Fatal(err)
 	}
@@ -480,7 +494,7 @@ func TestBrokerStandbyMariaDB(t *testing.T) {
 	if atKill >= last {
 		t.Fatalf("all %d rows were committed before the kill: no takeover under writes", last)
 	}
-	waitFor(t, standby.ready)
+	takeover(t, standby, 2*time.Second)
 	if err := <-writer; err != nil {
 		t.Fatal(err)
 	}
