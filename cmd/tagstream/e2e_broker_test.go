@@ -547,10 +547,10 @@ func TestBrokerHoldsTheAcknowledgement(t *testing.T) {
 	if v := d.metric(t, "tagstream_acknowledged_position"); v >= second {
 		t.Fatalf("acknowledged %v while the broker holds back the append of %v", v, second)
 	}
-	select {
-	case ev := <-c.events:
-		t.Fatalf("the edge's client got %s while the broker held the append back", ev)
-	default:
+	for len(c.events) > 0 {
+		if ev := <-c.events; ev.Event != "ping" {
+			t.Fatalf("the edge's client got %s while the broker held the append back", ev)
+		}
 	}
 	if err := admin.Do(ctx, "CLIENT", "UNPAUSE").Err(); err != nil {
 		t.Fatal(err)
