@@ -132,10 +132,9 @@ func New(src cdc.Source, engine *rules.Engine, targets []Target, opts Options) *
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Pipeline{
-		src:    src,
-		log:    log,
-		ackSig: make(chan struct{}, 1),
-
+		src:           src,
+		log:           log,
+		ackSig:        make(chan struct{}, 1),
 		observeSource: opts.ObserveSource,
 		resumed:       make(chan struct{}),
 		ctx:           ctx,

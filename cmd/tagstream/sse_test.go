@@ -99,24 +99,35 @@ func (c *sseClient) next(t *testing.T) sseEvent {
 	t.Helper()
 	timeout := time.After(20 * time.Second)
 	for {
-		select {
-		case ev, ok := <-c.events:
-			if !ok {
-				t.Fatalf("event stream ended: %v", c.err)
-			}
-			if ev.Event == "invalidate" {
-				id, _ := strconv.ParseUint(ev.ID, 10, 64)
-				if id <= c.lastInvalidate {
-					t.Fatalf("%s: id not above the previous invalidate's %d", ev, c.lastInvalidate)
-				}
-				c.lastInvalidate = id
-			}
-			if ev.Event != "ping" {
-				return ev
-			}
-		case <-timeout:
+		ev, ok := c.nextBefore(t, timeout)
+		if !ok {
 			t.Fatal("no event within 20s")
 		}
+		if ev.Event != "ping" {
+			return ev
+		}
+	}
+}
+
+// nextBefore returns the next event, pings included, unless deadline fires
+// first (ok false). Invalidate ids must rise.
+func (c *sseClient) nextBefore(t *testing.T, deadline <-chan time.Time) (ev sseEvent, ok bool) {
+	t.Helper()
+	select {
+	case ev, open := <-c.events:
+		if !open {
+			t.Fatalf("event stream ended: %v", c.err)
+		}
+		if ev.Event == "invalidate" {
+			id, _ := strconv.ParseUint(ev.ID, 10, 64)
+			if id <= c.lastInvalidate {
+				t.Fatalf("%s: id not above the previous invalidate's %d", ev, c.lastInvalidate)
+			}
+			c.lastInvalidate = id
+		}
+		return ev, true
+	case <-deadline:
+		return sseEvent{}, false
 	}
 }
 
@@ -182,24 +193,20 @@ func TestHeartbeatFlag(t *testing.T) {
 	ready := c.expect(t, `ready {"resumed":false}`)[0]
 	deadline := time.After(3 * time.Second)
 	for {
-		select {
-		case ev, ok := <-c.events:
-			if !ok {
-				t.Fatalf("event stream ended: %v", c.err)
-			}
-			if ev.Event != "ping" {
-				continue
-			}
-			// The head may have moved on with the source's idle position.
-			id, err := strconv.ParseUint(ev.ID, 10, 64)
-			head, _ := strconv.ParseUint(ready.ID, 10, 64)
-			if ev.Data != "{}" || err != nil || id < head {
-				t.Fatalf("ping %+v, want data {} and the head (at least %s)", ev, ready.ID)
-			}
-			d.stop(t)
-			return
-		case <-deadline:
+		ev, ok := c.nextBefore(t, deadline)
+		if !ok {
 			t.Fatal("no ping within 3s with --heartbeat 300ms")
 		}
+		if ev.Event != "ping" {
+			continue
+		}
+		// The head may have moved on with the source's idle position.
+		id, err := strconv.ParseUint(ev.ID, 10, 64)
+		head, _ := strconv.ParseUint(ready.ID, 10, 64)
+		if ev.Data != "{}" || err != nil || id < head {
+			t.Fatalf("ping %+v, want data {} and the head (at least %s)", ev, ready.ID)
+		}
+		d.stop(t)
+		return
 	}
 }
